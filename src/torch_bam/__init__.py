@@ -1,0 +1,19 @@
+"""torch-bam: BAM, the Bottleneck Attention Module (Park et al., BMVC 2018), for PyTorch.
+
+https://arxiv.org/abs/1807.06514
+"""
+
+from .attention import AttentionMaps, record_attention
+from .bam import BAM, ChannelGate, SpatialGate
+from .functional import bam_gate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BAM",
+    "AttentionMaps",
+    "ChannelGate",
+    "SpatialGate",
+    "bam_gate",
+    "record_attention",
+]

@@ -1,0 +1,50 @@
+"""Argument checks shared by the modules: clear errors at the entry point, not deep in torch."""
+
+from __future__ import annotations
+
+import torch
+
+COMBINE_MODES = ("sum", "product")
+
+
+def check_positive_int(name: str, value: object, owner: str) -> int:
+    # bool is an int subclass; BAM(True) is a bug, not a channel count.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{owner}: {name} must be a positive integer, got {value!r} "
+            f"({type(value).__name__}). Pass an int such as {name}=16."
+        )
+    if value < 1:
+        raise ValueError(
+            f"{owner}: {name} must be a positive integer, got {value}. Use {name} >= 1."
+        )
+    return value
+
+
+def check_hidden_width(channels: int, reduction_ratio: int, owner: str) -> int:
+    hidden = channels // reduction_ratio
+    if hidden < 1:
+        raise ValueError(
+            f"{owner}: channels // reduction_ratio = {channels} // {reduction_ratio} = 0, which "
+            f"would build a zero-width bottleneck. Use reduction_ratio <= {channels} "
+            f"(e.g. reduction_ratio={max(1, channels // 2)}) or put BAM where there are at least "
+            f"{reduction_ratio} channels."
+        )
+    return hidden
+
+
+def check_combine(combine: object, owner: str) -> str:
+    if combine not in COMBINE_MODES:
+        raise ValueError(
+            f"{owner}: unknown combine={combine!r}. Use 'sum' (the paper: 1 + sigmoid(M_c + M_s)) "
+            f"or 'product' (the official code: 1 + sigmoid(M_c * M_s))."
+        )
+    return combine  # type: ignore[return-value]
+
+
+def check_factory_dtype(dtype: torch.dtype | None, owner: str) -> None:
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(
+            f"{owner}: dtype={dtype} is not a floating-point type; BAM's weights must be "
+            f"floating point. Use dtype=torch.float32 (or float16, bfloat16, float64)."
+        )

@@ -1,0 +1,227 @@
+"""BAM: Bottleneck Attention Module.
+
+Park, Woo, Lee and Kweon, "BAM: Bottleneck Attention Module", BMVC 2018,
+https://arxiv.org/abs/1807.06514
+
+    M_c(F) = MLP(AvgPool(F))                         C -> C/r -> C, BN1d + ReLU in the hidden layer
+    M_s(F) = f1x1(f3x3_d(f3x3_d(f1x1(F))))           C -> C/r -> C/r -> C/r -> 1
+    F'     = F * (1 + sigmoid(M_c(F) + M_s(F)))
+
+Module and parameter names follow the seed code, so its state_dicts load with ``strict=True``.
+"""
+
+# No `from __future__ import annotations`: TorchScript reads the real annotations.
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._validate import (
+    check_combine,
+    check_factory_dtype,
+    check_hidden_width,
+    check_positive_int,
+)
+from .functional import bam_gate
+
+__all__ = ["BAM", "ChannelGate", "SpatialGate"]
+
+
+class ChannelGate(nn.Module):
+    """Channel attention ``M_c``: global average pool, then a bottleneck MLP.
+
+    Args:
+        channels: input channels ``C``.
+        reduction_ratio: ``r``; the hidden width is ``C // r``.
+        num_layers: hidden layers of the MLP, each Linear + BatchNorm1d + ReLU.
+
+    Shape:
+        input ``[B, C, H, W]``, output (logits) ``[B, C]``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction_ratio: int = 16,
+        num_layers: int = 1,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        owner = f"ChannelGate(channels={channels!r})"
+        check_positive_int("channels", channels, owner)
+        check_positive_int("reduction_ratio", reduction_ratio, owner)
+        check_positive_int("num_layers", num_layers, owner)
+        check_factory_dtype(dtype, owner)
+        hidden = check_hidden_width(channels, reduction_ratio, owner)
+        fk = {"device": device, "dtype": dtype}
+        widths = [channels] + [hidden] * num_layers
+        layers: list[nn.Module] = []
+        # Index layout 0: Linear, 1: BN, 2: ReLU, ..., last: Linear -- the seed's keys.
+        for i in range(num_layers):
+            layers += [
+                nn.Linear(widths[i], widths[i + 1], **fk),
+                nn.BatchNorm1d(widths[i + 1], **fk),
+                nn.ReLU(inplace=True),
+            ]
+        layers.append(nn.Linear(hidden, channels, **fk))
+        self.gate_c = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gate_c(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class SpatialGate(nn.Module):
+    """Spatial attention ``M_s``: 1x1 reduce, dilated 3x3 convs, 1x1 to one map.
+
+    Args:
+        channels: input channels ``C``.
+        reduction_ratio: ``r``; the gate works on ``C // r`` channels.
+        dilation: dilation ``d`` of the 3x3 convs (padding ``d`` keeps ``H, W``).
+        num_dilated_convs: how many dilated 3x3 convs, each with BN and ReLU.
+
+    Shape:
+        input ``[B, C, H, W]``, output (logits) ``[B, 1, H, W]``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        reduction_ratio: int = 16,
+        dilation: int = 4,
+        num_dilated_convs: int = 2,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        owner = f"SpatialGate(channels={channels!r})"
+        check_positive_int("channels", channels, owner)
+        check_positive_int("reduction_ratio", reduction_ratio, owner)
+        check_positive_int("dilation", dilation, owner)
+        check_positive_int("num_dilated_convs", num_dilated_convs, owner)
+        check_factory_dtype(dtype, owner)
+        hidden = check_hidden_width(channels, reduction_ratio, owner)
+        fk = {"device": device, "dtype": dtype}
+        layers: OrderedDict[str, nn.Module] = OrderedDict()
+        layers["gate_s_conv_reduce0"] = nn.Conv2d(channels, hidden, kernel_size=1, **fk)
+        layers["gate_s_bn_reduce0"] = nn.BatchNorm2d(hidden, **fk)
+        layers["gate_s_relu_reduce0"] = nn.ReLU()
+        for i in range(num_dilated_convs):
+            layers[f"gate_s_conv_di_{i}"] = nn.Conv2d(
+                hidden, hidden, kernel_size=3, padding=dilation, dilation=dilation, **fk
+            )
+            layers[f"gate_s_bn_di_{i}"] = nn.BatchNorm2d(hidden, **fk)
+            layers[f"gate_s_relu_di_{i}"] = nn.ReLU()
+        layers["gate_s_conv_final"] = nn.Conv2d(hidden, 1, kernel_size=1, **fk)
+        self.gate_s = nn.Sequential(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.gate_s(x)
+
+
+@torch.fx.wrap  # a leaf for FX: the checks read shapes, which a Proxy cannot branch on
+def _check_input(x: Tensor, channels: int, training: bool, weight_dtype: torch.dtype) -> None:
+    if torch.jit.is_tracing():  # a trace records a fixed graph; checks would only warn
+        return
+    if x.dim() != 4:
+        hint = " Add the batch dimension with x.unsqueeze(0)." if x.dim() == 3 else ""
+        raise ValueError(
+            f"BAM expects a 4-D input [B, C, H, W], got a {x.dim()}-D tensor of shape "
+            f"{list(x.shape)}.{hint}"
+        )
+    if x.shape[1] != channels:
+        raise ValueError(
+            f"BAM was built for {channels} channels but the input has {x.shape[1]} "
+            f"(shape {list(x.shape)}). Build it with BAM({x.shape[1]}) or check where it is placed."
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"BAM expects a floating-point input, got {x.dtype}. Convert it first, "
+            f"e.g. x.float() (and scale images to [0, 1])."
+        )
+    if training and x.shape[0] == 1:
+        raise ValueError(
+            "BAM got batch size 1 in training mode: the channel gate's BatchNorm1d needs more "
+            "than one sample to compute batch statistics. Call model.eval() for inference, "
+            "or train with a batch size of at least 2."
+        )
+    if not torch.jit.is_scripting():
+        if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(
+                f"BAM's weights are {weight_dtype} but the input is {x.dtype}. Convert one to "
+                f"the other (module.to({x.dtype}) or x.to({weight_dtype})), or run under "
+                f"torch.autocast."
+            )
+
+
+class BAM(nn.Module):
+    """Bottleneck Attention Module: ``F' = F * (1 + sigmoid(M_c(F) + M_s(F)))``.
+
+    Args:
+        channels: channels ``C`` of the feature map.
+        reduction_ratio: ``r`` in both gates (paper: 16).
+        dilation: dilation of the spatial gate's 3x3 convs (paper: 4).
+        num_dilated_convs: dilated 3x3 convs in the spatial gate (paper: 2).
+        channel_mlp_layers: hidden layers in the channel gate's MLP (paper: 1).
+        combine: ``"sum"`` (paper) or ``"product"``: ``1 + sigmoid(M_c * M_s)``, as the
+            official code computes it; use it to run weights trained with that code.
+        device, dtype: where and how to create the parameters.
+
+    Shape:
+        input and output ``[B, C, H, W]``; the output keeps the input's memory format.
+
+    Example:
+        >>> bam = BAM(256)
+        >>> bam(torch.randn(2, 256, 56, 56)).shape
+        torch.Size([2, 256, 56, 56])
+    """
+
+    combine: str
+    channels: int
+
+    def __init__(
+        self,
+        channels: int,
+        reduction_ratio: int = 16,
+        dilation: int = 4,
+        num_dilated_convs: int = 2,
+        channel_mlp_layers: int = 1,
+        combine: str = "sum",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        owner = f"BAM(channels={channels!r})"
+        check_positive_int("channels", channels, owner)
+        check_positive_int("reduction_ratio", reduction_ratio, owner)
+        check_positive_int("dilation", dilation, owner)
+        check_positive_int("num_dilated_convs", num_dilated_convs, owner)
+        check_positive_int("channel_mlp_layers", channel_mlp_layers, owner)
+        check_combine(combine, owner)
+        check_factory_dtype(dtype, owner)
+        check_hidden_width(channels, reduction_ratio, owner)
+        self.channels = channels
+        self.reduction_ratio = reduction_ratio
+        self.dilation = dilation
+        self.num_dilated_convs = num_dilated_convs
+        self.channel_mlp_layers = channel_mlp_layers
+        self.combine = combine
+        self.channel_att = ChannelGate(channels, reduction_ratio, channel_mlp_layers, device, dtype)
+        self.spatial_att = SpatialGate(
+            channels, reduction_ratio, dilation, num_dilated_convs, device, dtype
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight_dtype = self.spatial_att.gate_s.gate_s_conv_final.weight.dtype
+        _check_input(x, self.channels, self.training, weight_dtype)
+        channel_logits = self.channel_att(x)
+        spatial_logits = self.spatial_att(x)
+        return bam_gate(x, channel_logits, spatial_logits, self.combine)
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, reduction_ratio={self.reduction_ratio}, "
+            f"dilation={self.dilation}, num_dilated_convs={self.num_dilated_convs}, "
+            f"channel_mlp_layers={self.channel_mlp_layers}, combine={self.combine!r}"
+        )

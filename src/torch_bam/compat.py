@@ -1,0 +1,89 @@
+"""Load weights written by the official BAM code (github.com/Jongchan/attention-module).
+
+The official ``ChannelGate`` names its layers ``gate_c_fc_0``, ``gate_c_bn_1``, ...,
+``gate_c_fc_final``; torch_bam (like the seed) uses a plain ``nn.Sequential`` with indices.
+The spatial gate's names (``gate_s_conv_reduce0``, ``gate_s_conv_di_0``, ...) are the same in
+all three. The official code combines the maps as ``1 + sigmoid(M_c * M_s)``: build the
+receiving modules with ``combine="product"`` to get the same outputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from torch import Tensor
+
+from .bam import BAM
+
+__all__ = ["convert_official_state_dict", "load_official_bam"]
+
+_FC = re.compile(r"^(?P<prefix>.*gate_c\.)gate_c_fc_(?P<i>\d+)\.(?P<rest>.+)$")
+_BN = re.compile(r"^(?P<prefix>.*gate_c\.)gate_c_bn_(?P<i>\d+)\.(?P<rest>.+)$")
+_FINAL = re.compile(r"^(?P<prefix>.*gate_c\.)gate_c_fc_final\.(?P<rest>.+)$")
+
+
+def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an official-code state_dict's keys to torch_bam's.
+
+    Works on one block or a whole network: every ``...gate_c.gate_c_*`` key is renamed, every
+    other key is kept, and a DataParallel ``module.`` prefix is removed.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"convert_official_state_dict expects a state_dict mapping, got "
+            f"{type(state_dict).__name__}. Pass torch.load(path)['state_dict'] or similar."
+        )
+    items = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    # Hidden layers per channel gate: the final Linear's index depends on it.
+    hidden_layers: dict[str, int] = {}
+    for key in items:
+        m = _FC.match(key)
+        if m:
+            prefix = m["prefix"]
+            hidden_layers[prefix] = max(hidden_layers.get(prefix, 0), int(m["i"]) + 1)
+    out: dict[str, Tensor] = {}
+    for key, value in items.items():
+        if m := _FINAL.match(key):
+            new = f"{m['prefix']}{3 * hidden_layers.get(m['prefix'], 1)}.{m['rest']}"
+        elif m := _FC.match(key):
+            new = f"{m['prefix']}{3 * int(m['i'])}.{m['rest']}"
+        elif m := _BN.match(key):
+            new = f"{m['prefix']}{3 * (int(m['i']) - 1) + 1}.{m['rest']}"
+        else:
+            new = key
+        out[new] = value
+    return out
+
+
+def load_official_bam(state_dict: Mapping[str, Tensor], **bam_kwargs) -> BAM:
+    """Build a :class:`BAM` from one official-code block's state_dict and load it strictly.
+
+    The channel count, reduction ratio, number of dilated convs and MLP depth are read from
+    the weights; ``combine`` defaults to ``"product"``, the official formula. Pass
+    ``dilation=`` if the block was trained with a dilation other than 4 (it is not stored).
+    """
+    sd = convert_official_state_dict(state_dict)
+    key = "spatial_att.gate_s.gate_s_conv_reduce0.weight"
+    if key not in sd:
+        raise KeyError(
+            f"load_official_bam: no '{key}' in the state_dict; this is not one BAM block's "
+            f"weights. For a whole network, use convert_official_state_dict and load the result "
+            f"into the network."
+        )
+    hidden, channels = sd[key].shape[:2]
+    num_dilated = sum(
+        1 for k in sd if re.fullmatch(r"spatial_att\.gate_s\.gate_s_conv_di_\d+\.weight", k)
+    )
+    mlp_layers = sum(1 for k in sd if re.fullmatch(r"channel_att\.gate_c\.\d+\.running_mean", k))
+    kwargs = dict(
+        reduction_ratio=channels // hidden,
+        num_dilated_convs=num_dilated,
+        channel_mlp_layers=mlp_layers,
+        combine="product",
+        dtype=sd[key].dtype,
+    )
+    kwargs.update(bam_kwargs)
+    bam = BAM(channels, **kwargs)
+    bam.load_state_dict(sd, strict=True)
+    return bam

@@ -1,0 +1,192 @@
+"""BAM against the seed's code, the closed-form parameter count, and numerics."""
+
+import pytest
+import torch
+
+from tests.helpers import assert_close, bam_param_count, randomize_
+from tests.reference import official_bam, seed_bam
+from torch_bam import BAM, ChannelGate, SpatialGate
+
+
+def _pair(channels=64, seed=0):
+    ref = randomize_(seed_bam.BAM(channels), seed)
+    ours = BAM(channels)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def test_state_dict_keys_equal_seed():
+    assert list(BAM(64).state_dict()) == list(seed_bam.BAM(64).state_dict())
+
+
+def test_seed_state_dict_loads_strictly_both_ways():
+    ref, ours = _pair()
+    back = seed_bam.BAM(64)
+    back.load_state_dict(ours.state_dict(), strict=True)
+    for (k1, v1), (k2, v2) in zip(ref.state_dict().items(), back.state_dict().items(), strict=True):
+        assert k1 == k2 and torch.equal(v1, v2)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape", [(4, 64, 14, 14), (3, 128, 7, 9), (2, 32, 1, 1)])
+def test_matches_seed(mode, shape):
+    ref, ours = _pair(shape[1])
+    ref.train(mode == "train")
+    ours.train(mode == "train")
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    x_ref = x.clone().requires_grad_()
+    x_ours = x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours(x_ours)
+    torch.testing.assert_close(y_ours, y_ref, rtol=0, atol=1e-6)
+    # Same gradients, and in train mode the same BN running statistics afterwards.
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    y_ref.backward(g)
+    y_ours.backward(g)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+    for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+def test_output_actually_depends_on_attention():
+    # Guards against a gate that does nothing: F' must differ from 2F and from F.
+    _, ours = _pair()
+    ours.eval()
+    x = torch.randn(2, 64, 8, 8)
+    y = ours(x)
+    assert not torch.allclose(y, x) and not torch.allclose(y, 2 * x)
+    ratio = y / x
+    assert ratio.min() > 1 and ratio.max() < 2  # F * (1 + sigmoid(.)) lies in (F, 2F)
+
+
+def test_product_matches_official_formula():
+    off = randomize_(official_bam.BAM(64), 3).eval()
+    ours = BAM(64, combine="product").eval()
+    with torch.no_grad():
+        ours.channel_att.gate_c[0].weight.copy_(off.channel_att.gate_c.gate_c_fc_0.weight)
+        ours.channel_att.gate_c[0].bias.copy_(off.channel_att.gate_c.gate_c_fc_0.bias)
+        ours.channel_att.gate_c[1].load_state_dict(off.channel_att.gate_c.gate_c_bn_1.state_dict())
+        ours.channel_att.gate_c[3].load_state_dict(
+            off.channel_att.gate_c.gate_c_fc_final.state_dict()
+        )
+        ours.spatial_att.load_state_dict(off.spatial_att.state_dict())
+    x = torch.randn(2, 64, 10, 10)
+    c = ours.channel_att(x)[:, :, None, None]
+    s = ours.spatial_att(x)
+    expected = x * (1 + torch.sigmoid(c * s))
+    assert_close(ours(x), expected)
+    assert_close(ours(x), off(x))
+    # And it is not the sum formula.
+    assert not torch.allclose(ours(x), x * (1 + torch.sigmoid(c + s)), atol=1e-3)
+
+
+@pytest.mark.parametrize("channels", [64, 256, 512, 1024, 2048])
+def test_parameter_count_matches_closed_form(channels):
+    n = sum(p.numel() for p in BAM(channels).parameters())
+    assert n == bam_param_count(channels)
+
+
+def test_parameter_counts_from_paper_notes():
+    counts = {c: sum(p.numel() for p in BAM(c).parameters()) for c in (64, 256, 512, 1024, 2048)}
+    assert counts == {64: 1173, 256: 17361, 512: 68513, 1024: 272193, 2048: 1085057}
+    # By hand for C=256, h=16: channel 256*16+16+32+16*256+256 = 8496;
+    # spatial 256*16+16+32 + 2*(9*16*16+16+32) + 16+1 = 8865; total 17361.
+    assert 8496 + 8865 == counts[256]
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(reduction_ratio=8), dict(num_dilated_convs=3), dict(channel_mlp_layers=2)]
+)
+def test_parameter_count_with_options(kwargs):
+    r = kwargs.get("reduction_ratio", 16)
+    nd = kwargs.get("num_dilated_convs", 2)
+    ml = kwargs.get("channel_mlp_layers", 1)
+    n = sum(p.numel() for p in BAM(128, **kwargs).parameters())
+    assert n == bam_param_count(128, r, nd, ml)
+
+
+def test_gates_shapes_and_dilation():
+    x = torch.randn(2, 64, 12, 12)
+    assert ChannelGate(64).eval()(x).shape == (2, 64)
+    assert SpatialGate(64).eval()(x).shape == (2, 1, 12, 12)
+    bam = BAM(64, dilation=2, num_dilated_convs=3)
+    convs = [m for n, m in bam.spatial_att.gate_s.named_children() if "conv_di" in n]
+    assert len(convs) == 3 and all(c.dilation == (2, 2) and c.padding == (2, 2) for c in convs)
+
+
+def test_gradcheck_float64():
+    bam = randomize_(BAM(32, reduction_ratio=8, dtype=torch.float64)).eval()
+    x = torch.randn(2, 32, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bam, (x,), eps=1e-6, atol=1e-5)
+    bam.train()
+    assert torch.autograd.gradcheck(bam, (x,), eps=1e-6, atol=1e-5)
+
+
+def test_gradcheck_product_float64():
+    bam = randomize_(BAM(32, reduction_ratio=8, combine="product", dtype=torch.float64)).eval()
+    x = torch.randn(2, 32, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(bam, (x,), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_cpu(dtype):
+    bam = randomize_(BAM(64)).eval()
+    x = torch.randn(2, 64, 14, 14)
+    expected = bam(x)
+    with torch.autocast("cpu", dtype=dtype):
+        y = bam(x)
+    assert torch.isfinite(y).all()
+    assert_close(y.float(), expected, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_module_in_other_dtypes(dtype):
+    ref = randomize_(BAM(64)).eval()
+    bam = BAM(64, dtype=dtype).eval()
+    bam.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 64, 8, 8, dtype=torch.float64)
+    expected = ref.to(torch.float64)(x)  # the same maths in float64
+    y = bam(x.to(dtype))
+    assert y.dtype == dtype
+    assert_close(y.double(), expected, dtype=dtype)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_channels_last(mode):
+    bam = randomize_(BAM(64)).train(mode == "train")
+    x = torch.randn(4, 64, 9, 11)
+    x_cl = x.to(memory_format=torch.channels_last)
+    y = bam(x)
+    y_cl = bam(x_cl)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous()
+    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-6)
+
+
+def test_non_contiguous_input():
+    bam = randomize_(BAM(64)).eval()
+    x = torch.randn(2, 64, 16, 16)
+    xt = x.transpose(2, 3)  # a view with permuted strides
+    assert not xt.is_contiguous()
+    torch.testing.assert_close(bam(xt), bam(xt.contiguous()), rtol=1e-5, atol=1e-6)
+
+
+def test_nan_and_inf_pass_through():
+    bam = randomize_(BAM(64)).eval()
+    x = torch.randn(3, 64, 8, 8)
+    x[0, 3, 2, 2] = float("nan")
+    x[2, 5, 1, 1] = float("inf")
+    y = bam(x)  # must not raise
+    assert y.shape == x.shape
+    assert torch.isnan(y[0]).any() and not torch.isfinite(y[2]).all()
+    # In eval mode samples are independent: the clean sample stays finite.
+    assert torch.isfinite(y[1]).all()
+
+
+def test_device_and_dtype_factory_kwargs():
+    bam = BAM(64, device="cpu", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 and p.device.type == "cpu" for p in bam.parameters())
+
+
+def test_repr_names_the_hyperparameters():
+    r = repr(BAM(64, dilation=2, combine="product"))
+    assert "channels=64" in r and "dilation=2" in r and "combine='product'" in r
