@@ -6,6 +6,7 @@ https://arxiv.org/abs/1807.06514
 from .attention import AttentionMaps, record_attention
 from .bam import BAM, ChannelGate, SpatialGate
 from .functional import bam_gate
+from .models import create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,7 @@ __all__ = [
     "ChannelGate",
     "SpatialGate",
     "bam_gate",
+    "create_model",
+    "list_models",
     "record_attention",
 ]
