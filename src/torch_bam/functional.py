@@ -1,16 +1,51 @@
 """The BAM gate as a function: ``x * (1 + sigmoid(c (+|*) s))``.
 
 Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
+
+:func:`bam_gate_ref` is the reference maths in plain PyTorch. :func:`bam_gate` is the public op:
+one ``torch.ops.torch_bam.bam_gate`` node (registered with ``torch.library``, with a fake
+implementation and autograd) that runs a fused kernel where one exists -- C on CPU (float32),
+Triton on CUDA -- and an ATen composition with float32 maths elsewhere. Its backward recomputes
+the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``.
+
+``set_backend("reference")`` or the environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` make
+:func:`bam_gate` call :func:`bam_gate_ref` instead, for debugging.
 """
 
 from __future__ import annotations
+
+import os
+import warnings
 
 import torch
 from torch import Tensor
 
 from ._validate import check_combine
 
-__all__ = ["bam_gate", "bam_gate_ref"]
+__all__ = ["bam_gate", "bam_gate_ref", "get_backend", "set_backend"]
+
+_BACKENDS = ("auto", "reference", "aten")
+_backend = "auto"
+_warned_fallback = False
+
+
+def set_backend(name: str) -> None:
+    """Choose how :func:`bam_gate` runs.
+
+    ``"auto"`` (default): fused kernels where available; ``"aten"``: the registered op, but
+    always with the ATen composition; ``"reference"``: plain :func:`bam_gate_ref` (no custom
+    op). The environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` overrides this.
+    """
+    global _backend
+    if name not in _BACKENDS:
+        raise ValueError(f"set_backend: unknown backend {name!r}. Use one of {_BACKENDS}.")
+    _backend = name
+
+
+def get_backend() -> str:
+    if os.environ.get("TORCH_BAM_FORCE_REFERENCE", "") not in ("", "0"):
+        return "reference"
+    return _backend
 
 
 def bam_gate_ref(
@@ -33,10 +68,228 @@ def bam_gate_ref(
     return x * torch.sigmoid(logits) + x
 
 
+# ---------------------------------------------------------------------------------------------
+# The registered op
+
+
+def _check_shapes(x: Tensor, c: Tensor, s: Tensor, combine: str) -> None:
+    check_combine(combine, "bam_gate")
+    if x.dim() != 4:
+        raise ValueError(f"bam_gate: x must be [B, C, H, W], got shape {list(x.shape)}.")
+    b, ch, h, w = x.shape
+    if tuple(c.shape) not in ((b, ch), (b, ch, 1, 1)):
+        raise ValueError(
+            f"bam_gate: channel_logits must be [B, C] = {[b, ch]} (or [B, C, 1, 1]) for x of "
+            f"shape {list(x.shape)}, got {list(c.shape)}."
+        )
+    if tuple(s.shape) != (b, 1, h, w):
+        raise ValueError(
+            f"bam_gate: spatial_logits must be [B, 1, H, W] = {[b, 1, h, w]} for x of shape "
+            f"{list(x.shape)}, got {list(s.shape)}."
+        )
+    if not (x.is_floating_point() and c.is_floating_point() and s.is_floating_point()):
+        raise TypeError(
+            f"bam_gate: x, channel_logits and spatial_logits must be floating point, "
+            f"got {x.dtype}, {c.dtype}, {s.dtype}. Convert them with .to(x.dtype)."
+        )
+
+
+def _common(x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # Mixed dtypes (e.g. autocast: float32 x, float16 logits) promote like the reference.
+    dt = torch.promote_types(torch.promote_types(x.dtype, c.dtype), s.dtype)
+    return x.to(dt), c.to(dt), s.to(dt)
+
+
+def _out_format(x: Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _fallback_warning(why: str) -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"torch_bam: the fused CPU kernel is unavailable ({why}); bam_gate falls back to "
+            f"the ATen composition (same results, slower). Install a C compiler (cc/gcc) or "
+            f"set CC to enable it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _cpu_lib(x: Tensor):
+    """The compiled C kernel if it applies to x, else None."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or get_backend() != "auto":
+        return None
+    from .kernels import _cpu
+
+    lib = _cpu.load()
+    if lib is None:
+        _fallback_warning(_cpu.last_error() or "build failed")
+    return lib
+
+
+def _triton_ok(x: Tensor) -> bool:
+    if x.device.type != "cuda" or get_backend() != "auto":
+        return False
+    from .kernels import _triton
+
+    return _triton.available()
+
+
+def _opmath(t: Tensor) -> Tensor:
+    # float32 maths for float16/bfloat16 (one rounding at the end); float64 stays float64.
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _forward_aten(x: Tensor, c: Tensor, s: Tensor, combine: str) -> Tensor:
+    xf = _opmath(x)
+    c4 = _opmath(c.reshape(x.shape[0], x.shape[1], 1, 1))
+    sf = _opmath(s)
+    logits = c4 * sf if combine == "product" else c4 + sf
+    return (xf * torch.sigmoid(logits) + xf).to(x.dtype)
+
+
+def _backward_aten(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, combine: str):
+    xf, dyf = _opmath(x), _opmath(dy)
+    c4 = _opmath(c.reshape(x.shape[0], x.shape[1], 1, 1))
+    sf = _opmath(s)
+    g = torch.sigmoid(c4 * sf if combine == "product" else c4 + sf)
+    dx = dyf * (1 + g)
+    dl = dyf * xf * g * (1 - g)
+    if combine == "product":
+        dc, ds = (dl * sf).sum((2, 3)), (dl * c4).sum(1, keepdim=True)
+    else:
+        dc, ds = dl.sum((2, 3)), dl.sum(1, keepdim=True)
+    return dx, dc, ds
+
+
+@torch.library.custom_op("torch_bam::bam_gate", mutates_args=())
+def _bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
+    _check_shapes(x, channel_logits, spatial_logits, combine)
+    fmt = _out_format(x)
+    x, channel_logits, spatial_logits = _common(x, channel_logits, spatial_logits)
+    product = combine == "product"
+    lib = _cpu_lib(x)
+    if lib is not None:
+        from .kernels import _cpu
+
+        y = _cpu.forward(lib, x, channel_logits, spatial_logits, product)
+    elif _triton_ok(x):
+        from .kernels import _triton
+
+        y = _triton.forward(x, channel_logits, spatial_logits, product)
+    else:
+        y = _forward_aten(x, channel_logits, spatial_logits, combine)
+    return y.contiguous(memory_format=fmt)
+
+
+@_bam_gate_op.register_fake
+def _(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
+    _check_shapes(x, channel_logits, spatial_logits, combine)
+    dt = torch.promote_types(torch.promote_types(x.dtype, channel_logits.dtype), spatial_logits.dtype)
+    return torch.empty_like(x, dtype=dt, memory_format=_out_format(x))
+
+
+@torch.library.custom_op("torch_bam::bam_gate_backward", mutates_args=())
+def _bam_gate_backward_op(
+    grad: Tensor, x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    product = combine == "product"
+    xx, cc, ss = _common(x, channel_logits, spatial_logits)
+    lib = _cpu_lib(xx)
+    if lib is not None:
+        from .kernels import _cpu
+
+        dx, dc, ds = _cpu.backward(lib, grad, xx, cc, ss, product)
+    elif _triton_ok(xx):
+        from .kernels import _triton
+
+        dx, dc, ds = _triton.backward(grad, xx, cc, ss, product)
+    else:
+        dx, dc, ds = _backward_aten(grad, xx, cc, ss, combine)
+    return (
+        dx.to(x.dtype).contiguous(memory_format=_out_format(x)),
+        dc.to(channel_logits.dtype).reshape(channel_logits.shape).contiguous(),
+        ds.to(spatial_logits.dtype).reshape(spatial_logits.shape).contiguous(),
+    )
+
+
+@_bam_gate_backward_op.register_fake
+def _(grad: Tensor, x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str):
+    return (
+        torch.empty_like(x, memory_format=_out_format(x)),
+        torch.empty_like(channel_logits, memory_format=torch.contiguous_format),
+        torch.empty_like(spatial_logits, memory_format=torch.contiguous_format),
+    )
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, c, s, combine = inputs
+    ctx.save_for_backward(x, c, s)  # x, c, s only: the sigmoid is recomputed in backward
+    ctx.combine = combine
+
+
+def _backward(ctx, grad: Tensor):
+    x, c, s = ctx.saved_tensors
+    dx, dc, ds = _bam_gate_backward_op(grad, x, c, s, ctx.combine)
+    return dx, dc, ds, None
+
+
+_bam_gate_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("torch_bam::bam_gate_", mutates_args=("x",))
+def _bam_gate_inplace_op(
+    x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
+) -> None:
+    _check_shapes(x, channel_logits, spatial_logits, combine)
+    lib = _cpu_lib(x)
+    if lib is not None and (x.is_contiguous() or _out_format(x) == torch.channels_last):
+        from .kernels import _cpu
+
+        _cpu.forward(lib, x, channel_logits, spatial_logits, combine == "product", out=x)
+    else:
+        x.copy_(_bam_gate_op(x, channel_logits, spatial_logits, combine))
+
+
 def bam_gate(
-    x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str = "sum"
+    x: Tensor,
+    channel_logits: Tensor,
+    spatial_logits: Tensor,
+    combine: str = "sum",
+    inplace: bool = False,
 ) -> Tensor:
-    """Apply the BAM gate; see :func:`bam_gate_ref` for shapes."""
-    if not torch.jit.is_scripting():
-        check_combine(combine, "bam_gate")
-    return bam_gate_ref(x, channel_logits, spatial_logits, combine)
+    """Apply the BAM gate ``x * (1 + sigmoid(c (+|*) s))``; see :func:`bam_gate_ref` for shapes.
+
+    Args:
+        inplace: write the result into ``x`` and return it (inference only). Raises a
+            RuntimeError if autograd would need the result, i.e. grad mode is on and any input
+            requires grad.
+    """
+    if torch.jit.is_scripting():
+        # TorchScript cannot see through the Python custom op: the reference maths instead.
+        y = bam_gate_ref(x, channel_logits, spatial_logits, combine)
+        if inplace:
+            return x.copy_(y)
+        return y
+    check_combine(combine, "bam_gate")
+    if inplace:
+        if torch.is_grad_enabled() and (
+            x.requires_grad or channel_logits.requires_grad or spatial_logits.requires_grad
+        ):
+            raise RuntimeError(
+                "bam_gate(inplace=True) is for inference only, but autograd is recording and "
+                "an input requires grad. Run under torch.no_grad()/torch.inference_mode(), or "
+                "use inplace=False."
+            )
+        if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
+            return x.copy_(bam_gate_ref(x, channel_logits, spatial_logits, combine))
+        _bam_gate_inplace_op(x, channel_logits, spatial_logits, combine)
+        return x
+    # ONNX has no kernel for the custom op: export the reference maths it can translate.
+    if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
+        return bam_gate_ref(x, channel_logits, spatial_logits, combine)
+    return _bam_gate_op(x, channel_logits, spatial_logits, combine)

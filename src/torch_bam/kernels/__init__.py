@@ -1,0 +1,1 @@
+"""Private fused kernels for :func:`torch_bam.functional.bam_gate`; imported lazily."""

@@ -1,0 +1,151 @@
+"""Build, cache and call the C kernel in ``bam_gate_cpu.c`` through ctypes.
+
+Why plain C + ctypes and not ``torch.utils.cpp_extension``: the kernel needs no torch headers,
+so it compiles in well under a second instead of the ~40 s a torch C++ extension takes, and
+the shared object is cached (keyed by source, compiler and flags) in ``TORCH_EXTENSIONS_DIR``
+(default ``~/.cache/torch_extensions``). benchmarks/RESULTS.md has the timings against an ATen
+composition and against torch.compile. If the build fails (no compiler), ``load()`` returns
+None and the caller falls back to the reference.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("bam_gate_cpu.c")
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_error: str | None = None
+
+_i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "torch_extensions"
+    )
+    return Path(root) / "torch_bam"
+
+
+def _compiler() -> str:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"bam_gate_cpu_{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename: a crash or a parallel build never leaves a
+        # half-written .so under the final name.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            subprocess.run(
+                [cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    lib.bam_gate_fwd.argtypes = [_ptr] * 4 + [_i64] * 3 + [_int] * 3
+    lib.bam_gate_fwd.restype = None
+    lib.bam_gate_bwd.argtypes = [_ptr] * 10 + [_i64] * 4 + [_int] * 3
+    lib.bam_gate_bwd.restype = None
+    return lib
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, or None (with the reason in ``last_error()``) if it cannot build."""
+    global _lib, _error
+    if _lib is not None or _error is not None:
+        return _lib
+    with _lock:
+        if _lib is None and _error is None:
+            try:
+                _lib = _build()
+            except (OSError, subprocess.SubprocessError) as e:
+                detail = getattr(e, "stderr", None) or ""
+                _error = f"{type(e).__name__}: {e} {detail}".strip()
+    return _lib
+
+
+def last_error() -> str | None:
+    return _error
+
+
+def reset() -> None:
+    """Forget the loaded kernel and any build error (for tests)."""
+    global _lib, _error
+    with _lock:
+        _lib, _error = None, None
+
+
+def _prep(x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool):
+    b, ch, h, w = x.shape
+    cl = int(not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
+    if not cl:
+        x = x.contiguous()
+    c = c.reshape(b, ch).float().contiguous()
+    s = s.reshape(b, h * w).float().contiguous()
+    if product:
+        a, bb = c, s
+    else:
+        # sigmoid(c + s) = 1 / (1 + exp(-c) exp(-s)): B*(C + HW) exps instead of B*C*HW.
+        # Clamping at +-80 keeps exp finite and changes sigmoid by < 1e-34.
+        a, bb = torch.exp(-c.clamp(-80, 80)), torch.exp(-s.clamp(-80, 80))
+    return x, c, s, a, bb, cl
+
+
+def forward(lib, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, out=None):
+    """y = x * (1 + sigmoid(l)); ``out=x`` (x contiguous or channels_last) works in place."""
+    x, c, s, a, bb, cl = _prep(x, c, s, product)
+    b, ch, h, w = x.shape
+    y = torch.empty_like(x) if out is None else out
+    lib.bam_gate_fwd(
+        x.data_ptr(), a.data_ptr(), bb.data_ptr(), y.data_ptr(),
+        b, ch, h * w, cl, int(product), torch.get_num_threads(),
+    )  # fmt: skip
+    return y
+
+
+def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product):
+    x, c, s, a, bb, cl = _prep(x, c, s, product)
+    b, ch, h, w = x.shape
+    hw = h * w
+    dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    nt = torch.get_num_threads()
+    # Enough chunks per image that small batches still keep every thread busy.
+    nchunk = max(1, min(ch if not cl else hw, -(-4 * nt // b)))
+    part = torch.empty(b * nchunk, hw if not cl else ch)
+    dx = torch.empty_like(x)
+    dc = torch.empty(b, ch)
+    ds = torch.empty(b, hw)
+    lib.bam_gate_bwd(
+        dy.data_ptr(), x.data_ptr(), a.data_ptr(), bb.data_ptr(), c.data_ptr(), s.data_ptr(),
+        dx.data_ptr(), dc.data_ptr(), ds.data_ptr(), part.data_ptr(),
+        b, ch, hw, nchunk, cl, int(product), nt,
+    )  # fmt: skip
+    part = part.view(b, nchunk, -1).sum(1)
+    if cl:
+        dc = part
+    else:
+        ds = part
+    return dx, dc, ds.view(b, 1, h, w)
