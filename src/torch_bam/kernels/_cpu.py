@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 _SOURCE = Path(__file__).with_name("bam_gate_cpu.c")
-_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno"]
+_FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None

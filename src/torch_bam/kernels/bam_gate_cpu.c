@@ -14,8 +14,9 @@ static inline float gate_of(float a, float b, int product) {
     return product ? 1.0f / (1.0f + expf(-(a * b))) : 1.0f / (1.0f + a * b);
 }
 
-void bam_gate_fwd(const float *x, const float *a, const float *b, float *y, int64_t B,
-                  int64_t C, int64_t HW, int cl, int product, int nt) {
+static inline __attribute__((always_inline)) void fwd_impl(
+    const float *x, const float *a, const float *b, float *y, int64_t B, int64_t C, int64_t HW,
+    int cl, const int product, int nt) {
     if (!cl) {
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t bc = 0; bc < B * C; ++bc) {
@@ -46,10 +47,10 @@ void bam_gate_fwd(const float *x, const float *a, const float *b, float *y, int6
  * channels_last: tasks are (b, pixel chunk); each writes a partial dc row part[task][C].
  * The caller sums the partial rows over chunks.
  */
-void bam_gate_bwd(const float *dy, const float *x, const float *a, const float *b,
-                  const float *cv, const float *sv, float *dx, float *dc, float *ds,
-                  float *part, int64_t B, int64_t C, int64_t HW, int64_t nchunk, int cl,
-                  int product, int nt) {
+static inline __attribute__((always_inline)) void bwd_impl(
+    const float *dy, const float *x, const float *a, const float *b, const float *cv,
+    const float *sv, float *dx, float *dc, float *ds, float *part, int64_t B, int64_t C,
+    int64_t HW, int64_t nchunk, int cl, const int product, int nt) {
     if (!cl) {
         const int64_t step = (C + nchunk - 1) / nchunk;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -105,4 +106,25 @@ void bam_gate_bwd(const float *dy, const float *x, const float *a, const float *
             }
         }
     }
+}
+
+/* Entry points: branch once on combine so each inner loop is specialised and vectorised;
+ * target_clones picks AVX-512/AVX2 code at load time where the CPU has it. */
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+CLONES void bam_gate_fwd(const float *x, const float *a, const float *b, float *y, int64_t B,
+                  int64_t C, int64_t HW, int cl, int product, int nt) {
+    if (product)
+        fwd_impl(x, a, b, y, B, C, HW, cl, 1, nt);
+    else
+        fwd_impl(x, a, b, y, B, C, HW, cl, 0, nt);
+}
+
+CLONES void bam_gate_bwd(const float *dy, const float *x, const float *a, const float *b,
+                  const float *cv, const float *sv, float *dx, float *dc, float *ds,
+                  float *part, int64_t B, int64_t C, int64_t HW, int64_t nchunk, int cl,
+                  int product, int nt) {
+    if (product)
+        bwd_impl(dy, x, a, b, cv, sv, dx, dc, ds, part, B, C, HW, nchunk, cl, 1, nt);
+    else
+        bwd_impl(dy, x, a, b, cv, sv, dx, dc, ds, part, B, C, HW, nchunk, cl, 0, nt);
 }
