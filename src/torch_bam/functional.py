@@ -189,7 +189,9 @@ def _bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, comb
 @_bam_gate_op.register_fake
 def _(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
     _check_shapes(x, channel_logits, spatial_logits, combine)
-    dt = torch.promote_types(torch.promote_types(x.dtype, channel_logits.dtype), spatial_logits.dtype)
+    dt = torch.promote_types(
+        torch.promote_types(x.dtype, channel_logits.dtype), spatial_logits.dtype
+    )
     return torch.empty_like(x, dtype=dt, memory_format=_out_format(x))
 
 
