@@ -105,7 +105,9 @@ def test_low_precision_error_at_most_twice_the_reference(dtype, layout):
     y_ref, grads_ref = _run(bam_gate_ref, *lo, "sum", g64.to(dtype))
     assert y.dtype == dtype and all(gr.dtype == dtype for gr in grads)
     rtol, atol = TOLERANCES[dtype]
-    for ours, ref, truth in zip([y, *grads], [y_ref, *grads_ref], [exact, *exact_grads]):
+    for ours, ref, truth in zip(
+        [y, *grads], [y_ref, *grads_ref], [exact, *exact_grads], strict=True
+    ):
         err = (ours.double() - truth).abs().max()
         ref_err = (ref.double() - truth).abs().max()
         assert err <= 2 * ref_err + atol * 1e-3, (err, ref_err)

@@ -133,7 +133,7 @@ class SpatialGate(nn.Module):
 
 
 @torch.fx.wrap  # a leaf for FX: it branches on the input's strides
-def _reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+def _reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
     if not x.is_contiguous() or x.dim() != 4 or torch.jit.is_tracing():
         # channels_last (already a fast conv), odd strides, or a trace: the plain conv.
         return F.conv2d(x, weight, bias)
@@ -194,6 +194,9 @@ class BAM(nn.Module):
         combine: ``"sum"`` (paper) or ``"product"``: ``1 + sigmoid(M_c * M_s)``, as the
             official code computes it; use it to run weights trained with that code.
         device, dtype: where and how to create the parameters.
+        inplace: in inference (grad mode off) write the output into the input tensor, saving
+            one feature map of memory; with grad mode on it silently computes out of place, so
+            the same module still trains.
 
     Shape:
         input and output ``[B, C, H, W]``; the output keeps the input's memory format.
@@ -206,6 +209,7 @@ class BAM(nn.Module):
 
     combine: str
     channels: int
+    inplace: bool
 
     def __init__(
         self,
@@ -217,6 +221,7 @@ class BAM(nn.Module):
         combine: str = "sum",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        inplace: bool = False,
     ) -> None:
         super().__init__()
         owner = f"BAM(channels={channels!r})"
@@ -234,6 +239,7 @@ class BAM(nn.Module):
         self.num_dilated_convs = num_dilated_convs
         self.channel_mlp_layers = channel_mlp_layers
         self.combine = combine
+        self.inplace = bool(inplace)
         self.channel_att = ChannelGate(channels, reduction_ratio, channel_mlp_layers, device, dtype)
         self.spatial_att = SpatialGate(
             channels, reduction_ratio, dilation, num_dilated_convs, device, dtype
@@ -244,11 +250,22 @@ class BAM(nn.Module):
         _check_input(x, self.channels, self.training, weight_dtype)
         channel_logits = self.channel_att(x)
         spatial_logits = self.spatial_att(x)
-        return bam_gate(x, channel_logits, spatial_logits, self.combine)
+        inplace = self.inplace and not torch.is_grad_enabled()
+        return bam_gate(x, channel_logits, spatial_logits, self.combine, inplace)
+
+    def fuse_for_inference(self) -> "BAM":
+        """Fold each gate's BatchNorms into the conv/linear before them (eval mode, in place).
+
+        See :func:`torch_bam.fold.fold_bam`. Returns ``self``.
+        """
+        from .fold import fold_bam
+
+        return fold_bam(self)  # type: ignore[return-value]
 
     def extra_repr(self) -> str:
         return (
             f"channels={self.channels}, reduction_ratio={self.reduction_ratio}, "
             f"dilation={self.dilation}, num_dilated_convs={self.num_dilated_convs}, "
             f"channel_mlp_layers={self.channel_mlp_layers}, combine={self.combine!r}"
+            + (", inplace=True" if self.inplace else "")
         )
