@@ -1,0 +1,363 @@
+"""Benchmarks for torch-bam's fast BAM against the seed code; writes benchmarks/RESULTS.md.
+
+Run from the repository root:  PYTHONPATH=src:. python benchmarks/run_benchmarks.py [--quick]
+
+Every ratio is measured in this one run: the seed's BAM in eager mode and under torch.compile
+(NCHW and channels_last) against torch_bam.BAM in eager mode (no compile step of ours).
+Timing is the median of several calls after warm-up calls; CPU only, torch.set_num_threads(2).
+Not a test: nothing here runs under pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import seed_bam  # noqa: E402
+
+import torch_bam  # noqa: E402
+from torch_bam import BAM, functional  # noqa: E402
+
+CL = torch.channels_last
+SHAPES = [(32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14)]
+OUT = Path(__file__).with_name("RESULTS.md")
+
+
+def timeit(fn, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3  # ms
+
+
+def loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def machine() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(
+            line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line
+        )
+    except (OSError, StopIteration):
+        model = platform.processor() or "unknown"
+    return model
+
+
+def pair(channels: int):
+    seed = seed_bam.BAM(channels)
+    ours = BAM(channels)
+    ours.load_state_dict(seed.state_dict(), strict=True)
+    return seed, ours
+
+
+def fmt_x(x, memory_format):
+    return x.contiguous(memory_format=memory_format)
+
+
+# ------------------------------------------------------------------------------ the gate alone
+def bench_gate(reps):
+    b, c, h, w = SHAPES[0]
+    x = torch.randn(b, c, h, w)
+    cl, sl = torch.randn(b, c), torch.randn(b, 1, h, w)
+    compiled_ref = torch.compile(functional.bam_gate_ref)
+    rows = []
+    with torch.no_grad():
+        copy_ms = timeit(lambda: x.clone(), reps)
+        rows.append(("copy of x (bandwidth floor)", copy_ms))
+        rows.append(
+            (
+                "reference: x * sigmoid(c + s) + x",
+                timeit(lambda: functional.bam_gate_ref(x, cl, sl), reps),
+            )
+        )
+        rows.append(
+            (
+                "torch.compile(reference) (AOT-style generated code)",
+                timeit(lambda: compiled_ref(x, cl, sl), reps, 2),
+            )
+        )
+        functional.set_backend("aten")
+        rows.append(
+            (
+                "registered op, ATen composition",
+                timeit(lambda: functional.bam_gate(x, cl, sl), reps),
+            )
+        )
+        functional.set_backend("auto")
+        rows.append(
+            (
+                "registered op, fused C kernel (NCHW)",
+                timeit(lambda: functional.bam_gate(x, cl, sl), reps),
+            )
+        )
+        xc = x.contiguous(memory_format=CL)
+        rows.append(
+            (
+                "registered op, fused C kernel (channels_last)",
+                timeit(lambda: functional.bam_gate(xc, cl, sl), reps),
+            )
+        )
+        xi = x.clone()
+        rows.append(
+            (
+                "registered op, fused C kernel, in place",
+                timeit(lambda: functional.bam_gate(xi, cl, sl, inplace=True), reps),
+            )
+        )
+    dy = torch.randn_like(x)
+    leaves = [t.clone().requires_grad_() for t in (x, cl, sl)]
+
+    def fb(fn):
+        return lambda: fn(*leaves).backward(dy)
+
+    rows.append(("fwd+bwd: reference (autograd)", timeit(fb(functional.bam_gate_ref), reps)))
+    rows.append(("fwd+bwd: torch.compile(reference)", timeit(fb(compiled_ref), reps, 2)))
+    functional.set_backend("aten")
+    rows.append(("fwd+bwd: registered op, ATen composition", timeit(fb(functional.bam_gate), reps)))
+    functional.set_backend("auto")
+    rows.append(("fwd+bwd: registered op, fused C kernel", timeit(fb(functional.bam_gate), reps)))
+    lines = [
+        f"### The gate alone, x = {list(x.shape)} float32",
+        "",
+        "| variant | ms |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {name} | {ms:.1f} |" for name, ms in rows]
+    return lines
+
+
+# ------------------------------------------------------------------------------ the block
+def bench_block(reps):
+    lines = ["### One BAM block (B=32), ms and speed-up of ours", ""]
+    lines += [
+        "| shape | pass | seed eager NCHW | seed eager CL | seed compile NCHW | seed compile CL | ours NCHW | ours CL | ours fused+inplace (best fmt) | vs seed eager (same fmt, best) | vs best seed compile |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    verdicts = []
+    for shape in SHAPES:
+        seed, ours = pair(shape[1])
+        x0 = torch.randn(shape)
+        for mode in ("inference", "fwd+bwd"):
+            res = {}
+            for mf_name, mf in (("NCHW", torch.contiguous_format), ("CL", CL)):
+                x = fmt_x(x0, mf)
+                s_mod, o_mod = (
+                    copy.deepcopy(seed).to(memory_format=mf),
+                    copy.deepcopy(ours).to(memory_format=mf),
+                )
+                if mode == "inference":
+                    s_mod.eval(), o_mod.eval()
+                    comp = torch.compile(s_mod)
+                    with torch.no_grad():
+                        res[f"seed eager {mf_name}"] = timeit(lambda: s_mod(x), reps)
+                        res[f"seed compile {mf_name}"] = timeit(lambda: comp(x), reps, 2)
+                        res[f"ours {mf_name}"] = timeit(lambda: o_mod(x), reps)
+                        fused = copy.deepcopy(o_mod).fuse_for_inference()
+                        fused.inplace = True
+                        xi = x.clone()
+                        res[f"fused {mf_name}"] = timeit(lambda: fused(xi), reps)
+                else:
+                    s_mod.train(), o_mod.train()
+                    comp = torch.compile(s_mod)
+                    xg = x.clone().requires_grad_()
+                    dy = torch.randn_like(x)
+                    res[f"seed eager {mf_name}"] = timeit(lambda: s_mod(xg).backward(dy), reps)
+                    res[f"seed compile {mf_name}"] = timeit(lambda: comp(xg).backward(dy), reps, 2)
+                    res[f"ours {mf_name}"] = timeit(lambda: o_mod(xg).backward(dy), reps)
+                torch._dynamo.reset()
+            ours_best = min(res["ours NCHW"], res["ours CL"])
+            seed_eager_best = min(res["seed eager NCHW"], res["seed eager CL"])
+            seed_comp_best = min(res["seed compile NCHW"], res["seed compile CL"])
+            if mode == "inference":
+                ours_best = min(ours_best, res["fused NCHW"], res["fused CL"])
+                fused = f"{min(res['fused NCHW'], res['fused CL']):.0f}"
+            else:
+                fused = "-"
+            r_eager = seed_eager_best / ours_best
+            r_comp = seed_comp_best / ours_best
+            lines.append(
+                f"| C={shape[1]} {shape[2]}x{shape[3]} | {mode} | "
+                + " | ".join(
+                    f"{res[k]:.0f}"
+                    for k in (
+                        "seed eager NCHW",
+                        "seed eager CL",
+                        "seed compile NCHW",
+                        "seed compile CL",
+                        "ours NCHW",
+                        "ours CL",
+                    )
+                )
+                + f" | {fused} | {r_eager:.2f}x | {r_comp:.2f}x |"
+            )
+            need_eager, need_comp = (4.0, 1.3) if mode == "inference" else (2.0, 1.0)
+            verdicts.append(
+                f"- block {mode}, C={shape[1]}: {r_eager:.2f}x vs seed eager (target >= {need_eager}x: "
+                f"{'met' if r_eager >= need_eager else 'NOT met'}), {r_comp:.2f}x vs seed compiled "
+                f"(target >= {need_comp}x: {'met' if r_comp >= need_comp else 'NOT met'})"
+            )
+            print(lines[-1], flush=True)
+    lines.append("")
+    lines.append(
+        '("vs" columns: best seed time in that column group divided by our best eager time.)'
+    )
+    return lines, verdicts
+
+
+# ------------------------------------------------------------------------------ memory
+def saved_bytes(model, x):
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def bench_memory():
+    lines = ["### Bytes saved for backward / input bytes (train mode, unique storages)", ""]
+    lines += ["| shape | seed | ours NCHW | ours channels_last |", "| --- | --- | --- | --- |"]
+    verdicts = []
+    for shape in [(8, *SHAPES[0][1:]), (8, *SHAPES[1][1:]), (8, *SHAPES[2][1:])]:
+        seed, ours = pair(shape[1])
+        x = torch.randn(shape, requires_grad=True)
+        nbytes = x.numel() * 4
+        r_seed = saved_bytes(seed.train(), x) / nbytes
+        r_ours = saved_bytes(ours.train(), x) / nbytes
+        xc = x.detach().contiguous(memory_format=CL).requires_grad_()
+        r_cl = saved_bytes(copy.deepcopy(ours).to(memory_format=CL).train(), xc) / nbytes
+        lines.append(f"| {list(shape)} | {r_seed:.2f} | {r_ours:.2f} | {r_cl:.2f} |")
+        verdicts.append(
+            f"- saved bytes C={shape[1]}: {r_ours:.2f} (NCHW), {r_cl:.2f} (channels_last); target <= 1.15: "
+            f"{'met' if max(r_ours, r_cl) <= 1.15 else 'NOT met'} (seed {r_seed:.2f})"
+        )
+    return lines, verdicts
+
+
+# ------------------------------------------------------------------------------ ResNet-50
+def bam_resnet50(bam_cls, **kw):
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None)
+    net.layer1 = nn.Sequential(net.layer1, bam_cls(256, **kw))
+    net.layer2 = nn.Sequential(net.layer2, bam_cls(512, **kw))
+    net.layer3 = nn.Sequential(net.layer3, bam_cls(1024, **kw))
+    return net
+
+
+def bench_resnet(reps):
+    import torchvision
+
+    lines = ["### ResNet-50 vs BAM-ResNet-50, batch 8, 224x224, ms", ""]
+    lines += [
+        "| format | pass | ResNet-50 | seed BAM-R50 | ours BAM-R50 | seed / R50 | ours / R50 |"
+    ]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
+    verdicts = []
+    torch.manual_seed(0)
+    x0 = torch.randn(8, 3, 224, 224)
+    target = torch.randint(0, 1000, (8,))
+    for mf_name, mf in (("NCHW", torch.contiguous_format), ("channels_last", CL)):
+        x = x0.contiguous(memory_format=mf)
+        models = {
+            "r50": torchvision.models.resnet50(weights=None),
+            "seed": bam_resnet50(seed_bam.BAM),
+            "ours": bam_resnet50(BAM),
+        }
+        models = {k: m.to(memory_format=mf) for k, m in models.items()}
+        for mode in ("inference", "train step"):
+            res = {}
+            for name, m in models.items():
+                if mode == "inference":
+                    m.eval()
+                    with torch.no_grad():
+                        res[name] = timeit(lambda m=m: m(x), reps)
+                else:
+                    m.train()
+                    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+
+                    def step(m=m, opt=opt):
+                        opt.zero_grad(set_to_none=True)
+                        nn.functional.cross_entropy(m(x), target).backward()
+                        opt.step()
+
+                    res[name] = timeit(step, reps)
+            rs, ro = res["seed"] / res["r50"], res["ours"] / res["r50"]
+            lines.append(
+                f"| {mf_name} | {mode} | {res['r50']:.0f} | {res['seed']:.0f} | {res['ours']:.0f} | {rs:.3f} | {ro:.3f} |"
+            )
+            print(lines[-1], flush=True)
+            verdicts.append(
+                f"- BAM-ResNet-50 / ResNet-50, {mode}, {mf_name}: {ro:.3f} (target <= 1.05: "
+                f"{'met' if ro <= 1.05 else 'NOT met'}; seed {rs:.3f})"
+            )
+    return lines, verdicts
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
+    parser.add_argument("--skip-resnet", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    reps = 3 if args.quick else 5
+    load_before = loadavg()
+    started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    gate = bench_gate(reps)
+    print("\n".join(gate), flush=True)
+    block, v_block = bench_block(reps)
+    mem, v_mem = bench_memory()
+    print("\n".join(mem), flush=True)
+    resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(max(2, reps - 2))
+    load_after = loadavg()
+    header = [
+        "# Benchmark results",
+        "",
+        "Written by `benchmarks/run_benchmarks.py` (do not edit by hand; rerun it).",
+        "",
+        f"- date: {started}",
+        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
+        f"- torch {torch.__version__}, torch_bam {torch_bam.__version__}, python {platform.python_version()}",
+        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
+        "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
+        f"- repeats: median of {reps} calls after warm-up (ResNet: {max(2, reps - 2)})",
+        "- GPU: not measured: no GPU lent to this session. The Triton kernels are tested for "
+        "correctness under TRITON_INTERPRET=1 only; the bandwidth target is unverified.",
+        "",
+        "## Targets",
+        "",
+        *v_block,
+        *v_mem,
+        *v_resnet,
+        "",
+        "## Tables",
+        "",
+    ]
+    OUT.write_text("\n".join(header + gate + [""] + block + [""] + mem + [""] + resnet) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
