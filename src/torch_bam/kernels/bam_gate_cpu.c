@@ -1,13 +1,28 @@
 /* Fused BAM gate for CPU, float32: y = x * (1 + sigmoid(l)), l = c + s or c * s.
  *
- * One pass over x forward, one pass over (x, dy) backward. For combine="sum" the caller
- * passes ec = exp(-c) [B,C] and es = exp(-s) [B,HW], so sigmoid(c + s) = 1 / (1 + ec * es)
- * costs no exp per element. For "product" it passes c and s themselves and we call expf.
+ * One pass over x forward, one pass over (x, dy) backward. For combine="sum", prep_sum first
+ * fills ec = exp(-c) [B,C] and es = exp(-s) [B,HW], so sigmoid(c + s) = 1 / (1 + ec * es)
+ * costs no exp per element. For "product" a, b are c and s themselves and we call expf.
  * Layout: cl = 0 is NCHW ([B][C][HW]), cl = 1 is channels_last ([B][HW][C]).
  * Plain C with no torch headers: it builds in about a second (see kernels/_cpu.py).
  */
 #include <math.h>
 #include <stdint.h>
+
+static inline float exp_neg_clamped(float v) {
+    /* Clamping at +-80 keeps exp finite (and ec * es at worst inf, giving a gate of 0, as
+     * sigmoid gives); it changes sigmoid by less than 1e-34. */
+    v = v < -80.0f ? -80.0f : (v > 80.0f ? 80.0f : v);
+    return expf(-v);
+}
+
+/* ec = exp(-c), es = exp(-s): B * (C + HW) values, serial: small next to one pass over x, and a
+ * parallel region per tiny op costs more than it saves on a busy machine. */
+void bam_gate_prep_sum(const float *c, const float *s, float *ec, float *es, int64_t nc,
+                       int64_t ns) {
+    for (int64_t i = 0; i < nc; ++i) ec[i] = exp_neg_clamped(c[i]);
+    for (int64_t i = 0; i < ns; ++i) es[i] = exp_neg_clamped(s[i]);
+}
 
 static inline float gate_of(float a, float b, int product) {
     /* sum: a = exp(-c), b = exp(-s); product: a = c, b = s */
