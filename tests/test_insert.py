@@ -186,8 +186,12 @@ def test_identity_init_gives_f_prime_close_to_f():
         model.load_state_dict(base.state_dict(), strict=False)
         x = torch.randn(2, 3, 64, 64)
         with torch.no_grad():
+            # Each block: F' = F * (1 + init_attention), whatever F.
+            for b in (m for m in model.modules() if isinstance(m, BAM)):
+                f = torch.randn(2, b.channels, 8, 8)
+                torch.testing.assert_close(b(f), f * (1 + 1e-3), rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(model(x), base(x), rtol=1e-2, atol=1e-3)
-        # ... but not exactly: without identity_init the outputs differ a lot.
+    # Without identity_init the same weights give clearly different outputs.
     plain = add_bam(torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64))
     plain.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from .bam import BAM
 
-__all__ = ["BAMAfter", "BAMInsertion", "BAMReport", "add_bam", "find_bottlenecks"]
+__all__ = ["BAMAfter", "BAMInsertion", "BAMReport", "add_bam"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def _smaller(a: Tensor, b: Tensor) -> bool:
     return (b.shape[2] < a.shape[2] or b.shape[3] < a.shape[3]) and b.shape[2:] != (1, 1)
 
 
-def find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
+def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
     """The module calls after which :func:`add_bam` puts a BAM (see the module docstring)."""
     example_input = _default_input(model) if example_input is None else example_input
     calls = _trace_calls(model, example_input)
@@ -354,7 +354,7 @@ def add_bam(
             f"{type(example_input).__name__} of shape {list(getattr(example_input, 'shape', []))}."
         )
     if at is None:
-        points = find_bottlenecks(model, example_input)
+        points = _find_bottlenecks(model, example_input)
         if not points:
             raise ValueError(
                 f"add_bam: found no bottleneck in {type(model).__name__}: no spatial "
