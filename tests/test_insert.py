@@ -209,6 +209,22 @@ def test_scriptable_fx_traceable_exportable():
         torch.testing.assert_close(exported.module()(x), want)
 
 
+def test_sequential_parent_insertion_scripts_and_exports():
+    model = add_bam(torchvision.models.vgg11_bn().eval(), torch.randn(2, 3, 64, 64))
+    assert "features.2_bam" in model.bam_report[0].bam_path
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), want)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), want)
+
+
+def test_twice_is_an_error():
+    model = add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="already has 3 BAM"):
+        add_bam(model, torch.randn(2, 3, 64, 64))
+
+
 def test_unknown_name_lists_valid_ones():
     with pytest.raises(ValueError, match=r"no module \['layer9'\].*Valid names: conv1, bn1"):
         add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), at=["layer9"])

@@ -353,6 +353,12 @@ def add_bam(
             f"add_bam: example_input must be a 4-D image batch [B, C, H, W], got "
             f"{type(example_input).__name__} of shape {list(getattr(example_input, 'shape', []))}."
         )
+    existing = sum(isinstance(m, BAM) for m in model.modules())
+    if existing and at is None:
+        raise ValueError(
+            f"add_bam: {type(model).__name__} already has {existing} BAM block(s); adding BAM at "
+            f"the same bottlenecks again would stack them. Pass at=[module names] to add more."
+        )
     if at is None:
         points = _find_bottlenecks(model, example_input)
         if not points:
