@@ -12,11 +12,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .bam import BAM
 
-__all__ = ["convert_official_state_dict", "load_official_bam"]
+__all__ = [
+    "convert_official_state_dict",
+    "load_official_bam",
+    "load_official_checkpoint",
+    "official_bam_resnet",
+]
 
 _FC = re.compile(r"^(?P<prefix>.*gate_c\.)gate_c_fc_(?P<i>\d+)\.(?P<rest>.+)$")
 _BN = re.compile(r"^(?P<prefix>.*gate_c\.)gate_c_bn_(?P<i>\d+)\.(?P<rest>.+)$")
@@ -87,3 +92,57 @@ def load_official_bam(state_dict: Mapping[str, Tensor], **bam_kwargs) -> BAM:
     bam = BAM(channels, **kwargs)
     bam.load_state_dict(sd, strict=True)
     return bam
+
+
+def _state_dict_of(checkpoint: Mapping) -> Mapping[str, Tensor]:
+    """The weights in a checkpoint: the official train script saves ``{'state_dict': ...}``."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(
+            f"expected a checkpoint or state_dict mapping, got {type(checkpoint).__name__}. "
+            f"Pass torch.load(path, map_location='cpu')."
+        )
+    inner = checkpoint.get("state_dict")
+    return inner if isinstance(inner, Mapping) else checkpoint
+
+
+def load_official_checkpoint(model: nn.Module, checkpoint: Mapping, strict: bool = True):
+    """Load a whole network's checkpoint written by the official code into ``model``.
+
+    ``checkpoint`` is what the official ``train_imagenet.py`` saves (``{'state_dict': ...}``,
+    with DataParallel's ``module.`` prefix) or a bare state_dict. The channel gates' keys are
+    renamed; everything else keeps its name, so ``model`` must name its layers as the official
+    network does: :func:`official_bam_resnet` builds one. Every BAM in ``model`` must use
+    ``combine="product"`` to give the official outputs. Returns ``load_state_dict``'s result.
+    """
+    sums = [
+        name for name, m in model.named_modules() if isinstance(m, BAM) and m.combine != "product"
+    ]
+    if sums:
+        raise ValueError(
+            f"load_official_checkpoint: the BAMs at {sums} use combine='sum', but the official "
+            f"code computes 1 + sigmoid(M_c * M_s). Build the model with combine='product' "
+            f"(e.g. torch_bam.compat.official_bam_resnet(depth))."
+        )
+    return model.load_state_dict(convert_official_state_dict(_state_dict_of(checkpoint)), strict)
+
+
+def official_bam_resnet(
+    depth: int, num_classes: int = 1000, checkpoint: Mapping | None = None
+) -> nn.Module:
+    """torch_bam's ``bam_resnet<depth>`` set up as the official code's ``ResidualNet``.
+
+    That is: the stride in the 3x3 conv of a downsampling bottleneck (``stride_in_3x3=True``,
+    the official code's layout, not the paper's v1) and ``combine="product"``. Its adaptive
+    average pool equals the official ``AvgPool2d(7)`` on 224x224 inputs. If ``checkpoint`` is
+    given, it is loaded strictly with :func:`load_official_checkpoint`.
+    """
+    from .models import create_model
+
+    if depth not in (18, 34, 50, 101, 152):
+        raise ValueError(f"official_bam_resnet: depth must be 18, 34, 50, 101 or 152, got {depth}.")
+    model = create_model(
+        f"bam_resnet{depth}", num_classes=num_classes, stride_in_3x3=True, combine="product"
+    )
+    if checkpoint is not None:
+        load_official_checkpoint(model, checkpoint, strict=True)
+    return model

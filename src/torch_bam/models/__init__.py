@@ -1,6 +1,9 @@
 """The paper's networks and small ones for quick runs, registered by name."""
 
-from . import small  # noqa: F401  (registers its models)
+from . import cifar, mobilenet, resnet, small  # noqa: F401  (register their models)
 from ._registry import create_model, list_models, register_model
+from ._timm import install as _install_timm_hook
+
+_install_timm_hook()  # timm.create_model("bam_resnet50") once timm is imported; lazy
 
 __all__ = ["create_model", "list_models", "register_model"]

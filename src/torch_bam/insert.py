@@ -1,0 +1,403 @@
+"""Put BAM into any image CNN, at its bottlenecks (Park et al., BMVC 2018, Sec. 3).
+
+A bottleneck is the output of the last module before the spatial size falls. ``add_bam`` runs
+the model once on a small example input with forward hooks, finds every downsampling, and
+inserts a :class:`~torch_bam.BAM` after the shallowest module whose output feeds it.
+
+How a downsampling is found. Each leaf module whose 4-D output is smaller (H or W) than its 4-D
+input is a downsampling leaf. Going up from it, its ancestors that also take the
+pre-downsampling map and return a smaller one are part of the same downsampling; the outermost
+one (a ResNet's ``layer2``, a MobileNetV2's stride-2 ``features.2`` block, a ConvNeXt's
+downsample layer, a VGG's max-pool) is the *downsampling module*. The bottleneck is the
+shallowest module that returned, as the last thing before the downsampling module started, the
+very tensor it takes as input (``layer1`` in a ResNet). So models whose blocks downsample
+inside themselves get a BAM after the last block before the downsampling block.
+
+Skipped on purpose, as in the paper:
+- the stem: a downsampling with no convolution since the previous one (or since the input),
+  e.g. a ResNet's max-pool right after its stride-2 conv: no BAM at 112x112;
+- the last stage: a downsampling after which no convolution runs (global pooling, a VGG's last
+  max-pool before the classifier);
+- global pooling to 1x1.
+
+How BAM is inserted, and what happens to state_dict keys. The original keys never change:
+- the bottleneck is a plain ``nn.Sequential`` (``layer1``, ``features.3``): BAM is appended to
+  it as a child named ``bam`` (new keys ``layer1.bam.*``);
+- its parent is a plain ``nn.Sequential`` (a VGG's ReLU in ``features``): BAM goes into the
+  parent right after it, named ``<name>_bam`` (new keys ``features.2_bam.*``);
+- otherwise the module is wrapped in :class:`BAMAfter` (``module`` then ``bam``); its state_dict
+  hooks drop the ``module.`` level, so the keys stay ``<path>.*`` and ``<path>.bam.*``.
+So pretrained weights load before or after ``add_bam``; load them with ``strict=False`` after it
+(the BAM keys are missing from a baseline checkpoint), or, the usual way, load then add BAM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .bam import BAM
+
+__all__ = ["BAMAfter", "BAMInsertion", "BAMReport", "add_bam"]
+
+
+@dataclass(frozen=True)
+class BAMInsertion:
+    """One BAM placed by :func:`add_bam`: after module ``path``, on ``channels`` x ``size``."""
+
+    path: str
+    channels: int
+    size: tuple[int, int]  # (H, W) at the example input's size
+    bam_path: str  # where the BAM lives in the model (its state_dict prefix)
+
+
+class BAMReport(list):
+    """The list of :class:`BAMInsertion` s, with a readable ``str``."""
+
+    def __str__(self) -> str:
+        rows = [f"{'after':<32} {'channels':>8}  size"]
+        rows += [f"{p.path:<32} {p.channels:>8}  {p.size[0]}x{p.size[1]}" for p in self]
+        return "\n".join(rows)
+
+
+class BAMAfter(nn.Module):
+    """``bam(module(x))`` for a module that cannot take BAM inside or beside itself.
+
+    The state_dict keeps the wrapped module's keys at this level (``conv.weight``, not
+    ``conv.module.weight``), so checkpoints written before wrapping still load.
+    """
+
+    def __init__(self, module: nn.Module, bam: BAM) -> None:
+        super().__init__()
+        self.module = module
+        self.bam = bam
+        self._register_state_dict_hook(_drop_module_level)
+        self._register_load_state_dict_pre_hook(_add_module_level)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bam(self.module(x))
+
+
+def _drop_module_level(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "module.")]:
+        state_dict[prefix + key[len(prefix) + len("module.") :]] = state_dict.pop(key)
+    return state_dict
+
+
+def _add_module_level(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        rest = key[len(prefix) :]
+        if not rest.startswith(("bam.", "module.")):
+            state_dict[prefix + "module." + rest] = state_dict.pop(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding the bottlenecks
+
+
+@dataclass
+class _Call:
+    path: str
+    module: nn.Module
+    start: int
+    end: int = -1
+    input: Tensor | None = None
+    output: Tensor | None = None
+
+
+def _is_map(t: object) -> bool:
+    return isinstance(t, Tensor) and t.dim() == 4
+
+
+def _has_conv(module: nn.Module) -> bool:
+    return any(p.dim() == 4 for p in module.parameters(recurse=False))
+
+
+def _trace_calls(model: nn.Module, example_input: Tensor) -> list[_Call]:
+    """Run ``model`` once and record every module call: order, first input and output."""
+    calls: list[_Call] = []
+    open_calls: dict[int, list[_Call]] = {}
+    counter = iter(range(1 << 62))
+    handles = []
+
+    def pre_hook(path):
+        def hook(module, args):
+            call = _Call(path, module, next(counter))
+            call.input = args[0] if args and _is_map(args[0]) else None
+            open_calls.setdefault(id(module), []).append(call)
+            calls.append(call)
+
+        return hook
+
+    def post_hook(module, args, output):
+        call = open_calls[id(module)].pop()
+        call.end = next(counter)
+        call.output = output if _is_map(output) else None
+
+    for path, module in model.named_modules():
+        if module is model:
+            continue
+        handles.append(module.register_forward_pre_hook(pre_hook(path)))
+        handles.append(module.register_forward_hook(post_hook))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    except Exception as err:
+        raise ValueError(
+            f"add_bam: the model failed on an example image batch of shape "
+            f"{list(example_input.shape)} ({type(err).__name__}: {err}). add_bam needs an image "
+            f"CNN that takes [B, C, H, W]; pass example_input= with a shape the model accepts."
+        ) from err
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return calls
+
+
+def _can_downsample(c: _Call) -> bool:
+    """A conv, a pooling layer, or a parameter-free leaf that keeps batch and channels (so not
+    a channels-last permute, nor a Linear on a channels-last map)."""
+    if _has_conv(c.module) or isinstance(c.module, _POOLS):
+        return True
+    leaf = not any(True for _ in c.module.children()) and not any(
+        True for _ in c.module.parameters()
+    )
+    return (
+        leaf
+        and c.input is not None
+        and c.output is not None
+        and (c.input.shape[:2] == c.output.shape[:2])
+    )
+
+
+_POOLS = (
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+
+
+def _smaller(a: Tensor, b: Tensor) -> bool:
+    """Is map ``b`` spatially smaller than map ``a``?"""
+    return (b.shape[2] < a.shape[2] or b.shape[3] < a.shape[3]) and b.shape[2:] != (1, 1)
+
+
+def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
+    """The module calls after which :func:`add_bam` puts a BAM (see the module docstring)."""
+    example_input = _default_input(model) if example_input is None else example_input
+    calls = _trace_calls(model, example_input)
+    n_calls: dict[str, int] = {}
+    for c in calls:
+        n_calls[c.path] = n_calls.get(c.path, 0) + 1
+
+    def shrinks(c: _Call, leaf: _Call) -> bool:  # from the leaf's input size to its output's
+        return (
+            c.input is not None
+            and c.output is not None
+            and c.input.shape[2:] == leaf.input.shape[2:]
+            and c.output.shape[2:] == leaf.output.shape[2:]
+            and _smaller(c.input, c.output)
+        )
+
+    # Downsampling modules: from each downsampling leaf, go up through the enclosing calls that
+    # take the same map size and shrink it; the outermost of that unbroken chain.
+    downs: dict[int, _Call] = {}
+    for leaf in calls:
+        if not _can_downsample(leaf) or not shrinks(leaf, leaf):
+            continue
+        top = leaf
+        enclosing = [c for c in calls if c.start < leaf.start and c.end > leaf.end]
+        for c in sorted(enclosing, key=lambda c: -c.start):  # innermost first
+            if not shrinks(c, leaf):
+                break
+            top = c
+        downs[top.start] = top
+
+    conv_starts = sorted(c.start for c in calls if _has_conv(c.module))
+    points: list[_Call] = []
+    prev_start = -1
+    for d in sorted(downs.values(), key=lambda c: c.start):
+        # A conv since the previous downsampling began (not counting a downsampling conv
+        # itself, as in a stem), and a conv from this one on.
+        convs_before = any(prev_start < s < d.start for s in conv_starts)
+        convs_after = any(s >= d.start for s in conv_starts)
+        prev_start = d.start
+        if not (convs_before and convs_after):
+            continue
+        # Calls that ended just before d started, with nothing starting in between.
+        last_events = [c for c in calls if c.end < d.start]
+        if not last_events:
+            continue
+        latest_start = max((c.start for c in calls if c.start < d.start), default=-1)
+        producers = [
+            c
+            for c in last_events
+            if c.end > latest_start and c.output is d.input and n_calls[c.path] == 1
+        ]
+        if producers:
+            points.append(min(producers, key=lambda c: (c.path.count("."), c.start)))
+    return points
+
+
+def _default_input(model: nn.Module) -> Tensor:
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError(
+            f"add_bam: {type(model).__name__} has no nn.Conv2d; BAM goes into image CNNs. "
+            f"For another kind of model, place BAM by hand (torch_bam.BAM(channels))."
+        )
+    p = next(model.parameters())
+    # Two samples, 128x128: small, yet five halvings still leave 4x4 maps.
+    return torch.randn(2, first_conv.in_channels, 128, 128, device=p.device, dtype=p.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inserting
+
+
+def _plain_sequential(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
+
+
+def _insert(model: nn.Module, path: str, bam: BAM) -> str:
+    """Put ``bam`` after the module at ``path``; return the BAM's own path."""
+    module = model.get_submodule(path)
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if _plain_sequential(module) and "bam" not in module._modules:
+        module.add_module("bam", bam)
+        return f"{path}.bam"
+    if _plain_sequential(parent) and f"{name}_bam" not in parent._modules:
+        items = list(parent._modules.items())
+        parent._modules.clear()
+        for key, child in items:
+            parent._modules[key] = child
+            if key == name:
+                parent._modules[f"{name}_bam"] = bam
+        return f"{parent_path + '.' if parent_path else ''}{name}_bam"
+    setattr(parent, name, BAMAfter(module, bam))
+    return f"{path}.bam"
+
+
+@torch.no_grad()
+def _identity_init_(bam: BAM, attention: float) -> None:
+    """Zero the gates' last layers and set their biases so that sigmoid(...) = ``attention``."""
+    logit = math.log(attention / (1 - attention))
+    final_c = bam.channel_att.gate_c[-1]
+    final_s = bam.spatial_att.gate_s.gate_s_conv_final
+    for layer in (final_c, final_s):
+        layer.weight.zero_()
+    if bam.combine == "sum":
+        final_c.bias.fill_(logit / 2)
+        final_s.bias.fill_(logit / 2)
+    else:  # product: (-a) * a = logit
+        final_c.bias.fill_(-math.sqrt(-logit))
+        final_s.bias.fill_(math.sqrt(-logit))
+
+
+def add_bam(
+    model: nn.Module,
+    example_input: Tensor | None = None,
+    *,
+    at: Iterable[str] | None = None,
+    identity_init: bool = False,
+    init_attention: float = 1e-3,
+    **bam_kwargs,
+) -> nn.Module:
+    """Insert a BAM at each bottleneck of an image CNN, in place; return the model.
+
+    Args:
+        model: any ``nn.Module`` that takes an image batch ``[B, C, H, W]``.
+        example_input: a batch the model accepts, used once (eval mode, no grad) to find the
+            bottlenecks. Default: ``randn(2, C, 128, 128)`` with ``C`` from the first Conv2d.
+        at: module paths to put BAM after, instead of the found bottlenecks (e.g.
+            ``["layer1", "layer2"]``).
+        identity_init: start each BAM near identity, for fine-tuning a pretrained backbone:
+            the gates' last layers get zero weights and biases such that the attention is
+            ``init_attention`` everywhere, so ``F' = F * (1 + init_attention)``.
+        init_attention: the starting attention with ``identity_init`` (small, but not so small
+            that the sigmoid saturates and the gates cannot learn).
+        **bam_kwargs: passed to every :class:`~torch_bam.BAM` (``reduction_ratio``,
+            ``combine``, ...). ``device`` and ``dtype`` default to the model's.
+
+    Returns:
+        ``model``, changed in place, with ``model.bam_report``: a :class:`BAMReport` listing
+        every insertion (module path, channels, (H, W) at the example input's size).
+
+    Raises:
+        ValueError: no Conv2d or the model fails on an image batch; no spatial downsampling;
+            an unknown name in ``at`` (the error lists the valid ones); too few channels for
+            the reduction ratio.
+
+    Example:
+        >>> model = add_bam(torchvision.models.resnet50())
+        >>> [p.path for p in model.bam_report]
+        ['layer1', 'layer2', 'layer3']
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"add_bam expects an nn.Module, got {type(model).__name__}.")
+    if not 0 < init_attention < 0.5:
+        raise ValueError(f"add_bam: init_attention must be in (0, 0.5), got {init_attention}.")
+    if example_input is None:
+        example_input = _default_input(model)
+    elif not _is_map(example_input):
+        raise ValueError(
+            f"add_bam: example_input must be a 4-D image batch [B, C, H, W], got "
+            f"{type(example_input).__name__} of shape {list(getattr(example_input, 'shape', []))}."
+        )
+    existing = sum(isinstance(m, BAM) for m in model.modules())
+    if existing and at is None:
+        raise ValueError(
+            f"add_bam: {type(model).__name__} already has {existing} BAM block(s); adding BAM at "
+            f"the same bottlenecks again would stack them. Pass at=[module names] to add more."
+        )
+    if at is None:
+        points = _find_bottlenecks(model, example_input)
+        if not points:
+            raise ValueError(
+                f"add_bam: found no bottleneck in {type(model).__name__}: no spatial "
+                f"downsampling with convolutions before and after it at input size "
+                f"{tuple(example_input.shape[2:])}. Pass at=[module names] to place BAM by hand."
+            )
+    else:
+        at = [at] if isinstance(at, str) else list(at)
+        calls = {c.path: c for c in _trace_calls(model, example_input) if c.output is not None}
+        unknown = [name for name in at if name not in calls]
+        if unknown:
+            raise ValueError(
+                f"add_bam: no module {unknown} with a 4-D output in {type(model).__name__}. "
+                f"Valid names: {', '.join(calls)}."
+            )
+        points = [calls[name] for name in at]
+    p = next(model.parameters(), None)
+    if p is not None:
+        bam_kwargs.setdefault("device", p.device)
+        bam_kwargs.setdefault("dtype", p.dtype)
+    r = bam_kwargs.get("reduction_ratio", 16)
+    too_small = [(c.path, c.output.shape[1]) for c in points if c.output.shape[1] // r < 1]
+    if too_small:
+        least = min(ch for _, ch in too_small)
+        raise ValueError(
+            f"add_bam: {too_small} (module, channels) have fewer channels than reduction_ratio="
+            f"{r}, so BAM's bottleneck would be empty. Use reduction_ratio<={least}, or at= to "
+            f"leave those points out."
+        )
+    report = BAMReport()
+    for c in points:
+        channels, size = int(c.output.shape[1]), tuple(int(s) for s in c.output.shape[2:])
+        bam = BAM(channels, **bam_kwargs)
+        if identity_init:
+            _identity_init_(bam, init_attention)
+        bam.train(model.training)
+        bam_path = _insert(model, c.path, bam)
+        report.append(BAMInsertion(c.path, channels, size, bam_path))
+    model.bam_report = report
+    return model

@@ -1,0 +1,248 @@
+"""add_bam: finding a CNN's bottlenecks and inserting BAM there."""
+
+import pytest
+import torch
+from torch import nn
+
+from tests.helpers import bam_param_count
+from torch_bam import BAM, add_bam
+
+torchvision = pytest.importorskip("torchvision")
+timm = pytest.importorskip("timm")
+
+
+def plain_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+
+
+# name: (builder, expected [(path, channels, size at 64x64)], reduction_ratio)
+CASES = {
+    "tv_resnet18": (
+        lambda: torchvision.models.resnet18(),
+        [("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
+        16,
+    ),
+    "tv_resnet50": (
+        lambda: torchvision.models.resnet50(),
+        [("layer1", 256, 16), ("layer2", 512, 8), ("layer3", 1024, 4)],
+        16,
+    ),
+    "tv_wide_resnet50_2": (
+        lambda: torchvision.models.wide_resnet50_2(),
+        [("layer1", 256, 16), ("layer2", 512, 8), ("layer3", 1024, 4)],
+        16,
+    ),
+    "tv_resnext50_32x4d": (
+        lambda: torchvision.models.resnext50_32x4d(),
+        [("layer1", 256, 16), ("layer2", 512, 8), ("layer3", 1024, 4)],
+        16,
+    ),
+    # Blocks downsample inside themselves: BAM after the last block before a stride-2 block.
+    "tv_mobilenet_v2": (
+        lambda: torchvision.models.mobilenet_v2(),
+        [
+            ("features.1", 16, 32),
+            ("features.3", 24, 16),
+            ("features.6", 32, 8),
+            ("features.13", 96, 4),
+        ],
+        8,
+    ),
+    "tv_efficientnet_b0": (
+        lambda: torchvision.models.efficientnet_b0(),
+        [
+            ("features.1", 16, 32),
+            ("features.2", 24, 16),
+            ("features.3", 40, 8),
+            ("features.5", 112, 4),
+        ],
+        8,
+    ),
+    # Separate downsample layers: BAM after each stage before one.
+    "tv_convnext_tiny": (
+        lambda: torchvision.models.convnext_tiny(),
+        [("features.1", 96, 16), ("features.3", 192, 8), ("features.5", 384, 4)],
+        16,
+    ),
+    # Pools: BAM after the ReLU before each max-pool but the last (no conv follows it).
+    "tv_vgg11_bn": (
+        lambda: torchvision.models.vgg11_bn(),
+        [
+            ("features.2", 64, 64),
+            ("features.6", 128, 32),
+            ("features.13", 256, 16),
+            ("features.20", 512, 8),
+        ],
+        16,
+    ),
+    "timm_resnet50": (
+        lambda: timm.create_model("resnet50", pretrained=False),
+        [("layer1", 256, 16), ("layer2", 512, 8), ("layer3", 1024, 4)],
+        16,
+    ),
+    "timm_efficientnet_b0": (
+        lambda: timm.create_model("efficientnet_b0", pretrained=False),
+        [("blocks.0", 16, 32), ("blocks.1", 24, 16), ("blocks.2", 40, 8), ("blocks.4", 112, 4)],
+        8,
+    ),
+    "plain_sequential": (plain_cnn, [("2", 32, 64), ("5", 64, 32)], 16),
+}
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_add_bam_architectures(name):
+    build, expected, r = CASES[name]
+    torch.manual_seed(0)
+    model = build()
+    before = n_params(model)
+    keys_before = set(model.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    add_bam(model, x, reduction_ratio=r)
+    report = model.bam_report
+    assert [(p.path, p.channels, p.size) for p in report] == [
+        (p, c, (s, s)) for p, c, s in expected
+    ]
+    bams = [m for m in model.modules() if isinstance(m, BAM)]
+    assert [b.channels for b in bams] == [c for _, c, _ in expected]
+    # The cost is exactly the inserted blocks, each as the closed form says.
+    assert n_params(model) - before == sum(bam_param_count(c, r) for _, c, _ in expected)
+    # The original keys are all still there.
+    assert keys_before <= set(model.state_dict())
+    # Each BAM sees the map it was placed on, and the model trains.
+    seen = []
+    hooks = [b.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:]))) for b in bams]
+    model.train()
+    model(x).sum().backward()
+    assert seen == [(c, s, s) for _, c, s in expected]
+    for b in bams:
+        assert all(p.grad is not None for p in b.parameters())
+    for h in hooks:
+        h.remove()
+
+
+def test_keys_unchanged_and_pretrained_weights_load():
+    src = torchvision.models.resnet18()
+    dst = add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64))
+    result = dst.load_state_dict(src.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert all(".bam." in k for k in result.missing_keys)
+
+
+def test_wrapper_keeps_keys_for_a_custom_forward():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+            self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+            self.head = nn.Linear(32, 2)
+
+        def forward(self, x):
+            x = torch.nn.functional.max_pool2d(self.conv1(x).relu(), 2)  # not a module
+            x = self.conv2(x)
+            return self.head(x.mean((2, 3)))
+
+    net = Net()
+    sd = {k: v.clone() for k, v in net.state_dict().items()}
+    # The functional pool is invisible to hooks: place BAM by name.
+    add_bam(net, torch.randn(2, 3, 32, 32), at=["conv1"])
+    assert [(p.path, p.channels, p.size) for p in net.bam_report] == [("conv1", 32, (32, 32))]
+    assert set(sd) <= set(net.state_dict())
+    net.load_state_dict(sd, strict=False)
+    torch.testing.assert_close(net.state_dict()["conv1.weight"], sd["conv1.weight"])
+    assert type(net.conv1).__name__ == "BAMAfter"
+    x = torch.randn(2, 3, 32, 32)
+    net(x).sum().backward()
+    net.eval()
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+
+
+def test_identity_init_gives_f_prime_close_to_f():
+    torch.manual_seed(0)
+    for combine in ("sum", "product"):
+        base = torchvision.models.resnet18().eval()
+        model = add_bam(
+            torchvision.models.resnet18().eval(),
+            torch.randn(2, 3, 64, 64),
+            identity_init=True,
+            combine=combine,
+        )
+        model.load_state_dict(base.state_dict(), strict=False)
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            # Each block: F' = F * (1 + init_attention), whatever F.
+            for b in (m for m in model.modules() if isinstance(m, BAM)):
+                f = torch.randn(2, b.channels, 8, 8)
+                torch.testing.assert_close(b(f), f * (1 + 1e-3), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model(x), base(x), rtol=1e-2, atol=1e-3)
+    # Without identity_init the same weights give clearly different outputs.
+    plain = add_bam(torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64))
+    plain.load_state_dict(base.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), base(x), rtol=1e-2, atol=1e-3)
+
+
+def test_scriptable_fx_traceable_exportable():
+    model = add_bam(torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), want)
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), want)
+        exported = torch.export.export(model, (x,))
+        torch.testing.assert_close(exported.module()(x), want)
+
+
+def test_sequential_parent_insertion_scripts_and_exports():
+    model = add_bam(torchvision.models.vgg11_bn().eval(), torch.randn(2, 3, 64, 64))
+    assert "features.2_bam" in model.bam_report[0].bam_path
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        torch.testing.assert_close(torch.jit.script(model)(x), want)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), want)
+
+
+def test_twice_is_an_error():
+    model = add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="already has 3 BAM"):
+        add_bam(model, torch.randn(2, 3, 64, 64))
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"no module \['layer9'\].*Valid names: conv1, bn1"):
+        add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), at=["layer9"])
+
+
+def test_no_downsampling():
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1))
+    with pytest.raises(ValueError, match="found no bottleneck.*at="):
+        add_bam(net, torch.randn(2, 3, 16, 16))
+
+
+def test_non_image_model():
+    with pytest.raises(ValueError, match="has no nn.Conv2d"):
+        add_bam(nn.Sequential(nn.Linear(10, 10)))
+    with pytest.raises(ValueError, match="failed on an example image batch"):
+        add_bam(nn.Sequential(nn.Linear(10, 10)), torch.randn(2, 3, 16, 16))
+
+
+def test_channels_too_small_for_reduction_ratio():
+    with pytest.raises(ValueError, match=r"\('features.1', 16\).*reduction_ratio<=16"):
+        add_bam(torchvision.models.mobilenet_v2(), torch.randn(2, 3, 64, 64), reduction_ratio=32)
