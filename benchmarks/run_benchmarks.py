@@ -35,6 +35,11 @@ from torch_bam import BAM, functional  # noqa: E402
 CL = torch.channels_last
 SHAPES = [(32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14)]
 OUT = Path(__file__).with_name("RESULTS.md")
+NOISY = (
+    "**The load average was far above the 2 cores during this run (other jobs): single timings "
+    "vary by several times between repeats, and ratios such as a BAM-ResNet-50 faster than "
+    "ResNet-50 are noise. Treat every verdict below as unconfirmed; rerun on an idle machine.**"
+)
 
 
 def timeit(fn, reps: int, warmup: int = 1) -> float:
@@ -351,6 +356,7 @@ def main():
         "",
         "## Targets",
         "",
+        *([NOISY, ""] if max(os.getloadavg()[0], float(load_before.split()[0])) > 2.5 else []),
         *v_block,
         *v_mem,
         *v_resnet,

@@ -107,13 +107,15 @@ class SpatialGate(nn.Module):
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["gate_s_conv_reduce0"] = nn.Conv2d(channels, hidden, kernel_size=1, **fk)
         layers["gate_s_bn_reduce0"] = nn.BatchNorm2d(hidden, **fk)
-        layers["gate_s_relu_reduce0"] = nn.ReLU()
+        # In-place ReLUs: they overwrite BN outputs, which BN's backward does not need; this
+        # saves a feature map per stage in training. (ReLU has no state: seed weights load.)
+        layers["gate_s_relu_reduce0"] = nn.ReLU(inplace=True)
         for i in range(num_dilated_convs):
             layers[f"gate_s_conv_di_{i}"] = nn.Conv2d(
                 hidden, hidden, kernel_size=3, padding=dilation, dilation=dilation, **fk
             )
             layers[f"gate_s_bn_di_{i}"] = nn.BatchNorm2d(hidden, **fk)
-            layers[f"gate_s_relu_di_{i}"] = nn.ReLU()
+            layers[f"gate_s_relu_di_{i}"] = nn.ReLU(inplace=True)
         layers["gate_s_conv_final"] = nn.Conv2d(hidden, 1, kernel_size=1, **fk)
         self.gate_s = nn.Sequential(layers)
 
