@@ -43,7 +43,9 @@ def pointing_hits(attention: Tensor, boxes: Tensor, image_size: tuple[int, int])
     batch = attention.shape[0]
     _check_boxes(boxes, batch)
     height, width = image_size
-    up = F.interpolate(attention.float(), size=(height, width), mode="bilinear", align_corners=False)
+    up = F.interpolate(
+        attention.float(), size=(height, width), mode="bilinear", align_corners=False
+    )
     flat = up.flatten(1).argmax(dim=1)
     ys, xs = flat // width, flat % width
     boxes = boxes.to(flat.device)
