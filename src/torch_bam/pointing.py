@@ -6,7 +6,6 @@ is the box area over the image area: a uniformly random peak lands in the box th
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
