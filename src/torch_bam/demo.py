@@ -282,7 +282,14 @@ def run(
     data_root: str = "data",
 ) -> dict:
     """Run the demo; returns the report dict (also written to ``out/report.json``)."""
-    import lightning as L
+    try:
+        import lightning as L
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise SystemExit(
+            f"demo: {e.name} is not installed. The demo needs the train and viz extras: "
+            f'pip install "torch-bam[train,viz]" (or pip install ".[train,viz]" in a clone).'
+        ) from None
     from torch.utils.data import DataLoader, TensorDataset
 
     from .models import create_model
