@@ -4,7 +4,7 @@ import re
 import pytest
 from PIL import Image
 
-from torch_bam.demo import MODELS, ROWS, temporary_cluttered_digits
+from torch_bam.demo import MODELS, ROWS
 from torch_bam.viz import load_checkpoint
 from torch_bam.viz.attention import figure_size_px
 
@@ -53,6 +53,9 @@ def test_report_markdown_agrees_with_json(run_dir):
             decimals = len(cell.rstrip("%").split(".")[1]) if "." in cell else 0
             tol = 0.5 * 10 ** (-decimals) / (100 if cell.endswith("%") else 1)
             assert abs(number - value) <= tol * 1.0001, (label, name, cell, value)
+    for name in MODELS:  # one epoch: one point per curve
+        assert len(report["history"][name]["train_loss"]) == 1
+        assert len(report["history"][name]["val_top1_error"]) == 1
     bam = report["results"]["bam_small_cnn"]
     assert 0 <= bam["pointing_hit_rate"] <= 1 and 0 < bam["pointing_chance"] < 1
     assert bam["parameters"] > report["results"]["small_cnn"]["parameters"]
@@ -61,10 +64,3 @@ def test_report_markdown_agrees_with_json(run_dir):
 def test_demo_checkpoint_loads(run_dir):
     model, meta = load_checkpoint(str(run_dir / "bam_small_cnn.pt"))
     assert meta["model"] == "bam_small_cnn" and meta["image_size"] == 24
-
-
-def test_temporary_digits_boxes_hold_the_digit():
-    data = temporary_cluttered_digits(20, canvas=32, clutter=0, seed=0)
-    for img, (x0, y0, x1, y1) in zip(data.images, data.boxes.tolist(), strict=True):
-        inside = img[0, y0:y1, x0:x1].sum()
-        assert inside > 0.95 * (img[0] - 0.1).clamp(min=0).sum()

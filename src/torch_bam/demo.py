@@ -13,169 +13,85 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 MODELS = ("small_cnn", "bam_small_cnn")
 
 
-# --- TEMPORARY dataset adapter -------------------------------------------------------------
-# The project's cluttered-digits dataset (torch_bam.data, issue 5) was not available when this
-# demo was written; this adapter renders its own until the demo is switched over to it.
-@dataclass
-class TemporaryClutteredDigits:
-    """Digits 0-9 drawn with Pillow's built-in font on a canvas with clutter; with digit boxes."""
+def _datasets(dataset: str, train_size: int, test_size: int, canvas: int, seed: int, root):
+    """``(train_set, test_x, test_y, test_boxes or None, num_classes, in_chans)``.
 
-    images: Tensor  # [N, 1, S, S] float in [0, 1]
-    labels: Tensor  # [N]
-    boxes: Tensor  # [N, 4] (x0, y0, x1, y1), pixels, exclusive ends
+    The data come from :mod:`torch_bam.data`; the test split is held as tensors, so error and
+    pointing game are computed over exactly the same images.
+    """
+    from torch.utils.data import DataLoader, Subset
 
+    from .data import ClutteredDigits
 
-def _glyphs(size: int) -> list[Tensor]:
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=size)
-    out = []
-    for digit in range(10):
-        im = Image.new("L", (2 * size, 2 * size))
-        ImageDraw.Draw(im).text((size // 2, size // 4), str(digit), fill=255, font=font)
-        t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(2 * size, 2 * size)
-        ys, xs = (t > 0).nonzero(as_tuple=True)
-        out.append(t[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].float() / 255)
-    return out
-
-
-def temporary_cluttered_digits(
-    n: int, canvas: int = 32, clutter: int = 6, seed: int = 0
-) -> TemporaryClutteredDigits:
-    """``n`` images: one digit (scaled 35-55% of the canvas) plus ``clutter`` glyph fragments."""
-    gen = torch.Generator().manual_seed(seed)
-    sizes = sorted({max(8, round(canvas * f)) for f in (0.35, 0.45, 0.55)})
-    glyphs = {s: _glyphs(s) for s in sizes}
-    images = torch.zeros(n, 1, canvas, canvas)
-    labels = torch.randint(0, 10, (n,), generator=gen)
-    boxes = torch.zeros(n, 4, dtype=torch.long)
-    frag = max(3, canvas // 8)
-    for i in range(n):
-        img = images[i, 0]
-        for _ in range(clutter):  # fragments of random digits: local clutter, no class signal
-            g = glyphs[sizes[0]][int(torch.randint(0, 10, (1,), generator=gen))]
-            gy = int(torch.randint(0, max(1, g.shape[0] - frag), (1,), generator=gen))
-            gx = int(torch.randint(0, max(1, g.shape[1] - frag), (1,), generator=gen))
-            piece = g[gy : gy + frag, gx : gx + frag]
-            y = int(torch.randint(0, canvas - piece.shape[0] + 1, (1,), generator=gen))
-            x = int(torch.randint(0, canvas - piece.shape[1] + 1, (1,), generator=gen))
-            region = img[y : y + piece.shape[0], x : x + piece.shape[1]]
-            region.copy_(torch.maximum(region, piece))
-        size = sizes[int(torch.randint(0, len(sizes), (1,), generator=gen))]
-        g = glyphs[size][int(labels[i])]
-        h, w = g.shape
-        y = int(torch.randint(0, canvas - h + 1, (1,), generator=gen))
-        x = int(torch.randint(0, canvas - w + 1, (1,), generator=gen))
-        region = img[y : y + h, x : x + w]
-        region.copy_(torch.maximum(region, g))
-        boxes[i] = torch.tensor([x, y, x + w, y + h])
-    images.add_(0.1 * torch.rand(images.shape, generator=gen)).clamp_(0, 1)
-    return TemporaryClutteredDigits(images, labels, boxes)
-
-
-# --- end of the temporary adapter ----------------------------------------------------------
-
-
-def _load_dataset(dataset: str, train_size: int, test_size: int, canvas: int, seed: int, root):
-    """``(train_x, train_y, test_x, test_y, test_boxes or None, num_classes)``."""
     if dataset == "cluttered-digits":
-        train = temporary_cluttered_digits(train_size, canvas, seed=seed)
-        test = temporary_cluttered_digits(test_size, canvas, seed=seed + 10_000)
-        return train.images, train.labels, test.images, test.labels, test.boxes, 10
-    from torchvision import datasets
-    from torchvision.transforms.functional import pil_to_tensor
-
-    def to_tensors(ds, n):
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
-        xs, ys = zip(*(ds[int(i)] for i in idx), strict=True)
-        x = torch.stack([pil_to_tensor(im.convert("RGB")).float() / 255 for im in xs])
-        return F.interpolate(x, size=(canvas, canvas), mode="bilinear"), torch.tensor(ys)
+        scale = max(1, min(3, canvas // 16))  # the digit covers about half the canvas side
+        kw = dict(canvas_size=canvas, scale=scale, seed=seed)
+        train = ClutteredDigits("train", train_size, **kw)
+        test = ClutteredDigits("test", test_size, **kw)
+        return train, test.images, test.labels, test.boxes, 10, 1
+    from .data import CIFAR10DataModule, CIFAR100DataModule, ImageFolderDataModule
 
     if dataset in ("cifar10", "cifar100"):
-        cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
-        try:
-            train_ds = cls(root, train=True, download=False)
-            test_ds = cls(root, train=False, download=False)
-        except RuntimeError as e:
-            raise SystemExit(
-                f"demo: {dataset} not found under {root!r} ({e}). The demo never downloads: "
-                f"put the extracted dataset there, or pass --data-root."
-            ) from None
+        cls = CIFAR10DataModule if dataset == "cifar10" else CIFAR100DataModule
+        dm = cls(root=root, batch_size=256, num_workers=0)
         num_classes = 10 if dataset == "cifar10" else 100
     elif dataset.startswith("imagefolder:"):
-        path = dataset.split(":", 1)[1]
-        if not os.path.isdir(os.path.join(path, "train")) or not os.path.isdir(
-            os.path.join(path, "val")
-        ):
-            raise SystemExit(
-                f"demo: image folder {path!r} needs train/ and val/ subfolders, one folder per "
-                f"class in each."
-            )
-        train_ds = datasets.ImageFolder(os.path.join(path, "train"))
-        test_ds = datasets.ImageFolder(os.path.join(path, "val"))
-        num_classes = len(train_ds.classes)
+        dm = ImageFolderDataModule(
+            root=dataset.split(":", 1)[1],
+            batch_size=256,
+            num_workers=0,
+            image_size=canvas,
+            resize_size=canvas,
+        )
+        num_classes = None
     else:
         raise SystemExit(
             f"demo: unknown --dataset {dataset!r}; use cluttered-digits, cifar10, cifar100 or "
             f"imagefolder:PATH."
         )
-    train_x, train_y = to_tensors(train_ds, train_size)
-    test_x, test_y = to_tensors(test_ds, test_size)
-    return train_x, train_y, test_x, test_y, None, num_classes
+    try:
+        dm.setup("fit")
+    except FileNotFoundError as e:
+        raise SystemExit(f"demo: {e}") from None
+    if num_classes is None:
+        num_classes = len(dm.train_set.classes)
+    gen = torch.Generator().manual_seed(seed)
+    train = Subset(dm.train_set, torch.randperm(len(dm.train_set), generator=gen)[:train_size])
+    test = Subset(dm.val_set, torch.randperm(len(dm.val_set), generator=gen)[:test_size])
+    xs, ys = zip(*DataLoader(test, batch_size=256), strict=True)
+    test_x, test_y = torch.cat(xs), torch.cat(ys)
+    return train, test_x, test_y, None, num_classes, test_x.shape[1]
 
 
-def _lightning_module(model: nn.Module, lr: float, epochs: int, steps_per_epoch: int):
-    """A minimal LightningModule (TEMPORARY until torch_bam.train from issue 5 is used)."""
+def _history_callback():
+    """A Lightning callback that keeps per-epoch mean training loss and validation error."""
     import lightning as L
 
-    class DemoModule(L.LightningModule):
+    class History(L.Callback):
         def __init__(self):
-            super().__init__()
-            self.model = model
-            self.history: dict[str, list[float]] = {"train_loss": [], "val_error": []}
+            self.history: dict[str, list[float]] = {"train_loss": [], "val_top1_error": []}
             self._losses: list[float] = []
-            self._errors: list[Tensor] = []
 
-        def training_step(self, batch, _idx):
-            x, y = batch
-            loss = F.cross_entropy(self.model(x), y)
-            self._losses.append(loss.item())
-            return loss
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self._losses.append(float(loss))
 
-        def on_train_epoch_end(self):
+        def on_train_epoch_end(self, trainer, module):
+            # Runs after the epoch's validation loop, so its error is in callback_metrics.
             self.history["train_loss"].append(sum(self._losses) / max(len(self._losses), 1))
             self._losses = []
+            err = trainer.callback_metrics.get("val/top1_err")
+            if err is not None:
+                self.history["val_top1_error"].append(float(err))
 
-        def validation_step(self, batch, _idx):
-            x, y = batch
-            self._errors.append((self.model(x).argmax(1) != y).float())
-
-        def on_validation_epoch_end(self):
-            if self.trainer.sanity_checking:
-                self._errors = []
-                return
-            error = torch.cat(self._errors).mean().item()
-            self.history["val_error"].append(error)
-            self.log("val_error", error, prog_bar=True)
-            self._errors = []
-
-        def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch)
-            )
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return DemoModule()
+    return History()
 
 
 def _deepest_spatial_bam(model: nn.Module, x: Tensor) -> str | None:
@@ -292,7 +208,6 @@ def run(
         ) from None
     from torch.utils.data import DataLoader, TensorDataset
 
-    from .models import create_model
     from .profile import count_macs
     from .viz.attention import plot_attention_grid
     from .viz.checkpoint import save_checkpoint
@@ -300,29 +215,34 @@ def run(
 
     if epochs < 1 or train_size < 2 or test_size < 1:
         raise SystemExit("demo: need --epochs >= 1, --train-size >= 2 and --test-size >= 1.")
+    from .train import ImageClassifier
+
     os.makedirs(out, exist_ok=True)
     L.seed_everything(seed, verbose=False)
-    train_x, train_y, test_x, test_y, boxes, num_classes = _load_dataset(
+    train_set, test_x, test_y, boxes, num_classes, in_chans = _datasets(
         dataset, train_size, test_size, canvas, seed, data_root
     )
-    in_chans = train_x.shape[1]
-    mean = train_x.mean(dim=(0, 2, 3))
-    std = train_x.std(dim=(0, 2, 3)).clamp(min=1e-6)
-    norm = lambda t: (t - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
-    train_x, test_x_n = norm(train_x), norm(test_x)
-    steps = -(-len(train_x) // batch_size)
+    image_size = test_x.shape[-1]
 
     results: dict[str, dict] = {}
     histories: dict[str, dict[str, list[float]]] = {}
     models: dict[str, nn.Module] = {}
     for name in MODELS:
         L.seed_everything(seed, verbose=False)  # same init draw order and same batches
-        model = create_model(name, num_classes=num_classes, in_chans=in_chans)
-        module = _lightning_module(model, lr, epochs, steps)
-        train_loader = DataLoader(
-            TensorDataset(train_x, train_y), batch_size=batch_size, shuffle=True, drop_last=True
+        module = ImageClassifier(
+            name,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            lr=lr,
+            weight_decay=5e-4,
+            schedule="cosine",
+            warmup_epochs=min(0.5, epochs / 4),
+            max_epochs=epochs,
         )
-        val_loader = DataLoader(TensorDataset(test_x_n, test_y), batch_size=256)
+        model = module.model
+        history = _history_callback()
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=True)
+        val_loader = DataLoader(TensorDataset(test_x, test_y), batch_size=256)
         trainer = L.Trainer(
             max_epochs=epochs,
             accelerator="cpu",
@@ -332,6 +252,7 @@ def run(
             enable_model_summary=False,
             enable_progress_bar=progress,
             num_sanity_val_steps=0,
+            callbacks=[history],
         )
         if progress:
             print(f"training {name}")
@@ -339,17 +260,17 @@ def run(
         trainer.fit(module, train_loader, val_loader)
         train_seconds = time.perf_counter() - t0
         model.eval()
-        macs, _ = count_macs(model, test_x_n[:1])
+        macs, _ = count_macs(model, test_x[:1])
         r = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "gflops": macs / 1e9,
             "train_seconds": train_seconds,
         }
-        r.update(_test_error_and_pointing(model, test_x_n, test_y, boxes, 256))
+        r.update(_test_error_and_pointing(model, test_x, test_y, boxes, 256))
         if "pointing_hit_rate" not in r:
             r["pointing_hit_rate"] = None
         results[name] = r
-        histories[name] = module.history
+        histories[name] = history.history
         models[name] = model
         save_checkpoint(
             os.path.join(out, f"{name}.pt"),
@@ -357,9 +278,9 @@ def run(
             model,
             num_classes=num_classes,
             in_chans=in_chans,
-            image_size=canvas,
-            mean=mean.tolist(),
-            std=std.tolist(),
+            image_size=image_size,
+            mean=[0.0] * in_chans,  # the demo feeds images as they come from torch_bam.data
+            std=[1.0] * in_chans,
             extra={"dataset": dataset, "seed": seed, "epochs": epochs},
         )
 
@@ -369,18 +290,17 @@ def run(
         ),
         "attention": plot_attention_grid(
             models["bam_small_cnn"],
-            test_x_n[:4],
+            test_x[:4],
             os.path.join(out, "attention.png"),
-            display=test_x[:4],
         ),
     }
     report = {
         "dataset": dataset,
         "seed": seed,
         "epochs": epochs,
-        "train_size": len(train_x),
+        "train_size": len(train_set),
         "test_size": len(test_x),
-        "image_size": canvas,
+        "image_size": image_size,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": results,
@@ -389,8 +309,8 @@ def run(
     }
     table = format_table(results)
     md = (
-        f"# torch-bam demo\n\nDataset {dataset}, {len(train_x)} training and {len(test_x)} test "
-        f"images of {canvas}x{canvas}, {epochs} epoch(s), seed {seed}, CPU with "
+        f"# torch-bam demo\n\nDataset {dataset}, {len(train_set)} training and {len(test_x)} test "
+        f"images of {image_size}x{image_size}, {epochs} epoch(s), seed {seed}, CPU with "
         f"{torch.get_num_threads()} threads. Every number below was measured in this run.\n\n"
         f"{table}\n\nGFLOPs are multiply-accumulates for one image (the paper's convention). "
         f"The pointing game counts test images whose spatial attention peak (of the deepest BAM "
