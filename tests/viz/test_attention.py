@@ -72,3 +72,16 @@ def test_bad_checkpoint_names_the_fix(tmp_path):
     torch.save({"weights": 1}, path)
     with pytest.raises(ValueError, match="state_dict"):
         load_checkpoint(str(path))
+
+
+def test_checkpoint_of_the_training_module(tmp_path):
+    from torch_bam.train import ImageClassifier
+
+    module = ImageClassifier("bam_small_cnn", num_classes=4, in_chans=1)
+    path = tmp_path / "lightning.ckpt"
+    # What Trainer.save_checkpoint writes, reduced to the keys the loader reads.
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    loaded, meta = load_checkpoint(str(path))
+    assert meta["model"] == "bam_small_cnn"
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), module.model.eval()(x))
