@@ -52,6 +52,7 @@ def _demo(args: argparse.Namespace) -> int:
         canvas=args.canvas,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        data_root=args.data_root,
     )
     return 0
 
@@ -102,10 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="timed runs after warm-up (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_profile)
+    for name, what in zip(
+        _LIGHTNING, ("train", "evaluate on the validation set", "test"), strict=True
+    ):
+        sub.add_parser(
+            name,
+            help=f"{what} with Lightning: --config recipe.yaml, overrides like --model.lr 0.1 "
+            f"(see torch-bam {name} --help; needs the train extra)",
+        )
     return parser
 
 
+_LIGHTNING = ("fit", "validate", "test")
+
+
+def _lightning(argv: list[str]) -> int:
+    try:
+        from .train.cli import main as train_main
+    except ImportError as e:
+        print(
+            f"torch-bam {argv[0]}: needs the train extra ({e}). Install it with "
+            "pip install 'torch-bam[train]'.",
+            file=sys.stderr,
+        )
+        return 2
+    return train_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _LIGHTNING:  # LightningCLI parses these itself
+        return _lightning(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 
