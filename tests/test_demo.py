@@ -64,3 +64,10 @@ def test_report_markdown_agrees_with_json(run_dir):
 def test_demo_checkpoint_loads(run_dir):
     model, meta = load_checkpoint(str(run_dir / "bam_small_cnn.pt"))
     assert meta["model"] == "bam_small_cnn" and meta["image_size"] == 24
+
+
+def test_unknown_dataset_names_the_choices(tmp_path):
+    from torch_bam.cli import main
+
+    with pytest.raises(SystemExit, match="cluttered-digits, cifar10, cifar100"):
+        main(["demo", "--dataset", "mnist", "--out", str(tmp_path)])
