@@ -13,6 +13,50 @@ def _example(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile(args: argparse.Namespace) -> int:
+    from .profile import run
+
+    print(
+        run(
+            args.model,
+            input=args.input,
+            vs=args.vs,
+            batch=args.batch,
+            num_classes=args.num_classes,
+            in_chans=args.in_chans,
+            runs=args.runs,
+            as_json=args.json,
+        )
+    )
+    return 0
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from .viz.attention import visualize
+
+    for path in visualize(args.checkpoint, args.images, args.out, top_k=args.top_k):
+        print(path)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    run(
+        epochs=args.epochs,
+        seed=args.seed,
+        out=args.out,
+        dataset=args.dataset,
+        train_size=args.train_size,
+        test_size=args.test_size,
+        canvas=args.canvas,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        data_root=args.data_root,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-bam", description="BAM, the Bottleneck Attention Module, for PyTorch."
@@ -22,10 +66,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_example)
+
+    p = sub.add_parser(
+        "demo", help="train a small CNN with and without BAM on offline data, report and plot"
+    )
+    p.add_argument("--epochs", type=int, default=3, help="epochs per model (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument(
+        "--dataset",
+        default="cluttered-digits",
+        help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
+    )
+    p.add_argument("--train-size", type=int, default=2000, help="training images (default 2000)")
+    p.add_argument("--test-size", type=int, default=500, help="test images (default 500)")
+    p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("visualize", help="draw BAM attention maps of a checkpoint over images")
+    p.add_argument("checkpoint", help="a Lightning .ckpt or a torch-bam checkpoint (.pt)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--out", required=True, help="output directory for the PNGs")
+    p.add_argument("--top-k", type=int, default=8, help="channels shown per BAM (default 8)")
+    p.set_defaults(func=_visualize)
+
+    p = sub.add_parser("profile", help="parameters, GFLOPs, activation memory, latency")
+    p.add_argument("model", help="a registered model name (torch_bam.list_models())")
+    p.add_argument("--input", type=int, default=224, help="input side in pixels (default 224)")
+    p.add_argument("--vs", default=None, help="a second model to set side by side")
+    p.add_argument("--batch", type=int, default=1, help="batch for latency (default 1)")
+    p.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
+    p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
+    p.add_argument("--runs", type=int, default=5, help="timed runs after warm-up (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_profile)
+    for name, what in zip(
+        _LIGHTNING, ("train", "evaluate on the validation set", "test"), strict=True
+    ):
+        sub.add_parser(
+            name,
+            help=f"{what} with Lightning: --config recipe.yaml, overrides like --model.lr 0.1 "
+            f"(see torch-bam {name} --help; needs the train extra)",
+        )
     return parser
 
 
+_LIGHTNING = ("fit", "validate", "test")
+
+
+def _lightning(argv: list[str]) -> int:
+    try:
+        from .train.cli import main as train_main
+    except ImportError as e:
+        print(
+            f"torch-bam {argv[0]}: needs the train extra ({e}). Install it with "
+            "pip install 'torch-bam[train]'.",
+            file=sys.stderr,
+        )
+        return 2
+    return train_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _LIGHTNING:  # LightningCLI parses these itself
+        return _lightning(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

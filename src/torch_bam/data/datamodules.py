@@ -1,0 +1,229 @@
+"""Lightning data modules: cluttered digits (the default, offline), CIFAR-10/100, image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .cluttered_digits import ClutteredDigits
+
+__all__ = [
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "ClutteredDigitsDataModule",
+    "ImageFolderDataModule",
+    "ImageNetDataModule",
+]
+
+
+class _Base(L.LightningDataModule):
+    def __init__(self, batch_size: int, num_workers: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.val_set, False)
+
+
+class ClutteredDigitsDataModule(_Base):
+    """Cluttered digits (see ``ClutteredDigits``): 10 classes, 1 channel, no download."""
+
+    num_classes = 10
+    in_chans = 1
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        num_train: int = 6000,
+        num_val: int = 1000,
+        canvas_size: int = 64,
+        scale: int = 3,
+        num_fragments: int = 6,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers)
+        self.kwargs = dict(
+            canvas_size=canvas_size, scale=scale, num_fragments=num_fragments, seed=seed
+        )
+        self.num_train, self.num_val = num_train, num_val
+
+    def setup(self, stage: str | None = None):
+        if self.train_set is None:
+            self.train_set = ClutteredDigits("train", self.num_train, **self.kwargs)
+            self.val_set = ClutteredDigits("test", self.num_val, **self.kwargs)
+
+
+def _missing(name: str, root: Path, how: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{name}: no data under {str(root)!r}. {how} Or set --data.root to where it is."
+    )
+
+
+class _CIFAR(_Base):
+    num_classes = 10
+    in_chans = 3
+    _mean_std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 128,
+        num_workers: int = 4,
+        download: bool = False,
+    ):
+        super().__init__(batch_size, num_workers)
+        self.root, self.download = Path(root), download
+
+    def _dataset_cls(self):
+        raise NotImplementedError
+
+    def prepare_data(self):
+        cls = self._dataset_cls()
+        for train in (True, False):
+            try:
+                cls(self.root, train=train, download=self.download)
+            except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
+                raise _missing(
+                    cls.__name__,
+                    self.root,
+                    f"Put the extracted python version ({cls.base_folder}/) there, or pass "
+                    f"--data.download true on a machine with internet ({e}).",
+                ) from e
+            except OSError as e:  # the download itself failed (offline)
+                raise _missing(
+                    cls.__name__,
+                    self.root,
+                    f"The download failed ({e}); copy {cls.filename} extracted there by hand.",
+                ) from e
+
+    def setup(self, stage: str | None = None):
+        import torchvision.transforms as T
+
+        if self.train_set is not None:
+            return
+        self.prepare_data()  # also on every DDP rank: only checks, never downloads twice
+        norm = T.Normalize(*self._mean_std)
+        train_tf = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
+        cls = self._dataset_cls()
+        self.train_set = cls(self.root, train=True, transform=train_tf)
+        self.val_set = cls(self.root, train=False, transform=T.Compose([T.ToTensor(), norm]))
+
+
+class CIFAR10DataModule(_CIFAR):
+    """CIFAR-10 via torchvision; random crop 32 (padding 4) and horizontal flip."""
+
+    def _dataset_cls(self):
+        from torchvision.datasets import CIFAR10
+
+        return CIFAR10
+
+
+class CIFAR100DataModule(_CIFAR):
+    """CIFAR-100 via torchvision; random crop 32 (padding 4) and horizontal flip."""
+
+    num_classes = 100
+    _mean_std = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+    def _dataset_cls(self):
+        from torchvision.datasets import CIFAR100
+
+        return CIFAR100
+
+
+def _load_checked(path: str):
+    """Open an image, naming the file when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise OSError(
+            f"Cannot read image {path!r} ({e}). Remove or replace the file and run again."
+        ) from e
+
+
+class ImageFolderDataModule(_Base):
+    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
+
+    Train: RandomResizedCrop(224) and horizontal flip; evaluation: resize 256, centre crop 224.
+    """
+
+    in_chans = 3
+
+    def __init__(
+        self,
+        root: str = "data/imagenet",
+        batch_size: int = 256,
+        num_workers: int = 8,
+        image_size: int = 224,
+        resize_size: int = 256,
+    ):
+        super().__init__(batch_size, num_workers)
+        self.root = Path(root)
+        self.image_size, self.resize_size = image_size, resize_size
+
+    def _check(self):
+        for split in ("train", "val"):
+            d = self.root / split
+            if not d.is_dir():
+                raise _missing(
+                    type(self).__name__,
+                    d,
+                    f"Expected {self.root}/train/<class>/*.jpg and {self.root}/val/<class>/*.jpg.",
+                )
+
+    @property
+    def num_classes(self) -> int:
+        self._check()
+        return sum(1 for p in (self.root / "train").iterdir() if p.is_dir())
+
+    def prepare_data(self):
+        self._check()
+
+    def setup(self, stage: str | None = None):
+        import torchvision.transforms as T
+        from torchvision.datasets import ImageFolder
+
+        if self.train_set is not None:
+            return
+        self._check()
+        norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        train_tf = T.Compose(
+            [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
+        )
+        eval_tf = T.Compose(
+            [T.Resize(self.resize_size), T.CenterCrop(self.image_size), T.ToTensor(), norm]
+        )
+        self.train_set = ImageFolder(self.root / "train", train_tf, loader=_load_checked)
+        self.val_set = ImageFolder(self.root / "val", eval_tf, loader=_load_checked)
+
+
+class ImageNetDataModule(ImageFolderDataModule):
+    """ImageNet-1K as an image folder (``train/`` and ``val/`` with 1000 class folders each)."""

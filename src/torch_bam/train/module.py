@@ -1,0 +1,176 @@
+"""ImageClassifier: a LightningModule around any torch_bam model or any model after add_bam."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torchmetrics
+from torch import nn
+
+__all__ = ["ImageClassifier", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf; the run stops and keeps its last good checkpoint."""
+
+
+class ImageClassifier(L.LightningModule):
+    """Image classification with cross-entropy, SGD (Nesterov) and top-1 / top-5 error.
+
+    Args:
+        model: a registered model name (``"bam_resnet50"``) or an ``nn.Module``.
+        num_classes: classes, passed to ``create_model`` for a name.
+        in_chans: input channels, passed to ``create_model`` for a name when not 3.
+        lr, momentum, nesterov, weight_decay: SGD settings (paper: momentum 0.9).
+        no_decay_bn_bias: skip weight decay for BatchNorm weights and all biases.
+        schedule: ``"step"`` (``lr * gamma`` at each of ``milestones``), ``"cosine"`` or
+            ``"constant"``; epochs, counted as fractions of an epoch (updated every step).
+        warmup_epochs: linear warm-up from 0 before the schedule.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last, compile, sync_batchnorm: speed and DDP options.
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module = "bam_small_cnn",
+        num_classes: int = 10,
+        in_chans: int = 3,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = True,
+        weight_decay: float = 1e-4,
+        no_decay_bn_bias: bool = False,
+        schedule: str = "step",
+        milestones: list[float] | tuple[float, ...] = (30, 60, 90),
+        gamma: float = 0.1,
+        warmup_epochs: float = 0.0,
+        max_epochs: int | None = None,
+        label_smoothing: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+        sync_batchnorm: bool = False,
+    ):
+        super().__init__()
+        if schedule not in ("step", "cosine", "constant"):
+            raise ValueError(
+                f"ImageClassifier: schedule must be 'step', 'cosine' or 'constant', got {schedule!r}."
+            )
+        self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
+        if isinstance(model, str):
+            from .. import create_model
+
+            kwargs = {"in_chans": in_chans} if in_chans != 3 else {}
+            model = create_model(model, num_classes=num_classes, **kwargs)
+        if sync_batchnorm:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self._forward = torch.compile(model) if compile else model
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        top_k = min(5, num_classes)
+        self.top_k = top_k
+        for stage in ("val", "test"):
+            for k in (1, top_k):
+                acc = torchmetrics.Accuracy("multiclass", num_classes=num_classes, top_k=k)
+                setattr(self, f"{stage}_acc{k}", acc)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self._forward(x)
+
+    @staticmethod
+    def _unpack(batch):
+        if isinstance(batch, dict):
+            return batch["image"], batch["label"]
+        return batch[0], batch[1]
+
+    def training_step(self, batch, batch_idx):
+        x, y = self._unpack(batch)
+        loss = self.criterion(self(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"The training loss is {loss.item()} at global step {self.global_step} (epoch "
+                f"{self.current_epoch}). The run stops; the last good checkpoint is kept. Try a "
+                "lower learning rate, a longer warm-up, or precision 32."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def _eval_step(self, batch, stage: str):
+        x, y = self._unpack(batch)
+        logits = self(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        self.log(f"{stage}/loss", loss, sync_dist=True)
+        for k in (1, self.top_k):
+            getattr(self, f"{stage}_acc{k}").update(logits, y)
+
+    def _log_errors(self, stage: str):
+        # The paper reports error = 1 - accuracy; torchmetrics syncs the counts across processes.
+        for k in (1, self.top_k):
+            acc = getattr(self, f"{stage}_acc{k}")
+            self.log(f"{stage}/top{k}_err", 1 - acc.compute(), prog_bar=k == 1)
+            acc.reset()
+
+    def on_validation_epoch_end(self):
+        self._log_errors("val")
+
+    def on_test_epoch_end(self):
+        self._log_errors("test")
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _param_groups(self):
+        hp = self.hparams
+        if not hp.no_decay_bn_bias:
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        decay, no_decay = [], []
+        for module in self.model.modules():
+            norm = isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
+            for name, p in module.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                (no_decay if norm or name == "bias" else decay).append(p)
+        return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.SGD(
+            self._param_groups(),
+            lr=hp.lr,
+            momentum=hp.momentum,
+            nesterov=hp.nesterov and hp.momentum > 0,
+            weight_decay=hp.weight_decay,
+        )
+        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches) / max(
+            1, self.trainer.max_epochs or 1
+        )
+        total_epochs = hp.max_epochs or self.trainer.max_epochs or 1
+        warmup, milestones, gamma, kind = (
+            hp.warmup_epochs,
+            list(hp.milestones),
+            hp.gamma,
+            hp.schedule,
+        )
+
+        def factor(step: int) -> float:
+            epoch = step / steps_per_epoch
+            if warmup > 0 and epoch < warmup:
+                return (step + 1) / (warmup * steps_per_epoch)
+            if kind == "step":
+                return gamma ** sum(epoch >= m for m in milestones)
+            if kind == "cosine":
+                t = min(1.0, (epoch - warmup) / max(1e-8, total_epochs - warmup))
+                return 0.5 * (1 + math.cos(math.pi * t))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

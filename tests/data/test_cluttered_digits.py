@@ -1,0 +1,35 @@
+import pytest
+import torch
+
+from torch_bam.data import ClutteredDigits
+
+
+def test_deterministic_from_seed_and_boxes_hold_the_digit():
+    a = ClutteredDigits("train", num_samples=20, canvas_size=40, scale=2, seed=3)
+    b = ClutteredDigits("train", num_samples=20, canvas_size=40, scale=2, seed=3)
+    c = ClutteredDigits("train", num_samples=20, canvas_size=40, scale=2, seed=4)
+    assert torch.equal(a.images, b.images) and torch.equal(a.boxes, b.boxes)
+    assert not torch.equal(a.images, c.images)
+    assert a.images.shape == (20, 1, 40, 40) and a.boxes.shape == (20, 4)
+    assert ((a.boxes[:, 2] - a.boxes[:, 0]) == 16).all()
+    assert (a.boxes >= 0).all() and (a.boxes <= 40).all()
+    # Most ink of the digit lies in its box: the box's mean is far above the canvas's.
+    for img, (x0, y0, x1, y1) in zip(a.images[:, 0], a.boxes.tolist(), strict=True):
+        assert img[y0:y1, x0:x1].mean() > 1.5 * img.mean()
+    item = ClutteredDigits("test", 2, canvas_size=40, scale=2, return_box=True)[1]
+    assert set(item) == {"image", "label", "box"}
+
+
+def test_clutter_is_present_outside_the_box():
+    d = ClutteredDigits("train", num_samples=10, canvas_size=64, scale=3, num_fragments=8)
+    outside = d.images.clone()
+    for i, (x0, y0, x1, y1) in enumerate(d.boxes.tolist()):
+        outside[i, :, y0:y1, x0:x1] = 0
+    assert (outside.flatten(1).amax(1) > 0).float().mean() > 0.5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="canvas_size"):
+        ClutteredDigits(canvas_size=16, scale=3)
+    with pytest.raises(ValueError, match="split"):
+        ClutteredDigits(split="val")

@@ -1,0 +1,87 @@
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from torch_bam import create_model
+from torch_bam.cli import main
+from torch_bam.viz import load_checkpoint, save_checkpoint
+from torch_bam.viz.attention import figure_size_px
+
+
+def _checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("bam_small_cnn", num_classes=10, in_chans=1)
+    path = tmp_path / "model.pt"
+    save_checkpoint(
+        str(path),
+        "bam_small_cnn",
+        model,
+        num_classes=10,
+        in_chans=1,
+        image_size=32,
+        mean=[0.1],
+        std=[0.3],
+    )
+    return model, path
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, path = _checkpoint(tmp_path)
+    loaded, meta = load_checkpoint(str(path))
+    assert meta["image_size"] == 32
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_lightning_style_checkpoint(tmp_path):
+    model = create_model("bam_small_cnn", num_classes=3, in_chans=1)
+    sd = {f"model.{k}": v for k, v in model.state_dict().items()}
+    path = tmp_path / "x.ckpt"
+    torch.save(
+        {
+            "state_dict": sd,
+            "hyper_parameters": {"model_name": "bam_small_cnn", "num_classes": 3, "in_chans": 1},
+        },
+        path,
+    )
+    loaded, _ = load_checkpoint(str(path))
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
+
+
+def test_visualize_writes_grid_of_expected_size(tmp_path):
+    _, ckpt = _checkpoint(tmp_path)
+    images = []
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(p)
+        images.append(str(p))
+    out = tmp_path / "out"
+    assert main(["visualize", str(ckpt), *images, "--out", str(out)]) == 0
+    png = mpimg.imread(out / "attention.png")
+    width, height = figure_size_px(num_images=2, num_bams=2)
+    assert png.shape[:2] == (height, width)
+    assert png.std() > 0  # something was drawn
+
+
+def test_bad_checkpoint_names_the_fix(tmp_path):
+    path = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, path)
+    with pytest.raises(ValueError, match="state_dict"):
+        load_checkpoint(str(path))
+
+
+def test_checkpoint_of_the_training_module(tmp_path):
+    from torch_bam.train import ImageClassifier
+
+    module = ImageClassifier("bam_small_cnn", num_classes=4, in_chans=1)
+    path = tmp_path / "lightning.ckpt"
+    # What Trainer.save_checkpoint writes, reduced to the keys the loader reads.
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    loaded, meta = load_checkpoint(str(path))
+    assert meta["model"] == "bam_small_cnn"
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(loaded(x), module.model.eval()(x))
