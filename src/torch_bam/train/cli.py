@@ -85,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     if "--resume" in argv:  # shorthand for Lightning's ckpt_path="last"
         argv.remove("--resume")
         argv += ["--ckpt_path", "last"]
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        _run(argv)
+    except SIGTERMException:
+        print("torch-bam: stopped by SIGTERM; last.ckpt saved, continue with --resume.")
+        return 143  # 128 + SIGTERM, as a shell reports it
+    return 0
+
+
+def _run(argv: list[str]) -> None:
     BamCLI(
         ImageClassifier,
         L.LightningDataModule,
@@ -94,4 +105,3 @@ def main(argv: list[str] | None = None) -> int:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
-    return 0
