@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=150, help="training steps (default 150)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.set_defaults(func=_example)
-    for name, what in zip(_LIGHTNING, ("train", "evaluate on the validation set", "test"), strict=False):
+    whats = ("train", "evaluate on the validation set", "test")
+    for name, what in zip(_LIGHTNING, whats, strict=True):
         sub.add_parser(
             name,
             help=f"{what} with Lightning: --config recipe.yaml, overrides like --model.lr 0.1 "

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import MetricsJSON, SaveOnSIGTERM
-from .module import ImageClassifier
+from .module import ImageClassifier, NonFiniteLossError
 
 __all__ = ["BamCLI", "main"]
 
@@ -92,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except SIGTERMException:
         print("torch-bam: stopped by SIGTERM; last.ckpt saved, continue with --resume.")
         return 143  # 128 + SIGTERM, as a shell reports it
+    except NonFiniteLossError as e:
+        print(f"torch-bam {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # bad model name, missing data, unreadable image, ...
+        print(f"torch-bam {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -55,7 +55,8 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         if schedule not in ("step", "cosine", "constant"):
             raise ValueError(
-                f"ImageClassifier: schedule must be 'step', 'cosine' or 'constant', got {schedule!r}."
+                "ImageClassifier: schedule must be 'step', 'cosine' or 'constant', "
+                f"got {schedule!r}."
             )
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, str):
