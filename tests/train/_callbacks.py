@@ -28,3 +28,14 @@ class NaNAt(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).fill_(float("nan"))
+
+
+class SaveRankWeights(L.Callback):
+    """Each process saves its final weights as ``rank<k>.pt`` in ``dirpath``."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer, pl_module):
+        path = os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt")
+        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, path)
