@@ -68,6 +68,17 @@ class _ResumableLoader(DataLoader):
         return {"epoch": trainer.current_epoch, "batches": done}
 
     def load_state_dict(self, state: dict) -> None:
+        if not isinstance(self.sampler, ResumableRandomSampler):
+            # Under DDP Lightning wraps the sampler in a DistributedSampler: the epoch's order is
+            # still seeded by the epoch, but its position is not restored (not yet supported).
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                "Resuming mid-epoch under a distributed sampler: the batches already seen in "
+                "this epoch are not skipped. Resume from an end-of-epoch checkpoint for an "
+                "exact continuation."
+            )
+            return
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip(state["batches"] * self.batch_size)
 
