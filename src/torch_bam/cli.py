@@ -103,9 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="timed runs after warm-up (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_profile)
-    for name, what in zip(
-        _LIGHTNING, ("train", "evaluate on the validation set", "test"), strict=True
-    ):
+    whats = ("train", "evaluate on the validation set", "test")
+    for name, what in zip(_LIGHTNING, whats, strict=True):
         sub.add_parser(
             name,
             help=f"{what} with Lightning: --config recipe.yaml, overrides like --model.lr 0.1 "

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .cluttered_digits import ClutteredDigits
+from .resumable_sampler import ResumableRandomSampler
 
 __all__ = [
     "CIFAR10DataModule",
@@ -28,15 +29,21 @@ class _Base(L.LightningDataModule):
         self.val_set: Dataset | None = None
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
-        return DataLoader(
+        cls, sampler = DataLoader, None
+        if train:
+            cls = _ResumableLoader
+            sampler = ResumableRandomSampler(len(ds), seed=torch.initial_seed() % 2**31)
+        loader = cls(
             ds,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+        loader.datamodule = self
+        return loader
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)
@@ -46,6 +53,34 @@ class _Base(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader(self.val_set, False)
+
+
+class _ResumableLoader(DataLoader):
+    """A DataLoader that Lightning saves in checkpoints: the epoch and the batches already seen.
+
+    Lightning stores ``state_dict()`` with the loops and calls ``load_state_dict`` on resume, so
+    a run stopped mid-epoch goes on with the very next batch of the same shuffled order.
+    """
+
+    def state_dict(self) -> dict:
+        trainer = self.datamodule.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return {"epoch": trainer.current_epoch, "batches": done}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(self.sampler, ResumableRandomSampler):
+            # Under DDP Lightning wraps the sampler in a DistributedSampler: the epoch's order is
+            # still seeded by the epoch, but its position is not restored (not yet supported).
+            from lightning.pytorch.utilities import rank_zero_warn
+
+            rank_zero_warn(
+                "Resuming mid-epoch under a distributed sampler: the batches already seen in "
+                "this epoch are not skipped. Resume from an end-of-epoch checkpoint for an "
+                "exact continuation."
+            )
+            return
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip(state["batches"] * self.batch_size)
 
 
 class ClutteredDigitsDataModule(_Base):

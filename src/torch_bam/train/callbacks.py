@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import lightning as L
@@ -14,43 +13,20 @@ __all__ = ["MetricsJSON", "SaveOnSIGTERM"]
 
 
 class SaveOnSIGTERM(L.Callback):
-    """On SIGTERM (a scheduler's pre-emption, ``kill``), write ``last.ckpt`` and stop.
+    """On SIGTERM (a scheduler's pre-emption, ``kill``), write ``last.ckpt`` before stopping.
 
-    The handler only sets a flag; the checkpoint is written after the current batch, at a step
-    boundary, so resuming from it continues exactly.
+    Lightning's own handler notes the signal and, after the current batch (a step boundary,
+    all ranks agreeing), raises ``SIGTERMException``; this writes the checkpoint then, so
+    ``--resume`` continues from exactly that step.
     """
 
-    def __init__(self, dirpath: str | None = None):
-        self.dirpath = dirpath
-        self._requested = False
-        self._previous = None
+    def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    def on_fit_start(self, trainer, pl_module):
-        try:  # on every rank, and the flag is shared below so all ranks stop together
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
-
-    def _handle(self, signum, frame):
-        self._requested = True
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        flag = torch.tensor(float(self._requested))
-        flag = trainer.strategy.reduce(flag, reduce_op="max")
-        if flag.item() > 0:
-            trainer.save_checkpoint(self._path(trainer))
-            trainer.should_stop = True
-
-    def on_fit_end(self, trainer, pl_module):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _path(self, trainer) -> str:
-        if self.dirpath:
-            return os.path.join(self.dirpath, "last.ckpt")
-        cb = trainer.checkpoint_callback
-        d = cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir
-        return os.path.join(d, "last.ckpt")
+        if isinstance(exception, SIGTERMException):
+            cb = trainer.checkpoint_callback
+            d = cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir
+            trainer.save_checkpoint(os.path.join(d, "last.ckpt"))
 
 
 class MetricsJSON(L.Callback):

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from .callbacks import MetricsJSON, SaveOnSIGTERM
-from .module import ImageClassifier
+from .module import ImageClassifier, NonFiniteLossError
 
 __all__ = ["BamCLI", "main"]
 
@@ -85,6 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     if "--resume" in argv:  # shorthand for Lightning's ckpt_path="last"
         argv.remove("--resume")
         argv += ["--ckpt_path", "last"]
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        _run(argv)
+    except SIGTERMException:
+        print("torch-bam: stopped by SIGTERM; last.ckpt saved, continue with --resume.")
+        return 143  # 128 + SIGTERM, as a shell reports it
+    except NonFiniteLossError as e:
+        print(f"torch-bam {argv[0]}: error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as e:  # bad model name, missing data, unreadable image, ...
+        print(f"torch-bam {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(argv: list[str]) -> None:
     BamCLI(
         ImageClassifier,
         L.LightningDataModule,
@@ -94,4 +111,3 @@ def main(argv: list[str] | None = None) -> int:
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )
-    return 0

@@ -55,7 +55,8 @@ class ImageClassifier(L.LightningModule):
         super().__init__()
         if schedule not in ("step", "cosine", "constant"):
             raise ValueError(
-                f"ImageClassifier: schedule must be 'step', 'cosine' or 'constant', got {schedule!r}."
+                "ImageClassifier: schedule must be 'step', 'cosine' or 'constant', "
+                f"got {schedule!r}."
             )
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, str):
@@ -128,6 +129,15 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
 
+    def on_train_start(self):
+        batches = self.trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            self._steps_per_epoch = batches / self.trainer.accumulate_grad_batches
+        for config in self.trainer.lr_scheduler_configs:  # the learning rate for this step
+            sched = config.scheduler
+            for group, lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
+                group["lr"] = lr
+
     def _param_groups(self):
         hp = self.hparams
         if not hp.no_decay_bn_bias:
@@ -150,9 +160,9 @@ class ImageClassifier(L.LightningModule):
             nesterov=hp.nesterov and hp.momentum > 0,
             weight_decay=hp.weight_decay,
         )
-        steps_per_epoch = max(1, self.trainer.estimated_stepping_batches) / max(
-            1, self.trainer.max_epochs or 1
-        )
+        # Steps per epoch are known only once the train loader exists (on_train_start); asking
+        # Lightning earlier (estimated_stepping_batches) would build the loader before a resumed
+        # run restores the loader's position.
         total_epochs = hp.max_epochs or self.trainer.max_epochs or 1
         warmup, milestones, gamma, kind = (
             hp.warmup_epochs,
@@ -160,8 +170,10 @@ class ImageClassifier(L.LightningModule):
             hp.gamma,
             hp.schedule,
         )
+        self._steps_per_epoch = 1.0
 
         def factor(step: int) -> float:
+            steps_per_epoch = self._steps_per_epoch
             epoch = step / steps_per_epoch
             if warmup > 0 and epoch < warmup:
                 return (step + 1) / (warmup * steps_per_epoch)

@@ -1,0 +1,41 @@
+"""Callbacks that the tests put into a run through its YAML config."""
+
+import os
+import signal
+
+import lightning as L
+import torch
+
+
+class SigtermAt(L.Callback):
+    """Send this process SIGTERM after global step ``step``, as a cluster's pre-emption would."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class NaNAt(L.Callback):
+    """Poison the weights with NaN after global step ``step``."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+
+
+class SaveRankWeights(L.Callback):
+    """Each process saves its final weights as ``rank<k>.pt`` in ``dirpath``."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_fit_end(self, trainer, pl_module):
+        path = os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt")
+        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, path)
