@@ -60,3 +60,12 @@ def test_batch_as_dict_with_boxes():
     module = ImageClassifier("small_cnn", in_chans=1)
     x, y = module._unpack({"image": torch.zeros(2, 1, 8, 8), "label": torch.zeros(2), "box": 0})
     assert x.shape == (2, 1, 8, 8) and y.shape == (2,)
+
+
+def test_state_dict_holds_each_weight_once():
+    from torch_bam.train import ImageClassifier
+
+    module = ImageClassifier("bam_small_cnn", num_classes=10, in_chans=1)
+    weights = [k for k in module.state_dict() if k.endswith("weight")]
+    model_weights = [k for k in module.model.state_dict() if k.endswith("weight")]
+    assert sorted(weights) == sorted(f"model.{k}" for k in model_weights)

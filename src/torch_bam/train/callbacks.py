@@ -1,15 +1,17 @@
-"""Callbacks that make sure nothing is lost: a checkpoint on SIGTERM, and a final metrics JSON."""
+"""Callbacks that make sure nothing is lost: a checkpoint on SIGTERM, RNG states in checkpoints,
+and a final metrics JSON."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import lightning as L
 import torch
 
-__all__ = ["MetricsJSON", "SaveOnSIGTERM"]
+__all__ = ["MetricsJSON", "RNGState", "SaveOnSIGTERM"]
 
 
 class SaveOnSIGTERM(L.Callback):
@@ -27,6 +29,39 @@ class SaveOnSIGTERM(L.Callback):
             cb = trainer.checkpoint_callback
             d = cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir
             trainer.save_checkpoint(os.path.join(d, "last.ckpt"))
+
+
+class RNGState(L.Callback):
+    """Keep the random number generators' states in every checkpoint and restore them on resume.
+
+    Lightning saves model, optimiser, scheduler and loop state, but not the RNGs; without them a
+    resumed run draws different augmentations and dropout masks from an uninterrupted one.
+    Saved from the process that writes the checkpoint (rank 0 under DDP).
+    """
+
+    def state_dict(self) -> dict:
+        import numpy as np
+
+        # Only tensors and plain Python values: checkpoints load with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        import numpy as np
+
+        random.setstate(state_dict["python"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
 class MetricsJSON(L.Callback):

@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
-from .callbacks import MetricsJSON, SaveOnSIGTERM
+from .callbacks import MetricsJSON, RNGState, SaveOnSIGTERM
 from .module import ImageClassifier, NonFiniteLossError
 
 __all__ = ["BamCLI", "main"]
@@ -53,6 +53,7 @@ class BamCLI(LightningCLI):
                 filename="{epoch}-{step}",
             ),
             SaveOnSIGTERM(),
+            RNGState(),
             MetricsJSON(os.path.join(run_dir, "metrics.json")),
         ]
         parser = self._parser(self.subcommand)

@@ -68,8 +68,9 @@ class ImageClassifier(L.LightningModule):
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if compile:
+            model.compile()  # in place: the state_dict keeps the plain `model.*` keys
         self.model = model
-        self._forward = torch.compile(model) if compile else model
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         top_k = min(5, num_classes)
         self.top_k = top_k
@@ -81,7 +82,7 @@ class ImageClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward(x)
+        return self.model(x)
 
     @staticmethod
     def _unpack(batch):
