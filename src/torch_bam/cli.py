@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a small CNN with and without BAM on offline data, report and plot"
     )
-    p.add_argument("--epochs", type=int, default=3, help="epochs per model (default 3)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per model (default 8)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument(
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="cluttered-digits",
         help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
     )
-    p.add_argument("--train-size", type=int, default=2000, help="training images (default 2000)")
+    p.add_argument("--train-size", type=int, default=4000, help="training images (default 4000)")
     p.add_argument("--test-size", type=int, default=500, help="test images (default 500)")
     p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")

@@ -185,11 +185,11 @@ def _write_atomic(path: str, text: str) -> None:
 
 
 def run(
-    epochs: int = 3,
+    epochs: int = 8,
     seed: int = 0,
     out: str = "runs/demo",
     dataset: str = "cluttered-digits",
-    train_size: int = 2000,
+    train_size: int = 4000,
     test_size: int = 500,
     canvas: int = 32,
     batch_size: int = 64,
