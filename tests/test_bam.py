@@ -1,11 +1,15 @@
 """BAM against the seed's code, the closed-form parameter count, and numerics."""
 
+from unittest import mock
+
 import pytest
 import torch
 
 from tests.helpers import assert_close, bam_param_count, randomize_
 from tests.reference import official_bam, seed_bam
 from torch_bam import BAM, ChannelGate, SpatialGate
+
+block_autograd_off = mock.patch("torch_bam.block_autograd.can_use", lambda *a: False)
 
 
 def _pair(channels=64, seed=0):
@@ -113,6 +117,9 @@ def test_gates_shapes_and_dilation():
     assert len(convs) == 3 and all(c.dilation == (2, 2) and c.padding == (2, 2) for c in convs)
 
 
+# The module's plain autograd path, element by element; the memory-saving path is checked
+# against it in tests/test_block_autograd.py (equal to 1e-10 in float64, and its own gradcheck).
+@block_autograd_off
 def test_gradcheck_float64():
     bam = randomize_(BAM(32, reduction_ratio=8, dtype=torch.float64)).eval()
     x = torch.randn(2, 32, 5, 6, dtype=torch.float64, requires_grad=True)
@@ -121,6 +128,7 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(bam, (x,), eps=1e-6, atol=1e-5)
 
 
+@block_autograd_off
 def test_gradcheck_product_float64():
     bam = randomize_(BAM(32, reduction_ratio=8, combine="product", dtype=torch.float64)).eval()
     x = torch.randn(2, 32, 4, 4, dtype=torch.float64, requires_grad=True)

@@ -119,7 +119,9 @@ class SpatialGate(nn.Module):
         layers["gate_s_conv_final"] = nn.Conv2d(hidden, 1, kernel_size=1, **fk)
         self.gate_s = nn.Sequential(layers)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, keep_reduced: Optional[list[Tensor]] = None) -> Tensor:  # noqa: UP045
+        """``keep_reduced``, if given, receives the 1x1 reduce's output (for a backward that
+        recomputes the rest from it: torch_bam.block_autograd)."""
         first = True
         y = x
         for layer in self.gate_s:
@@ -128,6 +130,8 @@ class SpatialGate(nn.Module):
                 # the NCHW conv path (benchmarks/RESULTS.md). Same weights, same maths.
                 conv = self.gate_s.gate_s_conv_reduce0
                 y = _reduce_1x1(x, conv.weight, conv.bias)
+                if keep_reduced is not None:
+                    keep_reduced.append(y)
                 first = False
             else:
                 y = layer(y)
@@ -253,10 +257,22 @@ class BAM(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight_dtype = self.spatial_att.gate_s.gate_s_conv_final.weight.dtype
         _check_input(x, self.channels, self.training, weight_dtype)
+        if not torch.jit.is_scripting():
+            y = self._memory_saving_forward(x)
+            if y is not None:
+                return y
         channel_logits = self.channel_att(x)
         spatial_logits = self.spatial_att(x)
         inplace = self.inplace and not torch.is_grad_enabled()
         return bam_gate(x, channel_logits, spatial_logits, self.combine, inplace)
+
+    @torch.jit.unused
+    def _memory_saving_forward(self, x: Tensor) -> Optional[Tensor]:  # noqa: UP045 (TorchScript)
+        # With autograd recording: keep only x and the two gates for backward, not the spatial
+        # gate's intermediates (torch_bam.block_autograd). None: take the plain path.
+        from .block_autograd import bam_block_train, can_use
+
+        return bam_block_train(self, x) if can_use(self, x) else None
 
     def fuse_for_inference(self) -> "BAM":
         """Fold each gate's BatchNorms into the conv/linear before them (eval mode, in place).

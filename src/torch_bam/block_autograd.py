@@ -1,0 +1,195 @@
+"""Memory-saving autograd for a whole BAM block in training.
+
+Plain autograd keeps, for backward, ``x`` plus every intermediate of the spatial gate: six maps
+of ``C/r`` channels at full resolution, about 1.4x the input's bytes in all. This function keeps
+only ``x``, the 1x1 reduce's output (``C/r`` channels), ``M_c`` and ``M_s`` (about 1.07x) and,
+in backward:
+
+1. runs the fused gate backward (``dx``, ``dM_c``, ``dM_s``);
+2. recomputes the gates' other intermediates (the global pool, then the ``C/r``-channel
+   layers) and backpropagates ``dM_c``, ``dM_s`` through them;
+3. adds the pool's and the reduce conv's gradients into ``dx`` with one in-place batched
+   matmul, instead of materialising two more full-size gradients and summing them.
+
+The forward pass calls the block's own submodules (under ``no_grad``), so BatchNorm running
+statistics are updated once, and forward hooks (``record_attention``) fire once. The recompute
+uses batch statistics and touches no running statistics. BatchNorms in eval mode inside a
+training block (frozen BN) recompute with their running statistics, as their forward did.
+
+:meth:`torch_bam.BAM.forward` takes this path in training when it applies (plain layers, no
+inner hooks, not under torch.compile, FX or TorchScript, backend ``"auto"``), and the plain
+autograd path otherwise; both give the same results. It does not support double backward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .functional import _bam_gate_backward_op, bam_gate, get_backend
+
+if TYPE_CHECKING:
+    from .bam import BAM
+
+__all__ = ["bam_block_train", "can_use"]
+
+_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Identity)
+
+
+def _observer(hook) -> bool:
+    # Hooks that only read outputs (record_attention's) do not change what backward must see.
+    return getattr(hook, "_torch_bam_observer", False)
+
+
+def can_use(block: BAM, x: Tensor) -> bool:
+    """Whether ``block(x)`` may take the memory-saving path (training, plain layers, eager)."""
+    if not isinstance(x, Tensor) or get_backend() != "auto" or not torch.is_grad_enabled():
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False  # the compiler plans memory itself; traces want the plain ops
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    params = list(block.parameters())
+    if not (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    for gate in (block.channel_att, block.spatial_att):
+        if gate._forward_pre_hooks or gate._backward_hooks or gate._backward_pre_hooks:
+            return False
+        if not all(_observer(h) for h in gate._forward_hooks.values()):
+            return False
+        for layer in gate.children():
+            for sub in layer.children():
+                if type(sub) not in _LAYERS or sub._forward_hooks or sub._forward_pre_hooks:
+                    return False
+                if sub._backward_hooks or sub._backward_pre_hooks:
+                    return False
+    gate_s = block.spatial_att.gate_s
+    reduce = gate_s[0]
+    if type(reduce) is not nn.Conv2d or reduce.kernel_size != (1, 1) or reduce.groups != 1:
+        return False
+    # The reduce's output is saved for backward: what follows it must not be in place on it
+    # (a folded gate has Identity there, then an in-place ReLU).
+    return len(gate_s) > 1 and type(gate_s[1]) is nn.BatchNorm2d
+
+
+def _run(layers, t: Tensor) -> Tensor:
+    """The layers' maths without their module calls: no hooks, no running-statistics update."""
+    for layer in layers:
+        kind = type(layer)
+        if kind is nn.Linear:
+            t = F.linear(t, layer.weight, layer.bias)
+        elif kind is nn.Conv2d:
+            t = layer._conv_forward(t, layer.weight, layer.bias)
+        elif kind is nn.BatchNorm1d or kind is nn.BatchNorm2d:
+            batch_stats = layer.training or layer.running_mean is None
+            mean = None if batch_stats else layer.running_mean
+            var = None if batch_stats else layer.running_var
+            t = F.batch_norm(t, mean, var, layer.weight, layer.bias, batch_stats, 0.0, layer.eps)
+        elif kind is nn.ReLU:
+            t = F.relu(t, inplace=layer.inplace)
+    return t
+
+
+def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, dpool):
+    """Grad of the 1x1 reduce's weight; adds ``W^T dr + dpool / HW`` into ``dx`` in place.
+
+    Both additions are one batched matmul: ``[W^T | dpool/HW] @ [dr ; 1]`` (NCHW), or
+    ``[dr | 1] @ [W ; dpool/HW]`` (channels_last), accumulated into ``dx`` (beta = 1).
+    """
+    b, c, h, w = x.shape
+    hidden, hw = weight.shape[0], h * w
+    w2 = weight.reshape(hidden, c)
+    nchw = x.is_contiguous()
+    if nchw:
+        x3 = x.reshape(b, c, hw)
+        dr3 = dr.reshape(b, hidden, hw).to(x.dtype)
+        dweight = torch.bmm(dr3, x3.transpose(1, 2)).sum(0)
+    else:
+        x3 = x.permute(0, 2, 3, 1).reshape(b, hw, c)
+        dr3 = dr.permute(0, 2, 3, 1).reshape(b, hw, hidden).to(x.dtype)
+        dweight = dr3.reshape(b * hw, hidden).t() @ x3.reshape(b * hw, c)
+    if dx is not None:
+        wt = w2.to(x.dtype)
+        pool = (dpool.to(x.dtype) / hw) if dpool is not None else x.new_zeros(b, c)
+        if nchw:
+            lhs = torch.cat([wt.t().expand(b, c, hidden), pool[:, :, None]], dim=2)
+            rhs = torch.cat([dr3, dr3.new_ones(b, 1, hw)], dim=1)
+            dx.view(b, c, hw).baddbmm_(lhs, rhs)
+        else:
+            lhs = torch.cat([dr3, dr3.new_ones(b, hw, 1)], dim=2)
+            rhs = torch.cat([wt.expand(b, hidden, c), pool[:, None, :]], dim=1)
+            dx.permute(0, 2, 3, 1).view(b, hw, c).baddbmm_(lhs, rhs)
+    return dweight.reshape(weight.shape).to(weight.dtype)
+
+
+class _BAMBlockFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, block: BAM, x: Tensor, *params: Tensor) -> Tensor:
+        # Grad mode is off here: the submodules run once, as in the plain path.
+        channel_logits = block.channel_att(x)
+        reduced: list[Tensor] = []
+        spatial_logits = block.spatial_att(x, reduced)
+        ctx.save_for_backward(x, reduced[0], channel_logits, spatial_logits)
+        ctx.block = block
+        ctx.autocast = [
+            (d, torch.get_autocast_dtype(d))
+            for d in {x.device.type, "cpu"}
+            if torch.is_autocast_enabled(d)
+        ]
+        return bam_gate(x, channel_logits, spatial_logits, block.combine)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, reduced, channel_logits, spatial_logits = ctx.saved_tensors
+        block: BAM = ctx.block
+        params = list(block.parameters())
+        dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
+        need_x = ctx.needs_input_grad[1]
+        reduce = block.spatial_att.gate_s[0]
+        small = [p for p in params if p.requires_grad and p is not reduce.weight]
+        small = [p for p in small if p is not reduce.bias]
+        with torch.enable_grad(), _autocast(ctx.autocast):
+            pooled = F.adaptive_avg_pool2d(x.detach(), 1).flatten(1).requires_grad_(need_x)
+            reduced = reduced.detach().requires_grad_()  # its grad is also the bias's
+            c2 = _run(block.channel_att.gate_c, pooled)
+            s2 = _run(list(block.spatial_att.gate_s)[1:], reduced)
+            inputs = [reduced, *small] + ([pooled] if need_x else [])
+            outs = [(c2, dc.reshape(c2.shape)), (s2, ds)]
+            outs = [(o, g) for o, g in outs if o.requires_grad]  # c2 may be all frozen
+            grads = torch.autograd.grad(
+                [o for o, _ in outs], inputs, [g for _, g in outs], allow_unused=True
+            )
+        dr, rest = grads[0], grads[1 : 1 + len(small)]
+        dpool = grads[-1] if need_x else None
+        by_param = dict(zip(map(id, small), rest, strict=True))
+        dweight = _reduce_backward(x, dr, reduce.weight, dx if need_x else None, dpool)
+        if reduce.weight.requires_grad:
+            by_param[id(reduce.weight)] = dweight
+        if reduce.bias is not None and reduce.bias.requires_grad:
+            by_param[id(reduce.bias)] = dr.sum((0, 2, 3)).to(reduce.bias.dtype)
+        param_grads = [by_param.get(id(p)) for p in params]
+        return (None, dx if need_x else None, *param_grads)
+
+
+class _autocast:
+    """Re-enter the forward pass's autocast state for the recompute."""
+
+    def __init__(self, states):
+        self.ctxs = [torch.autocast(d, dtype=dt) for d, dt in states]
+
+    def __enter__(self):
+        for c in self.ctxs:
+            c.__enter__()
+
+    def __exit__(self, *exc):
+        for c in reversed(self.ctxs):
+            c.__exit__(*exc)
+
+
+def bam_block_train(block: BAM, x: Tensor) -> Tensor:
+    """``block(x)`` through the memory-saving autograd function (see the module docstring)."""
+    return _BAMBlockFunction.apply(block, x, *block.parameters())

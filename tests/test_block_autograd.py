@@ -1,0 +1,197 @@
+"""The memory-saving training path equals plain autograd, and keeps ~1x the input for backward."""
+
+import copy
+from unittest import mock
+
+import pytest
+import torch
+from torch import nn
+
+import torch_bam.block_autograd as block_autograd
+from tests.helpers import assert_close, randomize_
+from torch_bam import BAM, record_attention
+from torch_bam.functional import set_backend
+
+CL = torch.channels_last
+
+
+def _plain():
+    """Force the plain autograd path (the one every other test checks against the seed)."""
+    return mock.patch.object(block_autograd, "can_use", lambda *a: False)
+
+
+def _run(block, x, grad, plain=False):
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    if plain:
+        with _plain():
+            y = block(x)
+    else:
+        y = block(x)
+    y.backward(grad)
+    params = {n: p.grad for n, p in block.named_parameters()}
+    buffers = {n: b.clone() for n, b in block.named_buffers()}
+    return y, x.grad, params, buffers
+
+
+def _compare(block, x, dtype=None):
+    other = copy.deepcopy(block)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
+    y, dx, dp, buf = _run(block, x, grad)
+    y0, dx0, dp0, buf0 = _run(other, x, grad, plain=True)
+    assert_close(y, y0, dtype)
+    if x.requires_grad:
+        assert_close(dx, dx0, dtype)
+    else:
+        assert dx is None and dx0 is None
+    assert dp.keys() == dp0.keys()
+    for name in dp:
+        if dp0[name] is None:
+            assert dp[name] is None, name
+        else:
+            # Parameter grads are sums over the batch and pixels: a looser atol in float32.
+            torch.testing.assert_close(dp[name], dp0[name], rtol=1e-4, atol=1e-5, msg=name)
+    for name in buf:  # running statistics updated exactly once, as in the plain path
+        assert torch.equal(buf[name], buf0[name]), name
+    return y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
+def test_equals_plain_autograd(dtype, combine, memory_format):
+    block = randomize_(BAM(64, combine=combine)).to(dtype).train()
+    x = torch.randn(4, 64, 9, 7, dtype=dtype).contiguous(memory_format=memory_format)
+    y = _compare(block, x.requires_grad_(), dtype)
+    assert y.is_contiguous(memory_format=memory_format)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"channel_mlp_layers": 2, "num_dilated_convs": 1}, {"num_dilated_convs": 3}]
+)
+def test_other_structures(kwargs):
+    block = randomize_(BAM(32, reduction_ratio=8, **kwargs)).train()
+    _compare(block, torch.randn(3, 32, 6, 5, requires_grad=True))
+
+
+def test_frozen_parameters_input_without_grad_and_frozen_bn():
+    block = randomize_(BAM(64)).train()
+    for p in block.channel_att.parameters():
+        p.requires_grad_(False)  # the whole channel MLP frozen
+    block.spatial_att.gate_s.gate_s_bn_di_0.eval()  # a frozen BN: running statistics
+    block.spatial_att.gate_s.gate_s_conv_reduce0.bias.requires_grad_(False)
+    _compare(block, torch.randn(4, 64, 8, 8))  # x needs no grad: only the parameters do
+
+
+def test_eval_mode_with_grad_enabled():
+    block = randomize_(BAM(64)).eval()
+    _compare(block, torch.randn(2, 64, 8, 8, requires_grad=True))
+
+
+def test_gradcheck_float64():
+    block = BAM(32).double().train()
+    x = torch.randn(3, 32, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert block_autograd.can_use(block, x)
+    # fast_mode checks random projections v^T J: one backward instead of one per output.
+    assert torch.autograd.gradcheck(block, (x,), fast_mode=True)
+    xc = x.detach().contiguous(memory_format=CL).requires_grad_()
+    assert torch.autograd.gradcheck(block, (xc,), fast_mode=True)
+
+
+def _saved_bytes(block, x):
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    params = {p.untyped_storage().data_ptr() for p in block.parameters()}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        block(x)
+    return sum(n for ptr, n in storages.items() if ptr not in params) / (x.numel() * 4)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
+def test_saves_about_one_input_for_backward(memory_format):
+    block = BAM(256).train().to(memory_format=memory_format)
+    x = torch.randn(4, 256, 16, 16).contiguous(memory_format=memory_format).requires_grad_()
+    ours = _saved_bytes(block, x)
+    with _plain():
+        plain = _saved_bytes(block, x)
+    # x (1.0), the reduce's output (1/16), M_c and M_s; plain autograd keeps 6 maps of C/16.
+    assert 1.0 < ours <= 1.08
+    assert plain > 1.3
+
+
+def test_record_attention_works_and_hooks_fire_once_in_training():
+    block = BAM(64).train()
+    x = torch.randn(4, 64, 8, 8, requires_grad=True)
+    calls = []
+
+    def count(*_):
+        calls.append(1)
+
+    count._torch_bam_observer = True  # as record_attention tags its own read-only hooks
+    block.spatial_att.register_forward_hook(count)
+    with record_attention(block) as maps:
+        assert block_autograd.can_use(block, x)  # observers keep the memory-saving path
+        block(x).sum().backward()
+    assert maps[""].spatial_logits.shape == (4, 1, 8, 8)
+    assert maps[""].channel_logits.shape == (4, 64)
+    assert calls == [1]  # once per forward: the backward's recompute calls no module
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["reference backend", "inner backward hook", "inner forward hook", "folded", "no grad"],
+)
+def test_falls_back_to_plain_autograd(setup):
+    block = BAM(64).train()
+    x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    if setup == "reference backend":
+        set_backend("reference")
+    elif setup == "inner backward hook":
+        block.spatial_att.gate_s.gate_s_conv_di_0.register_full_backward_hook(lambda *a: None)
+    elif setup == "inner forward hook":
+        block.channel_att.gate_c[0].register_forward_hook(lambda *a: None)
+    elif setup == "folded":
+        block.eval().fuse_for_inference().train()
+    try:
+        if setup == "no grad":
+            with torch.no_grad():
+                assert not block_autograd.can_use(block, x)
+        else:
+            assert not block_autograd.can_use(block, x)
+            block(x).sum().backward()  # and the plain path still trains
+            assert x.grad is not None
+    finally:
+        set_backend("auto")
+
+
+def test_autocast_bfloat16_cpu():
+    block = randomize_(BAM(64)).train()
+    x = torch.randn(4, 64, 8, 8, requires_grad=True)
+    grad = torch.randn(4, 64, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, dx, dp, _ = _run(block, x, grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y0, dx0, dp0, _ = _run(copy.deepcopy(block), x, grad, plain=True)
+    assert_close(y, y0, torch.bfloat16)
+    assert_close(dx, dx0, torch.bfloat16)
+    for name in dp:
+        rel = (dp[name] - dp0[name]).norm() / dp0[name].norm().clamp_min(1e-12)
+        assert rel < 0.05, name
+
+
+def test_trains_inside_a_network():
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), BAM(32), nn.Flatten(), nn.LazyLinear(2))
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
+    net(x)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    losses = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
