@@ -96,7 +96,7 @@ def _run(layers, t: Tensor) -> Tensor:
 def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, dpool):
     """Grad of the 1x1 reduce's weight; adds ``W^T dr + dpool / HW`` into ``dx`` in place.
 
-    Both additions are one batched matmul: ``[W^T | dpool/HW] @ [dr ; 1]`` (NCHW), or
+    Both additions can be one batched matmul: ``[W^T | dpool/HW] @ [dr ; 1]`` (NCHW), or
     ``[dr | 1] @ [W ; dpool/HW]`` (channels_last), accumulated into ``dx`` (beta = 1).
     """
     b, c, h, w = x.shape
@@ -113,15 +113,28 @@ def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, d
         dweight = dr3.reshape(b * hw, hidden).t() @ x3.reshape(b * hw, c)
     if dx is not None:
         wt = w2.to(x.dtype)
-        pool = (dpool.to(x.dtype) / hw) if dpool is not None else x.new_zeros(b, c)
+        pool = (dpool.to(x.dtype) / hw) if dpool is not None else None
+        # The augmented matmul copies W once per image: cheap when the maps are large next to
+        # the bottleneck width (early stages); else add the pool term in a separate pass.
+        augment = pool is not None and (hidden + 1) * 8 <= hw
         if nchw:
-            lhs = torch.cat([wt.t().expand(b, c, hidden), pool[:, :, None]], dim=2)
-            rhs = torch.cat([dr3, dr3.new_ones(b, 1, hw)], dim=1)
-            dx.view(b, c, hw).baddbmm_(lhs, rhs)
+            dx3 = dx.view(b, c, hw)
+            if augment:
+                lhs = torch.cat([wt.t().expand(b, c, hidden), pool[:, :, None]], dim=2)
+                dx3.baddbmm_(lhs, torch.cat([dr3, dr3.new_ones(b, 1, hw)], dim=1))
+            else:
+                dx3.baddbmm_(wt.t().expand(b, c, hidden), dr3)
+                if pool is not None:
+                    dx3.add_(pool[:, :, None])
         else:
-            lhs = torch.cat([dr3, dr3.new_ones(b, hw, 1)], dim=2)
-            rhs = torch.cat([wt.expand(b, hidden, c), pool[:, None, :]], dim=1)
-            dx.permute(0, 2, 3, 1).view(b, hw, c).baddbmm_(lhs, rhs)
+            dx3 = dx.permute(0, 2, 3, 1).view(b, hw, c)
+            if augment:
+                rhs = torch.cat([wt.expand(b, hidden, c), pool[:, None, :]], dim=1)
+                dx3.baddbmm_(torch.cat([dr3, dr3.new_ones(b, hw, 1)], dim=2), rhs)
+            else:
+                dx3.baddbmm_(dr3, wt.expand(b, hidden, c))
+                if pool is not None:
+                    dx3.add_(pool[:, None, :])
     return dweight.reshape(weight.shape).to(weight.dtype)
 
 
