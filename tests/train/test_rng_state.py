@@ -41,3 +41,15 @@ def test_state_loads_with_weights_only(tmp_path):
     expected = _draw()
     RNGState().load_state_dict(state)
     assert _draw() == expected
+
+
+def test_per_rank_states_load_with_weights_only_and_one_process_takes_rank_0(tmp_path):
+    torch.manual_seed(1)
+    first = RNGState().state_dict()
+    expected = _draw()
+    second = RNGState().state_dict()
+    path = tmp_path / "rng.pt"
+    torch.save({"rng": {"ranks": [first, second]}}, path)  # as a 2-process DDP run saves it
+    state = torch.load(path, weights_only=True)["rng"]
+    RNGState().load_state_dict(state)
+    assert _draw() == expected
