@@ -41,21 +41,6 @@ class SaveRankWeights(L.Callback):
         torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, path)
 
 
-class StopAt(L.Callback):
-    """After global step ``step``, stop every rank as if each had received SIGTERM.
-
-    Lightning's handler only sets the flag that this sets; a real signal reaches the ranks of a
-    DDP run at different moments, which would make the stopping step of a test vary.
-    """
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step:
-            trainer._signal_connector.received_sigterm = True
-
-
 class PartRankRNG(L.Callback):
     """Make each rank's random stream differ: rank ``k`` draws ``k + 1`` numbers at setup."""
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +19,34 @@ __all__ = ["MetricsJSON", "RNGState", "SaveOnSIGTERM"]
 class SaveOnSIGTERM(L.Callback):
     """On SIGTERM (a scheduler's pre-emption, ``kill``), write ``last.ckpt`` before stopping.
 
-    Lightning's own handler notes the signal and, after the current batch (a step boundary,
-    all ranks agreeing), raises ``SIGTERMException``; this writes the checkpoint then, so
-    ``--resume`` continues from exactly that step.
+    Lightning's own handler notes the signal and, after the current batch (a step boundary),
+    raises ``SIGTERMException``; this writes the checkpoint then, so ``--resume`` continues from
+    exactly that step. Under DDP the signal reaches the ranks at different moments (or only
+    one), and Lightning's handler runs collectives inside the handler that then pair with the
+    wrong ones and hang the run; so here the handler only notes the signal, and after every
+    batch the ranks agree (one all-reduce) whether any got it, and all stop after that batch.
     """
+
+    def __init__(self):
+        self._sigterm = False
+
+    def on_train_start(self, trainer, pl_module):
+        self._sigterm = False
+        # After Lightning registered its handlers; its teardown restores the original ones.
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame):
+        self._sigterm = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size <= 1:
+            return
+        flag = torch.tensor([float(self._sigterm)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            # Lightning's own flag: every rank stops after this same batch, counted as done.
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
