@@ -39,3 +39,21 @@ class SaveRankWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module):
         path = os.path.join(self.dirpath, f"rank{trainer.global_rank}.pt")
         torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()}, path)
+
+
+class PartRankRNG(L.Callback):
+    """Make each rank's random stream differ: rank ``k`` draws ``k + 1`` numbers at setup."""
+
+    def setup(self, trainer, pl_module, stage):
+        torch.rand(trainer.global_rank + 1)
+
+
+class SaveRankRNG(L.Callback):
+    """Each process saves its torch RNG state as fit starts (just after a DDP resume's restore)."""
+
+    def __init__(self, dirpath: str):
+        self.dirpath = dirpath
+
+    def on_fit_start(self, trainer, pl_module):
+        path = os.path.join(self.dirpath, f"rng_rank{trainer.global_rank}.pt")
+        torch.save(torch.get_rng_state(), path)

@@ -27,7 +27,7 @@ def test_checkpoint_of_a_fit_holds_the_rng_state(tmp_path):
     from torch_bam.train.cli import main
 
     run = tmp_path / "run"
-    main(["fit", *TINY, f"--run_dir={run}"])
+    main(["fit", *TINY, f"--run_dir={run}", "--trainer.max_epochs=1"])  # not 1000 by default
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("RNGState")]
     assert set(state) >= {"python", "numpy", "torch"}
@@ -39,5 +39,17 @@ def test_state_loads_with_weights_only(tmp_path):
     torch.save({"rng": RNGState().state_dict()}, path)
     state = torch.load(path, weights_only=True)["rng"]
     expected = _draw()
+    RNGState().load_state_dict(state)
+    assert _draw() == expected
+
+
+def test_per_rank_states_load_with_weights_only_and_one_process_takes_rank_0(tmp_path):
+    torch.manual_seed(1)
+    first = RNGState().state_dict()
+    expected = _draw()
+    second = RNGState().state_dict()
+    path = tmp_path / "rng.pt"
+    torch.save({"rng": {"ranks": [first, second]}}, path)  # as a 2-process DDP run saves it
+    state = torch.load(path, weights_only=True)["rng"]
     RNGState().load_state_dict(state)
     assert _draw() == expected

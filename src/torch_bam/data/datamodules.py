@@ -32,7 +32,7 @@ class _Base(L.LightningDataModule):
         cls, sampler = DataLoader, None
         if train:
             cls = _ResumableLoader
-            sampler = ResumableRandomSampler(len(ds), seed=torch.initial_seed() % 2**31)
+            sampler = self._train_sampler(len(ds))
         loader = cls(
             ds,
             batch_size=self.batch_size,
@@ -44,6 +44,18 @@ class _Base(L.LightningDataModule):
         )
         loader.datamodule = self
         return loader
+
+    def _train_sampler(self, n: int) -> ResumableRandomSampler:
+        seed = torch.initial_seed() % 2**31
+        trainer = self.trainer
+        if trainer is None:  # outside a Trainer: the sampler asks torch.distributed
+            return ResumableRandomSampler(n, seed=seed)
+        if trainer.world_size > 1:
+            # Every rank must shuffle alike for their shards to be disjoint, seeded run or not.
+            seed = trainer.strategy.broadcast(seed, src=0)
+        return ResumableRandomSampler(
+            n, seed=seed, num_replicas=trainer.world_size, rank=trainer.global_rank
+        )
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)
@@ -59,7 +71,8 @@ class _ResumableLoader(DataLoader):
     """A DataLoader that Lightning saves in checkpoints: the epoch and the batches already seen.
 
     Lightning stores ``state_dict()`` with the loops and calls ``load_state_dict`` on resume, so
-    a run stopped mid-epoch goes on with the very next batch of the same shuffled order.
+    a run stopped mid-epoch goes on with the very next batch of the same shuffled order, on one
+    process or on every DDP rank (the state is the same for all ranks).
     """
 
     def state_dict(self) -> dict:
@@ -68,17 +81,7 @@ class _ResumableLoader(DataLoader):
         return {"epoch": trainer.current_epoch, "batches": done}
 
     def load_state_dict(self, state: dict) -> None:
-        if not isinstance(self.sampler, ResumableRandomSampler):
-            # Under DDP Lightning wraps the sampler in a DistributedSampler: the epoch's order is
-            # still seeded by the epoch, but its position is not restored (not yet supported).
-            from lightning.pytorch.utilities import rank_zero_warn
-
-            rank_zero_warn(
-                "Resuming mid-epoch under a distributed sampler: the batches already seen in "
-                "this epoch are not skipped. Resume from an end-of-epoch checkpoint for an "
-                "exact continuation."
-            )
-            return
+        # Under DDP each rank skips the batches it had itself taken from its own shard.
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip(state["batches"] * self.batch_size)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +19,34 @@ __all__ = ["MetricsJSON", "RNGState", "SaveOnSIGTERM"]
 class SaveOnSIGTERM(L.Callback):
     """On SIGTERM (a scheduler's pre-emption, ``kill``), write ``last.ckpt`` before stopping.
 
-    Lightning's own handler notes the signal and, after the current batch (a step boundary,
-    all ranks agreeing), raises ``SIGTERMException``; this writes the checkpoint then, so
-    ``--resume`` continues from exactly that step.
+    Lightning's own handler notes the signal and, after the current batch (a step boundary),
+    raises ``SIGTERMException``; this writes the checkpoint then, so ``--resume`` continues from
+    exactly that step. Under DDP the signal reaches the ranks at different moments (or only
+    one), and Lightning's handler runs collectives inside the handler that then pair with the
+    wrong ones and hang the run; so here the handler only notes the signal, and after every
+    batch the ranks agree (one all-reduce) whether any got it, and all stop after that batch.
     """
+
+    def __init__(self):
+        self._sigterm = False
+
+    def on_train_start(self, trainer, pl_module):
+        self._sigterm = False
+        # After Lightning registered its handlers; its teardown restores the original ones.
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum, frame):
+        self._sigterm = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.world_size <= 1:
+            return
+        flag = torch.tensor([float(self._sigterm)], device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item():
+            # Lightning's own flag: every rank stops after this same batch, counted as done.
+            trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -36,32 +62,64 @@ class RNGState(L.Callback):
 
     Lightning saves model, optimiser, scheduler and loop state, but not the RNGs; without them a
     resumed run draws different augmentations and dropout masks from an uninterrupted one.
-    Saved from the process that writes the checkpoint (rank 0 under DDP).
+    Under DDP each rank's states are gathered into the checkpoint (``{"ranks": [...]}``) and
+    each rank restores its own; one process saves its states directly, as older checkpoints do.
     """
 
     def state_dict(self) -> dict:
-        import numpy as np
-
-        # Only tensors and plain Python values: checkpoints load with torch.load(weights_only=True).
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {
-            "python": random.getstate(),
-            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
-            "torch": torch.get_rng_state(),
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
+        state = _rng_state()
+        if _world_size() > 1:
+            # Lightning builds the checkpoint on every rank (rank 0 writes it): a collective is safe
+            states = [None] * _world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"ranks": states}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        import numpy as np
+        if "ranks" in state_dict:
+            ranks = state_dict["ranks"]
+            rank = torch.distributed.get_rank() if _world_size() > 1 else 0
+            if rank >= len(ranks):
+                from lightning.pytorch.utilities import rank_zero_warn
 
-        random.setstate(state_dict["python"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        torch.set_rng_state(state_dict["torch"])
-        if "cuda" in state_dict and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state_dict["cuda"])
+                rank_zero_warn(
+                    f"The checkpoint holds RNG states of {len(ranks)} processes; ranks beyond "
+                    "them keep their seeded generators."
+                )
+                return
+            state_dict = ranks[rank]
+        _set_rng_state(state_dict)
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rng_state() -> dict:
+    import numpy as np
+
+    # Only tensors and plain Python values: checkpoints load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class MetricsJSON(L.Callback):
