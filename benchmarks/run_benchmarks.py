@@ -391,6 +391,18 @@ def main():
     mem, v_mem = bench_memory()
     print("\n".join(mem), flush=True)
     resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(reps)
+    if torch.cuda.is_available():
+        from gpu_gate import bench_gpu
+
+        gpu, v_gpu = bench_gpu()
+        gpu_line = f"- GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}; table below"
+    else:
+        gpu, v_gpu = [], []
+        gpu_line = (
+            "- GPU: not measured: no CUDA device in this run. The Triton kernels are tested for "
+            "correctness under TRITON_INTERPRET=1 only; the bandwidth target is unverified "
+            "(`benchmarks/gpu_gate.py` measures it on a GPU)."
+        )
     load_after = loadavg()
     header = [
         "# Benchmark results",
@@ -403,8 +415,7 @@ def main():
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
         "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
         f"- repeats: minimum of {reps} calls after warm-up (ResNet: {reps}, the models timed in turns)",
-        "- GPU: not measured: no GPU lent to this session. The Triton kernels are tested for "
-        "correctness under TRITON_INTERPRET=1 only; the bandwidth target is unverified.",
+        gpu_line,
         "",
         "## Targets",
         "",
@@ -412,11 +423,14 @@ def main():
         *v_block,
         *v_mem,
         *v_resnet,
+        *v_gpu,
         "",
         "## Tables",
         "",
     ]
-    OUT.write_text("\n".join(header + gate + [""] + block + [""] + mem + [""] + resnet) + "\n")
+    OUT.write_text(
+        "\n".join(header + gate + [""] + block + [""] + mem + [""] + resnet + [""] + gpu) + "\n"
+    )
     print(f"wrote {OUT}")
 
 
