@@ -71,3 +71,12 @@ def test_unknown_dataset_names_the_choices(tmp_path):
 
     with pytest.raises(SystemExit, match="cluttered-digits, cifar10, cifar100"):
         main(["demo", "--dataset", "mnist", "--out", str(tmp_path)])
+
+
+def test_missing_cifar_names_the_demo_flag(tmp_path):
+    from torch_bam.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--dataset", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path)])
+    msg = str(info.value)
+    assert "--data-root" in msg and "--data." not in msg and str(tmp_path) in msg

@@ -59,7 +59,10 @@ def _datasets(dataset: str, train_size: int, test_size: int, canvas: int, seed: 
     try:
         dm.setup("fit")
     except FileNotFoundError as e:
-        raise SystemExit(f"demo: {e}") from None
+        # The data module's message names `torch-bam fit`'s flags; say the demo's instead.
+        msg = str(e).replace("--data.root", "--data-root")
+        msg = msg.replace("pass --data.download true", "download it (torchvision, download=True)")
+        raise SystemExit(f"demo: {msg}") from None
     if num_classes is None:
         num_classes = len(dm.train_set.classes)
     gen = torch.Generator().manual_seed(seed)
