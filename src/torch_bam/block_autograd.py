@@ -48,6 +48,8 @@ def can_use(block: BAM, x: Tensor) -> bool:
     """Whether ``block(x)`` may take the memory-saving path (training, plain layers, eager)."""
     if not isinstance(x, Tensor) or get_backend() != "auto" or not torch.is_grad_enabled():
         return False
+    if x.device.type == "meta":  # shape and FLOP counting: nothing to save memory for
+        return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False  # the compiler plans memory itself; traces want the plain ops
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
@@ -150,7 +152,7 @@ class _BAMBlockFunction(torch.autograd.Function):
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
             for d in {x.device.type, "cpu"}
-            if torch.is_autocast_enabled(d)
+            if torch.amp.is_autocast_available(d) and torch.is_autocast_enabled(d)
         ]
         return bam_gate(x, channel_logits, spatial_logits, block.combine)
 
