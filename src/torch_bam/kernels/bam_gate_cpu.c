@@ -29,68 +29,86 @@ static inline float gate_of(float a, float b, int product) {
     return product ? 1.0f / (1.0f + expf(-(a * b))) : 1.0f / (1.0f + a * b);
 }
 
-static inline __attribute__((always_inline)) void fwd_impl(
-    const float *x, const float *a, const float *b, float *y, int64_t B, int64_t C, int64_t HW,
-    int cl, const int product, int nt) {
+/* Inner loops, always inlined and called with a literal `product`: OpenMP outlines each
+ * parallel region into its own function, where a `product` read from the shared data would be
+ * a run-time branch inside the loop and stop gcc from vectorising it. */
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE void fwd_row(const float *xr, float *yr, const float *a, int64_t a_step, const float *b,
+                    int64_t b_step, int64_t n, const int product) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) yr[i] = xr[i] * (1.0f + gate_of(a[i * a_step], b[i * b_step], product));
+}
+
+INLINE void fwd_impl(const float *x, const float *a, const float *b, float *y, int64_t B,
+                     int64_t C, int64_t HW, int cl, int product, int nt) {
     if (!cl) {
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t bc = 0; bc < B * C; ++bc) {
-            const float av = a[bc];
-            const float *bb = b + (bc / C) * HW;
-            const float *xr = x + bc * HW;
-            float *yr = y + bc * HW;
-#pragma omp simd
-            for (int64_t p = 0; p < HW; ++p) yr[p] = xr[p] * (1.0f + gate_of(av, bb[p], product));
+            /* one channel plane: a is constant, b runs over the image's pixels */
+            const float *xr = x + bc * HW, *bb = b + (bc / C) * HW;
+            if (product)
+                fwd_row(xr, y + bc * HW, a + bc, 0, bb, 1, HW, 1);
+            else
+                fwd_row(xr, y + bc * HW, a + bc, 0, bb, 1, HW, 0);
         }
     } else {
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t bp = 0; bp < B * HW; ++bp) {
-            const float bv = b[bp];
-            const float *aa = a + (bp / HW) * C;
-            const float *xr = x + bp * C;
-            float *yr = y + bp * C;
-#pragma omp simd
-            for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * (1.0f + gate_of(aa[c], bv, product));
+            /* one pixel's channels: b is constant, a runs over the image's channels */
+            const float *xr = x + bp * C, *aa = a + (bp / HW) * C;
+            if (product)
+                fwd_row(xr, y + bp * C, aa, 1, b + bp, 0, C, 1);
+            else
+                fwd_row(xr, y + bp * C, aa, 1, b + bp, 0, C, 0);
         }
     }
 }
 
-/* Backward. dl = dy * x * g * (1 - g); dx = dy * (1 + g);
- * dc = sum over HW of dl (times s for product), ds = sum over C of dl (times c for product).
- * cv, sv are the raw logits (needed for product's chain rule; unused for sum).
+/* Backward of one row (a channel plane in NCHW, a pixel's channels in channels_last).
+ * dl = dy * x * g * (1 - g); dx = dy * (1 + g). Returns the row's sum of dl (times `other`
+ * for product) and adds dl (times `scale`) into part[i]. */
+INLINE float bwd_row(const float *gr, const float *xr, float *dxr, const float *a, int64_t a_step,
+                     const float *b, int64_t b_step, const float *other, float scale, float *part,
+                     int64_t n, const int product) {
+    float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t i = 0; i < n; ++i) {
+        const float g = gate_of(a[i * a_step], b[i * b_step], product);
+        const float dl = gr[i] * xr[i] * g * (1.0f - g);
+        dxr[i] = gr[i] * (1.0f + g);
+        acc += product ? dl * other[i] : dl;
+        part[i] += dl * scale;
+    }
+    return acc;
+}
+
+/* Backward. dc = sum over HW of dl (times s for product), ds = sum over C of dl (times c for
+ * product). cv, sv are the raw logits (needed for product's chain rule; unused for sum).
  * NCHW: tasks are (b, channel chunk); each writes a partial ds row part[task][HW].
  * channels_last: tasks are (b, pixel chunk); each writes a partial dc row part[task][C].
  * The caller sums the partial rows over chunks.
  */
-static inline __attribute__((always_inline)) void bwd_impl(
-    const float *dy, const float *x, const float *a, const float *b, const float *cv,
-    const float *sv, float *dx, float *dc, float *ds, float *part, int64_t B, int64_t C,
-    int64_t HW, int64_t nchunk, int cl, const int product, int nt) {
+INLINE void bwd_impl(const float *dy, const float *x, const float *a, const float *b,
+                     const float *cv, const float *sv, float *dx, float *dc, float *ds, float *part,
+                     int64_t B, int64_t C, int64_t HW, int64_t nchunk, int cl, int product, int nt) {
     if (!cl) {
         const int64_t step = (C + nchunk - 1) / nchunk;
 #pragma omp parallel for schedule(static) num_threads(nt)
         for (int64_t t = 0; t < B * nchunk; ++t) {
             const int64_t bi = t / nchunk, k = t % nchunk;
             float *pr = part + t * HW;
-            const float *bb = b + bi * HW;
-            const float *sr = sv + bi * HW;
             for (int64_t p = 0; p < HW; ++p) pr[p] = 0.0f;
             const int64_t c1 = (k + 1) * step < C ? (k + 1) * step : C;
             for (int64_t c = k * step; c < c1; ++c) {
-                const int64_t bc = bi * C + c;
-                const float av = a[bc], cc = product ? cv[bc] : 1.0f;
-                const float *xr = x + bc * HW, *gr = dy + bc * HW;
-                float *dxr = dx + bc * HW;
-                float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t p = 0; p < HW; ++p) {
-                    const float g = gate_of(av, bb[p], product);
-                    const float dl = gr[p] * xr[p] * g * (1.0f - g);
-                    dxr[p] = gr[p] * (1.0f + g);
-                    acc += product ? dl * sr[p] : dl;
-                    pr[p] += dl * cc;
-                }
-                dc[bc] = acc;
+                const int64_t bc = bi * C + c, o = bc * HW;
+                const float cc = product ? cv[bc] : 1.0f;
+                if (product)
+                    dc[bc] = bwd_row(dy + o, x + o, dx + o, a + bc, 0, b + bi * HW, 1,
+                                     sv + bi * HW, cc, pr, HW, 1);
+                else
+                    dc[bc] = bwd_row(dy + o, x + o, dx + o, a + bc, 0, b + bi * HW, 1,
+                                     sv + bi * HW, cc, pr, HW, 0);
             }
         }
     } else {
@@ -99,25 +117,17 @@ static inline __attribute__((always_inline)) void bwd_impl(
         for (int64_t t = 0; t < B * nchunk; ++t) {
             const int64_t bi = t / nchunk, k = t % nchunk;
             float *pr = part + t * C;
-            const float *aa = a + bi * C;
-            const float *cr = cv + bi * C;
             for (int64_t c = 0; c < C; ++c) pr[c] = 0.0f;
             const int64_t p1 = (k + 1) * step < HW ? (k + 1) * step : HW;
             for (int64_t p = k * step; p < p1; ++p) {
-                const int64_t bp = bi * HW + p;
-                const float bv = b[bp], ss = product ? sv[bp] : 1.0f;
-                const float *xr = x + bp * C, *gr = dy + bp * C;
-                float *dxr = dx + bp * C;
-                float acc = 0.0f;
-#pragma omp simd reduction(+ : acc)
-                for (int64_t c = 0; c < C; ++c) {
-                    const float g = gate_of(aa[c], bv, product);
-                    const float dl = gr[c] * xr[c] * g * (1.0f - g);
-                    dxr[c] = gr[c] * (1.0f + g);
-                    acc += product ? dl * cr[c] : dl;
-                    pr[c] += dl * ss;
-                }
-                ds[bp] = acc;
+                const int64_t bp = bi * HW + p, o = bp * C;
+                const float ss = product ? sv[bp] : 1.0f;
+                if (product)
+                    ds[bp] = bwd_row(dy + o, x + o, dx + o, a + bi * C, 1, b + bp, 0,
+                                     cv + bi * C, ss, pr, C, 1);
+                else
+                    ds[bp] = bwd_row(dy + o, x + o, dx + o, a + bi * C, 1, b + bp, 0,
+                                     cv + bi * C, ss, pr, C, 0);
             }
         }
     }
