@@ -42,11 +42,16 @@ NOISY = (
 )
 
 
-def timeit(fn, reps: int, warmup: int = 1) -> float:
+def timeit(fn, reps: int, warmup: int = 1, min_seconds: float = 0.5, max_reps: int = 50) -> float:
+    """Minimum ms over at least ``reps`` calls, and more (up to ``max_reps``) for fast calls,
+    until ``min_seconds`` have passed: a 10 ms call gets ~50 samples, a 500 ms one ``reps``."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(reps):
+    start = time.perf_counter()
+    while len(times) < reps or (
+        time.perf_counter() - start < min_seconds and len(times) < max_reps
+    ):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
@@ -390,7 +395,7 @@ def main():
     block, v_block = bench_block(reps)
     mem, v_mem = bench_memory()
     print("\n".join(mem), flush=True)
-    resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(reps)
+    resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(2 * reps)
     if torch.cuda.is_available():
         from gpu_gate import bench_gpu
 
@@ -414,7 +419,7 @@ def main():
         f"- torch {torch.__version__}, torch_bam {torch_bam.__version__}, python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
         "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
-        f"- repeats: minimum of {reps} calls after warm-up (ResNet: {reps}, the models timed in turns)",
+        f"- repeats: minimum of at least {reps} calls after warm-up, more for fast calls (0.5 s of calls, up to 50); ResNet: {2 * reps}, the models timed in turns",
         gpu_line,
         "",
         "## Targets",
