@@ -311,9 +311,9 @@ def bench_resnet(reps):
 
     lines = ["### ResNet-50 vs BAM-ResNet-50, batch 8, 224x224, ms", ""]
     lines += [
-        "| format | pass | ResNet-50 | seed BAM-R50 | ours BAM-R50 | ours folded + in place | seed / R50 | ours / R50 | folded + in place / R50 |"
+        "| format | pass | ResNet-50 | seed BAM-R50 | ours BAM-R50 | ours folded + in place | seed / R50 | ours / R50 | folded + in place / R50 | null: R50 copy / R50 |"
     ]
-    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     verdicts = []
     torch.manual_seed(0)
     x0 = torch.randn(8, 3, 224, 224)
@@ -322,6 +322,9 @@ def bench_resnet(reps):
         x = x0.contiguous(memory_format=mf)
         models = {
             "r50": torchvision.models.resnet50(weights=None),
+            # The null comparison: a second, identical ResNet-50. Its ratio to the first shows
+            # how far this machine's noise moves a ratio that should be exactly 1.
+            "r50_copy": torchvision.models.resnet50(weights=None),
             "seed": bam_resnet50(seed_bam.BAM),
             "ours": bam_resnet50(BAM),
         }
@@ -362,11 +365,12 @@ def bench_resnet(reps):
                 fns["fast"] = infer_fast
             res = _interleaved(fns, reps)
             rs, ro = res["seed"] / res["r50"], res["ours"] / res["r50"]
+            null = res["r50_copy"] / res["r50"]
             rf = res["fast"] / res["r50"] if "fast" in res else None
             fast_ms = f"{res['fast']:.0f}" if rf else "-"
             fast_ratio = f"{rf:.3f}" if rf else "-"
             lines.append(
-                f"| {mf_name} | {mode} | {res['r50']:.0f} | {res['seed']:.0f} | {res['ours']:.0f} | {fast_ms} | {rs:.3f} | {ro:.3f} | {fast_ratio} |"
+                f"| {mf_name} | {mode} | {res['r50']:.0f} | {res['seed']:.0f} | {res['ours']:.0f} | {fast_ms} | {rs:.3f} | {ro:.3f} | {fast_ratio} | {null:.3f} |"
             )
             print(lines[-1], flush=True)
             verdicts.append(
@@ -377,6 +381,7 @@ def bench_resnet(reps):
                     if rf
                     else ""
                 )
+                + f"; null ratio (identical ResNet-50s) {null:.3f}"
             )
     return lines, verdicts
 
