@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 __all__ = ["SeededSamples", "sample_seed"]
 
@@ -33,18 +33,30 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return h
 
 
+def _seed_all(seed: int) -> None:
+    import numpy as np
+
+    # Only the CPU generator: torch.manual_seed would also reseed the CUDA generators, which
+    # dropout on a GPU draws from and fork_rng(devices=[]) does not restore.
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFF_FFFF)
+
+
 @contextmanager
 def _seeded_rngs(seed: int) -> Iterator[None]:
+    if get_worker_info() is not None:
+        # A worker's generators serve data loading alone, so seeding is enough; saving and
+        # restoring NumPy's state (~0.1 ms) would cost as much as a small image's transform.
+        _seed_all(seed)
+        yield
+        return
     import numpy as np
 
     py, np_state = random.getstate(), np.random.get_state()
     try:
-        # fork_rng(devices=[]) saves and restores the CPU generator only, so seed only that one:
-        # torch.manual_seed would also reseed the CUDA generators, which dropout on a GPU uses.
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed & 0xFFFF_FFFF)
+            _seed_all(seed)
             yield
     finally:
         random.setstate(py)
@@ -58,8 +70,9 @@ class SeededSamples(Dataset):
     A random transform inside ``dataset`` (crop, flip, noise; torch, Python ``random`` or NumPy)
     then draws the same numbers for a sample of an epoch wherever and whenever it is loaded: in
     the main process or any worker, prefetched early or not, in an uninterrupted run or after a
-    mid-epoch resume. The global generators are saved before and restored after each sample, so
-    data loading draws nothing from the stream that dropout and other training-step noise use.
+    mid-epoch resume. In the main process the global generators are saved before and restored
+    after each sample, so data loading draws nothing from the stream that dropout and other
+    noise in a training step use; a worker process only seeds its own.
     The key carries the epoch because a persistent worker's copy of this object never sees
     later changes to it (``ResumableRandomSampler(with_epoch=True)`` yields such keys).
     """
