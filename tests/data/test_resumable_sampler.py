@@ -63,3 +63,11 @@ def test_order_depends_on_epoch_and_seed_not_on_global_rng():
 def test_is_a_distributed_sampler_so_lightning_does_not_wrap_it():
     # Lightning wraps a train sampler under DDP unless it is a DistributedSampler already.
     assert isinstance(ResumableRandomSampler(8), DistributedSampler)
+
+
+def test_with_epoch_yields_the_same_order_keyed_by_epoch():
+    s = ResumableRandomSampler(10, seed=3, with_epoch=True)
+    s.set_epoch(2)
+    assert list(s) == [(i, 2) for i in _order(10, 3, 2).tolist()]
+    s.skip(4)
+    assert list(s) == [(i, 2) for i in _order(10, 3, 2).tolist()[4:]]

@@ -57,3 +57,23 @@ class SaveRankRNG(L.Callback):
     def on_fit_start(self, trainer, pl_module):
         path = os.path.join(self.dirpath, f"rng_rank{trainer.global_rank}.pt")
         torch.save(torch.get_rng_state(), path)
+
+
+class NoisyBatch(L.Callback):
+    """Add noise from the global torch RNG to every training batch, as dropout draws in a step."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        batch[0].add_(0.1 * torch.randn_like(batch[0]))
+
+
+class SaveFirstBatchRNG(L.Callback):
+    """Save the torch RNG state as the run's first training batch starts, in ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.saved = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not self.saved:
+            torch.save(torch.get_rng_state(), self.path)
+            self.saved = True

@@ -17,7 +17,7 @@ def _cb(name, **init_args):
     return {"class_path": f"tests.train._callbacks.{name}", "init_args": init_args}
 
 
-def _fit_ddp(tmp_path, run, callbacks, *args):
+def _fit_ddp(tmp_path, run, callbacks, *args, data=()):
     """``torch-bam fit`` on 2 CPU processes (gloo); returns the finished process."""
     cfg = tmp_path / f"{run.name}-{len(list(tmp_path.glob('*.yaml')))}.yaml"
     cfg.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
@@ -26,6 +26,7 @@ def _fit_ddp(tmp_path, run, callbacks, *args):
         "-m",
         "torch_bam.cli",
         "fit",
+        *data,  # a data class first: the data options in TINY are then its own
         *TINY,
         "--trainer.strategy=ddp",
         "--trainer.devices=2",
@@ -56,17 +57,21 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 
 def test_ddp_stopped_mid_epoch_then_resumed_matches_uninterrupted_run(tmp_path):
     # 128 samples, 2 ranks of 4 batches of 16 per epoch: 8 steps; stop after step 6 (epoch 1).
+    # Random augmentation in the data and noise in each step, each rank its own stream (PartRankRNG
+    # makes the ranks' generators differ): all must draw as in the uninterrupted run.
     common = ["--data.num_train=128", "--trainer.max_epochs=2"]
+    data = ["--data=tests.train._data.AugmentedDigits"]
+    noise = [_cb("PartRankRNG"), _cb("NoisyBatch")]
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     (straight / "w").mkdir(parents=True)
     (cut / "w").mkdir(parents=True)
 
-    out = _fit_ddp(
-        tmp_path, straight, [_cb("SaveRankWeights", dirpath=str(straight / "w"))], *common
-    )
+    save = _cb("SaveRankWeights", dirpath=str(straight / "w"))
+    out = _fit_ddp(tmp_path, straight, [save, *noise], *common, data=data)
     assert out.returncode == 0, out.stderr[-3000:]
 
-    out = _fit_ddp(tmp_path, cut, [_cb("PartRankRNG"), _cb("SigtermAt", step=6)], *common)
+    stop = [*noise, _cb("SigtermAt", step=6)]
+    out = _fit_ddp(tmp_path, cut, stop, *common, data=data)
     # SIGTERM on every rank, as SLURM sends it: 143, or killed by Lightning's process observer
     # once the other rank has exited 143.
     assert out.returncode != 0, out.stderr[-3000:]
@@ -81,7 +86,7 @@ def test_ddp_stopped_mid_epoch_then_resumed_matches_uninterrupted_run(tmp_path):
     assert not torch.equal(rng["ranks"][0]["torch"], rng["ranks"][1]["torch"])
 
     save = [_cb("SaveRankWeights", dirpath=str(cut / "w")), _cb("SaveRankRNG", dirpath=str(cut))]
-    out = _fit_ddp(tmp_path, cut, save, *common, "--resume")
+    out = _fit_ddp(tmp_path, cut, [*save, *noise], *common, "--resume", data=data)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "not skipped" not in out.stderr
     assert torch.load(ckpt_path, weights_only=True)["global_step"] == 8

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .cluttered_digits import ClutteredDigits
 from .resumable_sampler import ResumableRandomSampler
+from .seeded import SeededSamples
 
 __all__ = [
     "CIFAR10DataModule",
@@ -30,9 +31,17 @@ class _Base(L.LightningDataModule):
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         cls, sampler = DataLoader, None
+        # Its own generator, so that creating an iterator (the workers' base seed) draws nothing
+        # from the global RNG: that stream is left to the model (dropout, noise in a step).
+        generator = torch.Generator()  # evaluation draws nothing random: any fixed seed
         if train:
             cls = _ResumableLoader
-            sampler = self._train_sampler(len(ds))
+            seed = self._run_seed()
+            sampler = self._train_sampler(len(ds), seed)
+            # Augmentation draws follow from (seed, epoch, index): the same in a resumed run,
+            # whatever was prefetched before the checkpoint or which worker loads a sample.
+            ds = SeededSamples(ds, seed)
+            generator.manual_seed(seed)
         loader = cls(
             ds,
             batch_size=self.batch_size,
@@ -41,20 +50,29 @@ class _Base(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            generator=generator,
         )
         loader.datamodule = self
         return loader
 
-    def _train_sampler(self, n: int) -> ResumableRandomSampler:
+    def _run_seed(self) -> int:
         seed = torch.initial_seed() % 2**31
         trainer = self.trainer
-        if trainer is None:  # outside a Trainer: the sampler asks torch.distributed
-            return ResumableRandomSampler(n, seed=seed)
-        if trainer.world_size > 1:
+        if trainer is not None and trainer.world_size > 1:
             # Every rank must shuffle alike for their shards to be disjoint, seeded run or not.
             seed = trainer.strategy.broadcast(seed, src=0)
+        return seed
+
+    def _train_sampler(self, n: int, seed: int) -> ResumableRandomSampler:
+        trainer = self.trainer
+        if trainer is None:  # outside a Trainer: the sampler asks torch.distributed
+            return ResumableRandomSampler(n, seed=seed, with_epoch=True)
         return ResumableRandomSampler(
-            n, seed=seed, num_replicas=trainer.world_size, rank=trainer.global_rank
+            n,
+            seed=seed,
+            num_replicas=trainer.world_size,
+            rank=trainer.global_rank,
+            with_epoch=True,
         )
 
     def train_dataloader(self):

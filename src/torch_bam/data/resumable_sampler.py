@@ -22,6 +22,9 @@ class ResumableRandomSampler(DistributedSampler):
     partial batches anyway. All ranks must share ``seed``. Being a ``DistributedSampler``, it is
     kept as it is by Lightning instead of wrapped in its own, so no ``use_distributed_sampler``
     flag is needed. One process takes the whole order, exactly as before DDP support.
+
+    With ``with_epoch=True`` it yields ``(index, epoch)`` keys in the same order, for
+    ``SeededSamples``, whose augmentation draws follow from the key.
     """
 
     def __init__(
@@ -30,6 +33,7 @@ class ResumableRandomSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
+        with_epoch: bool = False,
     ):
         initialised = dist.is_available() and dist.is_initialized()
         if num_replicas is None:
@@ -46,6 +50,7 @@ class ResumableRandomSampler(DistributedSampler):
             drop_last=True,
         )
         self._skip = 0
+        self.with_epoch = with_epoch
 
     def skip(self, k: int) -> None:
         self._skip = k
@@ -55,6 +60,10 @@ class ResumableRandomSampler(DistributedSampler):
         order = torch.randperm(len(self.dataset), generator=g)[: self.total_size]
         mine = order[self.rank :: self.num_replicas][self._skip :].tolist()
         self._skip = 0
+        if self.with_epoch:
+            # The epoch travels with each index: a persistent worker's dataset is a copy that
+            # never sees set_epoch.
+            return iter([(i, self.epoch) for i in mine])
         return iter(mine)
 
     def __len__(self) -> int:

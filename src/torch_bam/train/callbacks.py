@@ -61,7 +61,14 @@ class RNGState(L.Callback):
     """Keep the random number generators' states in every checkpoint and restore them on resume.
 
     Lightning saves model, optimiser, scheduler and loop state, but not the RNGs; without them a
-    resumed run draws different augmentations and dropout masks from an uninterrupted one.
+    resumed run draws different dropout masks (and other noise in a step) from an uninterrupted
+    one. Data augmentation does not use these streams (the data modules' ``SeededSamples``).
+
+    Lightning calls ``load_state_dict`` while it restores the callbacks, before the strategy's
+    setup; from there to the first resumed step nothing draws from the global generators: the
+    sanity check is skipped on a restart (and runs under ``isolate_rng`` anyway), and the data
+    modules' loaders have their own generator, so creating their iterators draws nothing. Not
+    later, in ``on_train_epoch_start``: Lightning does not call it for an epoch resumed midway.
     Under DDP each rank's states are gathered into the checkpoint (``{"ranks": [...]}``) and
     each rank restores its own; one process saves its states directly, as older checkpoints do.
     """
