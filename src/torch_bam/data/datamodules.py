@@ -96,9 +96,13 @@ class _ResumableLoader(DataLoader):
     def state_dict(self) -> dict:
         trainer = self.datamodule.trainer
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
-        return {"epoch": trainer.current_epoch, "batches": done}
+        return {"epoch": trainer.current_epoch, "batches": done, "seed": self.sampler.seed}
 
     def load_state_dict(self, state: dict) -> None:
+        if "seed" in state:
+            # The stopped run's seed, whatever this process was seeded with. (RNGState restores
+            # the initial seed too, but only helps if the loader is built after it.)
+            self.sampler.seed = self.dataset.seed = state["seed"]
         # Under DDP each rank skips the batches it had itself taken from its own shard.
         self.sampler.set_epoch(state["epoch"])
         self.sampler.skip(state["batches"] * self.batch_size)
