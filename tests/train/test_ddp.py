@@ -79,7 +79,7 @@ def test_ddp_stopped_mid_epoch_then_resumed_matches_uninterrupted_run(tmp_path):
     ckpt = torch.load(ckpt_path, weights_only=True)  # still only tensors and plain values
     assert ckpt["global_step"] == 6
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches": 2}
+        {"epoch": 1, "batches": 2, "seed": 0}
     ]
     (rng,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("RNGState")]
     assert len(rng["ranks"]) == 2
