@@ -69,3 +69,43 @@ def test_state_dict_holds_each_weight_once():
     weights = [k for k in module.state_dict() if k.endswith("weight")]
     model_weights = [k for k in module.model.state_dict() if k.endswith("weight")]
     assert sorted(weights) == sorted(f"model.{k}" for k in model_weights)
+
+
+def test_channels_last_trains_bam_in_that_format():
+    module = ImageClassifier("bam_small_cnn", num_classes=10, in_chans=1, channels_last=True)
+    convs = [
+        m for m in module.model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
+    ]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    trainer = _fit(module, epochs=1)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_sync_batchnorm_converts_every_bn_and_bam_takes_plain_autograd():
+    from torch_bam import BAM
+    from torch_bam.block_autograd import can_use
+
+    plain = ImageClassifier("bam_small_cnn", num_classes=10, in_chans=1)
+    synced = ImageClassifier("bam_small_cnn", num_classes=10, in_chans=1, sync_batchnorm=True)
+    n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.model.modules())
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.model.modules()) == n_bn > 0
+    blocks = [m for m in synced.model.modules() if isinstance(m, BAM)]
+    assert blocks
+    for b in blocks:
+        x = torch.randn(2, b.channels, 6, 6, requires_grad=True)
+        # SyncBatchNorm is not a layer the memory-saving path recomputes: plain autograd.
+        assert not can_use(b, x)
+    plain_blocks = [m for m in plain.model.modules() if isinstance(m, BAM)]
+    assert all(
+        can_use(b, torch.randn(2, b.channels, 6, 6, requires_grad=True)) for b in plain_blocks
+    )
+
+
+def test_compile_option_compiles_the_model_in_place():
+    module = ImageClassifier("bam_small_cnn", num_classes=10, in_chans=1, compile=True)
+    # nn.Module.compile in place: the module's own call goes through torch.compile, and the
+    # state_dict keeps its plain keys (no `_orig_mod.`).
+    assert module.model._compiled_call_impl is not None
+    assert not any("_orig_mod" in k for k in module.state_dict())
+    out = module.model.forward(torch.randn(2, 1, 24, 24))  # the uncompiled maths still runs
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
