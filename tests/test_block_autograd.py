@@ -119,8 +119,9 @@ def test_saves_about_one_input_for_backward(memory_format):
     ours = _saved_bytes(block, x)
     with _plain():
         plain = _saved_bytes(block, x)
-    # x (1.0), the reduce's output (1/16), M_c and M_s; plain autograd keeps 6 maps of C/16.
-    assert 1.0 < ours <= 1.08
+    # x (1.0), the reduce's and the last dilated conv's outputs (1/16 each), M_c and M_s;
+    # plain autograd keeps 6 maps of C/16. The target is 1.15.
+    assert 1.1 < ours <= 1.15
     assert plain > 1.3
 
 

@@ -2,12 +2,13 @@
 
 Plain autograd keeps, for backward, ``x`` plus every intermediate of the spatial gate: six maps
 of ``C/r`` channels at full resolution, about 1.4x the input's bytes in all. This function keeps
-only ``x``, the 1x1 reduce's output (``C/r`` channels), ``M_c`` and ``M_s`` (about 1.07x) and,
-in backward:
+only ``x``, two ``C/r``-channel maps (the 1x1 reduce's output and the last dilated conv's),
+``M_c`` and ``M_s`` (about 1.13x) and, in backward:
 
 1. runs the fused gate backward (``dx``, ``dM_c``, ``dM_s``);
 2. recomputes the gates' other intermediates (the global pool, then the ``C/r``-channel
-   layers) and backpropagates ``dM_c``, ``dM_s`` through them;
+   layers up to the last dilated conv, whose output is kept) and backpropagates ``dM_c``,
+   ``dM_s`` through them;
 3. adds the pool's and the reduce conv's gradients into ``dx`` with one in-place batched
    matmul, instead of materialising two more full-size gradients and summing them.
 
@@ -69,6 +70,11 @@ def can_use(block: BAM, x: Tensor) -> bool:
                 if sub._backward_hooks or sub._backward_pre_hooks:
                     return False
     gate_s = block.spatial_att.gate_s
+    convs = [m for m in gate_s if type(m) is nn.Conv2d]
+    if len(convs) < 3 or any(
+        m.padding_mode != "zeros" or isinstance(m.padding, str) for m in convs
+    ):  # noqa: E501
+        return False  # backward calls the kept conv's own backward with these settings
     reduce = gate_s[0]
     if type(reduce) is not nn.Conv2d or reduce.kernel_size != (1, 1) or reduce.groups != 1:
         return False
@@ -140,14 +146,27 @@ def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, d
     return dweight.reshape(weight.shape).to(weight.dtype)
 
 
+def _last_dilated(block: BAM) -> int:
+    """Index, among the spatial gate's layers after the reduce, of the last dilated conv."""
+    layers = list(block.spatial_att.gate_s)[1:]
+    return [i for i, m in enumerate(layers) if type(m) is nn.Conv2d][-2]
+
+
 class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: BAM, x: Tensor, *params: Tensor) -> Tensor:
         # Grad mode is off here: the submodules run once, as in the plain path.
         channel_logits = block.channel_att(x)
         reduced: list[Tensor] = []
-        spatial_logits = block.spatial_att(x, reduced)
-        ctx.save_for_backward(x, reduced[0], channel_logits, spatial_logits)
+        # Keep the last dilated conv's output too: backward then recomputes one conv less.
+        last = list(block.spatial_att.gate_s)[1 + _last_dilated(block)]
+        kept: list[Tensor] = []
+        hook = last.register_forward_hook(lambda _m, _i, out: kept.append(out))
+        try:
+            spatial_logits = block.spatial_att(x, reduced)
+        finally:
+            hook.remove()
+        ctx.save_for_backward(x, reduced[0], kept[0], channel_logits, spatial_logits)
         ctx.block = block
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
@@ -159,28 +178,64 @@ class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, reduced, channel_logits, spatial_logits = ctx.saved_tensors
+        x, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors
         block: BAM = ctx.block
         params = list(block.parameters())
         dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
         need_x = ctx.needs_input_grad[1]
         reduce = block.spatial_att.gate_s[0]
-        small = [p for p in params if p.requires_grad and p is not reduce.weight]
-        small = [p for p in small if p is not reduce.bias]
+        layers = list(block.spatial_att.gate_s)[1:]
+        k = _last_dilated(block)
+        conv = layers[k]
+
+        def trainable(modules):
+            return [p for m in modules for p in m.parameters() if p.requires_grad]
+
+        before, after = trainable(layers[:k]), trainable(layers[k + 1 :])
+        mlp = trainable([block.channel_att])
+        by_param: dict[int, Tensor | None] = {}
         with torch.enable_grad(), _autocast(ctx.autocast):
             pooled = F.adaptive_avg_pool2d(x.detach(), 1).flatten(1).requires_grad_(need_x)
             reduced = reduced.detach().requires_grad_()  # its grad is also the bias's
+            conv_in = _run(layers[:k], reduced)
+            kept = kept.detach().requires_grad_()
             c2 = _run(block.channel_att.gate_c, pooled)
-            s2 = _run(list(block.spatial_att.gate_s)[1:], reduced)
-            inputs = [reduced, *small] + ([pooled] if need_x else [])
+            s2 = _run(layers[k + 1 :], kept)
+            inputs = [kept, *after, *mlp] + ([pooled] if need_x else [])
             outs = [(c2, dc.reshape(c2.shape)), (s2, ds)]
             outs = [(o, g) for o, g in outs if o.requires_grad]  # c2 may be all frozen
             grads = torch.autograd.grad(
                 [o for o, _ in outs], inputs, [g for _, g in outs], allow_unused=True
             )
-        dr, rest = grads[0], grads[1 : 1 + len(small)]
-        dpool = grads[-1] if need_x else None
-        by_param = dict(zip(map(id, small), rest, strict=True))
+            dkept = grads[0]
+            n = len(after) + len(mlp)
+            by_param.update(zip(map(id, after + mlp), grads[1 : 1 + n], strict=True))
+            dpool = grads[-1] if need_x else None
+            # The kept conv's own backward, then on through the recomputed layers before it.
+            dt = dkept.dtype
+            has_bias = conv.bias is not None
+            d_in, d_w, d_b = torch.ops.aten.convolution_backward(
+                dkept,
+                conv_in.detach().to(dt),
+                conv.weight.to(dt),
+                [conv.out_channels] if has_bias else None,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                False,
+                [0, 0],
+                conv.groups,
+                [True, conv.weight.requires_grad, has_bias and conv.bias.requires_grad],
+            )
+            grads = torch.autograd.grad(
+                conv_in, [reduced, *before], d_in.to(conv_in.dtype), allow_unused=True
+            )
+        dr = grads[0]
+        by_param.update(zip(map(id, before), grads[1:], strict=True))
+        if conv.weight.requires_grad:
+            by_param[id(conv.weight)] = d_w.to(conv.weight.dtype)
+        if has_bias and conv.bias.requires_grad:
+            by_param[id(conv.bias)] = d_b.to(conv.bias.dtype)
         dweight = _reduce_backward(x, dr, reduce.weight, dx if need_x else None, dpool)
         if reduce.weight.requires_grad:
             by_param[id(reduce.weight)] = dweight
