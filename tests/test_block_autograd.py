@@ -34,6 +34,7 @@ def _run(block, x, grad, plain=False):
 
 
 def _compare(block, x, dtype=None):
+    assert block_autograd.can_use(block, x)  # the memory-saving path is the one under test
     other = copy.deepcopy(block)
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     y, dx, dp, buf = _run(block, x, grad)
@@ -61,7 +62,7 @@ def _compare(block, x, dtype=None):
 @pytest.mark.parametrize("combine", ["sum", "product"])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, CL])
 def test_equals_plain_autograd(dtype, combine, memory_format):
-    block = randomize_(BAM(64, combine=combine)).to(dtype).train()
+    block = randomize_(BAM(64, reduction_ratio=8, combine=combine)).to(dtype).train()
     x = torch.randn(4, 64, 9, 7, dtype=dtype).contiguous(memory_format=memory_format)
     y = _compare(block, x.requires_grad_(), dtype)
     assert y.is_contiguous(memory_format=memory_format)
@@ -71,12 +72,12 @@ def test_equals_plain_autograd(dtype, combine, memory_format):
     "kwargs", [{"channel_mlp_layers": 2, "num_dilated_convs": 1}, {"num_dilated_convs": 3}]
 )
 def test_other_structures(kwargs):
-    block = randomize_(BAM(32, reduction_ratio=8, **kwargs)).train()
+    block = randomize_(BAM(32, reduction_ratio=4, **kwargs)).train()
     _compare(block, torch.randn(3, 32, 6, 5, requires_grad=True))
 
 
 def test_frozen_parameters_input_without_grad_and_frozen_bn():
-    block = randomize_(BAM(64)).train()
+    block = randomize_(BAM(64, reduction_ratio=8)).train()
     for p in block.channel_att.parameters():
         p.requires_grad_(False)  # the whole channel MLP frozen
     block.spatial_att.gate_s.gate_s_bn_di_0.eval()  # a frozen BN: running statistics
@@ -85,12 +86,12 @@ def test_frozen_parameters_input_without_grad_and_frozen_bn():
 
 
 def test_eval_mode_with_grad_enabled():
-    block = randomize_(BAM(64)).eval()
+    block = randomize_(BAM(64, reduction_ratio=8)).eval()
     _compare(block, torch.randn(2, 64, 8, 8, requires_grad=True))
 
 
 def test_gradcheck_float64():
-    block = BAM(32).double().train()
+    block = BAM(32, reduction_ratio=4).double().train()
     x = torch.randn(3, 32, 5, 4, dtype=torch.float64, requires_grad=True)
     assert block_autograd.can_use(block, x)
     # fast_mode checks random projections v^T J: one backward instead of one per output.
@@ -126,7 +127,7 @@ def test_saves_about_one_input_for_backward(memory_format):
 
 
 def test_record_attention_works_and_hooks_fire_once_in_training():
-    block = BAM(64).train()
+    block = BAM(64, reduction_ratio=8).train()
     x = torch.randn(4, 64, 8, 8, requires_grad=True)
     calls = []
 
@@ -145,11 +146,19 @@ def test_record_attention_works_and_hooks_fire_once_in_training():
 
 @pytest.mark.parametrize(
     "setup",
-    ["reference backend", "inner backward hook", "inner forward hook", "folded", "no grad"],
+    [
+        "reference backend",
+        "inner backward hook",
+        "inner forward hook",
+        "folded",
+        "no grad",
+        "narrow",
+    ],
 )
 def test_falls_back_to_plain_autograd(setup):
-    block = BAM(64).train()
+    block = BAM(64, reduction_ratio=16 if setup == "narrow" else 8).train()  # narrow: C/r = 4
     x = torch.randn(2, 64, 8, 8, requires_grad=True)
+    assert setup == "narrow" or block_autograd.can_use(block, x)  # only the setup prevents it
     if setup == "reference backend":
         set_backend("reference")
     elif setup == "inner backward hook":
@@ -171,7 +180,7 @@ def test_falls_back_to_plain_autograd(setup):
 
 
 def test_autocast_bfloat16_cpu():
-    block = randomize_(BAM(64)).train()
+    block = randomize_(BAM(64, reduction_ratio=8)).train()
     x = torch.randn(4, 64, 8, 8, requires_grad=True)
     grad = torch.randn(4, 64, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -186,7 +195,9 @@ def test_autocast_bfloat16_cpu():
 
 
 def test_trains_inside_a_network():
-    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), BAM(32), nn.Flatten(), nn.LazyLinear(2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), BAM(32, reduction_ratio=4), nn.Flatten(), nn.LazyLinear(2)
+    )
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 0, 1])
     net(x)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
