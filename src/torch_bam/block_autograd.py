@@ -39,8 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["bam_block_train", "can_use"]
 
 # Below this gate width (C // r) plain autograd is faster: the recompute's small BatchNorms and
-# convs cost more than the passes over x it saves (measured on 2 CPU cores: 1.15-1.4x slower at
-# width 2-4, 0.66-0.94x the time at width 8-16).
+# convs cost more than the passes over x it saves (benchmarks/RESULTS_block_autograd.md).
 MIN_HIDDEN = 8
 
 _LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Identity)

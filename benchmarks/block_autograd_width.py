@@ -1,0 +1,85 @@
+"""Training step of one BAM block: the memory-saving path against plain autograd, by gate width.
+
+Run from the repository root:  PYTHONPATH=src:. python benchmarks/block_autograd_width.py
+Writes benchmarks/RESULTS_block_autograd.md. It is the evidence for
+``torch_bam.block_autograd.MIN_HIDDEN``: below that width ``C // r`` the block keeps plain
+autograd. Both paths are timed here whatever the rule says, in turns, in the same run.
+"""
+
+# Lambdas are timed inside the loop that defines them, and tables are long lines:
+# ruff: noqa: B023, E501
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_benchmarks import loadavg, machine  # noqa: E402
+
+import torch_bam.block_autograd as block_autograd  # noqa: E402
+from torch_bam import BAM  # noqa: E402
+
+OUT = Path(__file__).with_name("RESULTS_block_autograd.md")
+# (batch, channels, size); the gate width is channels // 16.
+SHAPES = [
+    (64, 32, 16),
+    (64, 64, 16),
+    (16, 64, 56),
+    (32, 128, 16),
+    (32, 128, 28),
+    (32, 256, 16),
+    (32, 256, 28),
+]
+
+
+def main(reps: int = 15) -> None:
+    torch.set_num_threads(2)
+    load_before = loadavg()
+    rows = []
+    for b, c, s in SHAPES:
+        block = BAM(c).train()
+        x = torch.randn(b, c, s, s, requires_grad=True)
+        dy = torch.randn(b, c, s, s)
+        always = mock.patch.object(block_autograd, "can_use", lambda *a: True)
+        never = mock.patch.object(block_autograd, "can_use", lambda *a: False)
+        times = {"saving": [], "plain": []}
+        for _ in range(reps + 2):  # the first two of each are warm-up
+            for name, patch in (("saving", always), ("plain", never)):
+                with patch:
+                    t0 = time.perf_counter()
+                    block(x).backward(dy)
+                    times[name].append(time.perf_counter() - t0)
+        saving, plain = (min(v[2:]) * 1e3 for v in times.values())
+        rows.append(
+            f"| {b}x{c}x{s}x{s} | {c // 16} | {saving:.2f} | {plain:.2f} | {saving / plain:.2f} |"
+        )
+        print(rows[-1], flush=True)
+    text = [
+        "# Memory-saving block autograd against plain autograd, by gate width",
+        "",
+        "Written by `benchmarks/block_autograd_width.py` (do not edit by hand; rerun it).",
+        "",
+        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
+        f"- torch {torch.__version__}, python {platform.python_version()}",
+        f"- load average before: {load_before}; after: {loadavg()}",
+        f"- one forward+backward of BAM(C) in training, float32 NCHW, minimum of {reps}, the two "
+        "paths timed in turns",
+        f"- the block takes the memory-saving path when C // r >= {block_autograd.MIN_HIDDEN}",
+        "",
+        "| input | C // r | memory-saving ms | plain autograd ms | ratio |",
+        "| --- | --- | --- | --- | --- |",
+        *rows,
+    ]
+    OUT.write_text("\n".join(text) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
