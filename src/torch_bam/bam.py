@@ -119,9 +119,7 @@ class SpatialGate(nn.Module):
         layers["gate_s_conv_final"] = nn.Conv2d(hidden, 1, kernel_size=1, **fk)
         self.gate_s = nn.Sequential(layers)
 
-    def forward(self, x: Tensor, keep_reduced: Optional[list[Tensor]] = None) -> Tensor:  # noqa: UP045
-        """``keep_reduced``, if given, receives the 1x1 reduce's output (for a backward that
-        recomputes the rest from it: torch_bam.block_autograd)."""
+    def forward(self, x: Tensor) -> Tensor:
         first = True
         y = x
         for layer in self.gate_s:
@@ -130,8 +128,6 @@ class SpatialGate(nn.Module):
                 # the NCHW conv path (benchmarks/RESULTS.md). Same weights, same maths.
                 conv = self.gate_s.gate_s_conv_reduce0
                 y = _reduce_1x1(x, conv.weight, conv.bias)
-                if keep_reduced is not None:
-                    keep_reduced.append(y)
                 first = False
             else:
                 y = layer(y)

@@ -78,12 +78,12 @@ def can_use(block: BAM, x: Tensor) -> bool:
     convs = [m for m in gate_s if type(m) is nn.Conv2d]
     if len(convs) < 3 or any(
         m.padding_mode != "zeros" or isinstance(m.padding, str) for m in convs
-    ):  # noqa: E501
+    ):
         return False  # backward calls the kept conv's own backward with these settings
     reduce = gate_s[0]
-    if reduce.out_channels < MIN_HIDDEN:
-        return False
     if type(reduce) is not nn.Conv2d or reduce.kernel_size != (1, 1) or reduce.groups != 1:
+        return False
+    if reduce.out_channels < MIN_HIDDEN:
         return False
     # The reduce's output is saved for backward: what follows it must not be in place on it
     # (a folded gate has Identity there, then an in-place ReLU).
@@ -164,15 +164,22 @@ class _BAMBlockFunction(torch.autograd.Function):
     def forward(ctx, block: BAM, x: Tensor, *params: Tensor) -> Tensor:
         # Grad mode is off here: the submodules run once, as in the plain path.
         channel_logits = block.channel_att(x)
+        # Keep the 1x1 reduce's output (the input of the layer after it) and the last dilated
+        # conv's output: backward recomputes only the layers between them.
+        layers = list(block.spatial_att.gate_s)[1:]
         reduced: list[Tensor] = []
-        # Keep the last dilated conv's output too: backward then recomputes one conv less.
-        last = list(block.spatial_att.gate_s)[1 + _last_dilated(block)]
         kept: list[Tensor] = []
-        hook = last.register_forward_hook(lambda _m, _i, out: kept.append(out))
+        hooks = [
+            layers[0].register_forward_pre_hook(lambda _m, inp: reduced.append(inp[0])),
+            layers[_last_dilated(block)].register_forward_hook(
+                lambda _m, _i, out: kept.append(out)
+            ),
+        ]
         try:
-            spatial_logits = block.spatial_att(x, reduced)
+            spatial_logits = block.spatial_att(x)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         ctx.save_for_backward(x, reduced[0], kept[0], channel_logits, spatial_logits)
         ctx.block = block
         ctx.autocast = [
