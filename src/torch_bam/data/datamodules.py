@@ -64,14 +64,12 @@ class _Base(L.LightningDataModule):
         return seed
 
     def _train_sampler(self, n: int, seed: int) -> ResumableRandomSampler:
-        trainer = self.trainer
-        if trainer is None:  # outside a Trainer: the sampler asks torch.distributed
-            return ResumableRandomSampler(n, seed=seed, with_epoch=True)
+        trainer = self.trainer  # outside a Trainer (None) the sampler asks torch.distributed
         return ResumableRandomSampler(
             n,
             seed=seed,
-            num_replicas=trainer.world_size,
-            rank=trainer.global_rank,
+            num_replicas=trainer.world_size if trainer is not None else None,
+            rank=trainer.global_rank if trainer is not None else None,
             with_epoch=True,
         )
 
