@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 from unittest import mock
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import loadavg, machine  # noqa: E402
+from run_benchmarks import _interleaved, loadavg, machine  # noqa: E402
 
 import torch_bam.block_autograd as block_autograd  # noqa: E402
 from torch_bam import BAM  # noqa: E402
@@ -47,16 +46,16 @@ def main(reps: int = 15) -> None:
         block = BAM(c).train()
         x = torch.randn(b, c, s, s, requires_grad=True)
         dy = torch.randn(b, c, s, s)
-        always = mock.patch.object(block_autograd, "can_use", lambda *a: True)
-        never = mock.patch.object(block_autograd, "can_use", lambda *a: False)
-        times = {"saving": [], "plain": []}
-        for _ in range(reps + 2):  # the first two of each are warm-up
-            for name, patch in (("saving", always), ("plain", never)):
-                with patch:
-                    t0 = time.perf_counter()
+
+        def timed(can_use: bool):
+            def step():
+                with mock.patch.object(block_autograd, "can_use", lambda *a: can_use):
                     block(x).backward(dy)
-                    times[name].append(time.perf_counter() - t0)
-        saving, plain = (min(v[2:]) * 1e3 for v in times.values())
+
+            return step
+
+        res = _interleaved({"saving": timed(True), "plain": timed(False)}, reps)
+        saving, plain = res["saving"], res["plain"]
         rows.append(
             f"| {b}x{c}x{s}x{s} | {c // 16} | {saving:.2f} | {plain:.2f} | {saving / plain:.2f} |"
         )
@@ -69,8 +68,8 @@ def main(reps: int = 15) -> None:
         f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
         f"- torch {torch.__version__}, python {platform.python_version()}",
         f"- load average before: {load_before}; after: {loadavg()}",
-        f"- one forward+backward of BAM(C) in training, float32 NCHW, minimum of {reps}, the two "
-        "paths timed in turns",
+        f"- one forward+backward of BAM(C) in training, float32 NCHW, minimum of {reps} after a "
+        "warm-up, the two paths timed in turns",
         f"- the block takes the memory-saving path when C // r >= {block_autograd.MIN_HIDDEN}",
         "",
         "| input | C // r | memory-saving ms | plain autograd ms | ratio |",
