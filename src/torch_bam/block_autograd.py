@@ -3,11 +3,11 @@
 Plain autograd keeps, for backward, ``x`` plus every intermediate of the spatial gate: six maps
 of ``C/r`` channels at full resolution, about 1.4x the input's bytes in all. This function keeps
 only ``x``, two ``C/r``-channel maps (the 1x1 reduce's output and the last dilated conv's),
-``M_c`` and ``M_s`` (about 1.13x) and, in backward:
+the global pool, ``M_c`` and ``M_s`` (about 1.13x) and, in backward:
 
 1. runs the fused gate backward (``dx``, ``dM_c``, ``dM_s``);
-2. recomputes the gates' other intermediates (the global pool, then the ``C/r``-channel
-   layers up to the last dilated conv, whose output is kept) and backpropagates ``dM_c``,
+2. recomputes the gates' other intermediates (the channel MLP from the kept global pool, and
+   the ``C/r``-channel layers between the two kept maps) and backpropagates ``dM_c``,
    ``dM_s`` through them;
 3. adds the pool's and the reduce conv's gradients into ``dx`` with one in-place batched
    matmul, instead of materialising two more full-size gradients and summing them.
@@ -163,7 +163,15 @@ class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, block: BAM, x: Tensor, *params: Tensor) -> Tensor:
         # Grad mode is off here: the submodules run once, as in the plain path.
-        channel_logits = block.channel_att(x)
+        # Keep the global pool (tiny: [B, C]); recomputing it would be one more pass over x.
+        pooled: list[Tensor] = []
+        pool_hook = block.channel_att.gate_c.register_forward_pre_hook(
+            lambda _m, inp: pooled.append(inp[0])
+        )
+        try:
+            channel_logits = block.channel_att(x)
+        finally:
+            pool_hook.remove()
         # Keep the 1x1 reduce's output (the input of the layer after it) and the last dilated
         # conv's output: backward recomputes only the layers between them.
         layers = list(block.spatial_att.gate_s)[1:]
@@ -180,8 +188,8 @@ class _BAMBlockFunction(torch.autograd.Function):
         finally:
             for hook in hooks:
                 hook.remove()
-        ctx.save_for_backward(x, reduced[0], kept[0], channel_logits, spatial_logits)
-        ctx.block = block
+        ctx.save_for_backward(x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits)
+        ctx.block, ctx.params = block, params
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
             for d in {x.device.type, "cpu"}
@@ -192,9 +200,8 @@ class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors
+        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors
         block: BAM = ctx.block
-        params = list(block.parameters())
         dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
         need_x = ctx.needs_input_grad[1]
         reduce = block.spatial_att.gate_s[0]
@@ -203,13 +210,20 @@ class _BAMBlockFunction(torch.autograd.Function):
         conv = layers[k]
 
         def trainable(modules):
-            return [p for m in modules for p in m.parameters() if p.requires_grad]
+            # Leaf layers only (can_use checked): their own parameters, without the recursive
+            # (and, per call, slow) Module.parameters().
+            return [
+                p
+                for m in modules
+                for p in m._parameters.values()
+                if p is not None and p.requires_grad
+            ]
 
         before, after = trainable(layers[:k]), trainable(layers[k + 1 :])
-        mlp = trainable([block.channel_att])
+        mlp = trainable(block.channel_att.gate_c)
         by_param: dict[int, Tensor | None] = {}
         with torch.enable_grad(), _autocast(ctx.autocast):
-            pooled = F.adaptive_avg_pool2d(x.detach(), 1).flatten(1).requires_grad_(need_x)
+            pooled = pooled.detach().requires_grad_(need_x)
             reduced = reduced.detach().requires_grad_()  # its grad is also the bias's
             conv_in = _run(layers[:k], reduced)
             kept = kept.detach().requires_grad_()
@@ -255,7 +269,7 @@ class _BAMBlockFunction(torch.autograd.Function):
             by_param[id(reduce.weight)] = dweight
         if reduce.bias is not None and reduce.bias.requires_grad:
             by_param[id(reduce.bias)] = dr.sum((0, 2, 3)).to(reduce.bias.dtype)
-        param_grads = [by_param.get(id(p)) for p in params]
+        param_grads = [by_param.get(id(p)) for p in ctx.params]
         return (None, dx if need_x else None, *param_grads)
 
 
