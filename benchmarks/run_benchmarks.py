@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -79,6 +81,52 @@ def pair(channels: int):
     ours = BAM(channels)
     ours.load_state_dict(seed.state_dict(), strict=True)
     return seed, ours
+
+
+class ConvsAlone(nn.Module):
+    """The spatial gate's four convolutions alone, with the block's weights: no pool, MLP,
+    BatchNorm, ReLU or gate. The 1x1 reduce runs as ours does (batched matmul on NCHW, conv on
+    channels_last). Every implementation of the block computes at least these convolutions, so
+    seed time / this time bounds the speed-up any of them can reach."""
+
+    def __init__(self, block: BAM):
+        super().__init__()
+        self.convs = [m for m in block.spatial_att.gate_s if isinstance(m, nn.Conv2d)]
+
+    def forward(self, x):
+        from torch_bam.bam import _reduce_1x1
+
+        first, *rest = self.convs
+        y = _reduce_1x1(x, first.weight, first.bias)
+        for conv in rest:
+            y = conv(y)
+        return y
+
+
+class ConvsAndGate(nn.Module):
+    """A lower bound on any BAM block's cost: the spatial gate's convolutions (``ConvsAlone``)
+    and our fused gate applied with them, with no pool, channel MLP, BatchNorm or ReLU."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = BAM(channels)  # holds the conv weights (and unused BNs)
+        self.convs = ConvsAlone(self.block)
+
+    def forward(self, x):
+        s = self.convs(x)
+        return functional.bam_gate(x, s.new_zeros(x.shape[0], x.shape[1]), s)
+
+
+def no_grad(fn):
+    def run():
+        with torch.no_grad():
+            fn()
+
+    return run
+
+
+def fwd_bwd(model, x, dy):
+    return lambda: model(x).backward(dy)
 
 
 def fmt_x(x, memory_format):
@@ -161,15 +209,17 @@ def bench_gate(reps):
 def bench_block(reps):
     lines = ["### One BAM block (B=32), ms and speed-up of ours", ""]
     lines += [
-        "| shape | pass | seed eager NCHW | seed eager CL | seed compile NCHW | seed compile CL | ours NCHW | ours CL | ours fused+inplace (best fmt) | vs seed eager (same fmt, best) | vs best seed compile |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| shape | pass | seed eager NCHW | seed eager CL | seed compile NCHW | seed compile CL | ours NCHW | ours CL | ours fused+inplace (best fmt) | convs alone (best fmt) | vs seed eager (same fmt, best) | vs best seed compile | convs alone vs seed eager |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     verdicts = []
     for shape in SHAPES:
         seed, ours = pair(shape[1])
         x0 = torch.randn(shape)
         for mode in ("inference", "fwd+bwd"):
-            res = {}
+            # Every variant of this shape and pass is timed in turns (as the ResNet rows are),
+            # so a drift in the machine's load hits all of them alike and the ratios hold.
+            fns = {}
             for mf_name, mf in (("NCHW", torch.contiguous_format), ("CL", CL)):
                 x = fmt_x(x0, mf)
                 s_mod, o_mod = (
@@ -179,23 +229,27 @@ def bench_block(reps):
                 if mode == "inference":
                     s_mod.eval(), o_mod.eval()
                     comp = torch.compile(s_mod)
-                    with torch.no_grad():
-                        res[f"seed eager {mf_name}"] = timeit(lambda: s_mod(x), reps)
-                        res[f"seed compile {mf_name}"] = timeit(lambda: comp(x), reps, 2)
-                        res[f"ours {mf_name}"] = timeit(lambda: o_mod(x), reps)
-                        fused = copy.deepcopy(o_mod).fuse_for_inference()
-                        fused.inplace = True
-                        xi = x.clone()
-                        res[f"fused {mf_name}"] = timeit(lambda: fused(xi), reps)
+                    fused = copy.deepcopy(o_mod).fuse_for_inference()
+                    fused.inplace = True
+                    xi = x.clone()
+                    fns[f"seed eager {mf_name}"] = no_grad(lambda s_mod=s_mod, x=x: s_mod(x))
+                    fns[f"seed compile {mf_name}"] = no_grad(lambda comp=comp, x=x: comp(x))
+                    fns[f"ours {mf_name}"] = no_grad(lambda o_mod=o_mod, x=x: o_mod(x))
+                    fns[f"fused {mf_name}"] = no_grad(lambda fused=fused, xi=xi: fused(xi))
+                    floor = ConvsAlone(o_mod)
+                    fns[f"convs alone {mf_name}"] = no_grad(lambda floor=floor, x=x: floor(x))
                 else:
                     s_mod.train(), o_mod.train()
                     comp = torch.compile(s_mod)
                     xg = x.clone().requires_grad_()
                     dy = torch.randn_like(x)
-                    res[f"seed eager {mf_name}"] = timeit(lambda: s_mod(xg).backward(dy), reps)
-                    res[f"seed compile {mf_name}"] = timeit(lambda: comp(xg).backward(dy), reps, 2)
-                    res[f"ours {mf_name}"] = timeit(lambda: o_mod(xg).backward(dy), reps)
-                torch._dynamo.reset()
+                    fns[f"seed eager {mf_name}"] = fwd_bwd(s_mod, xg, dy)
+                    fns[f"seed compile {mf_name}"] = fwd_bwd(comp, xg, dy)
+                    fns[f"ours {mf_name}"] = fwd_bwd(o_mod, xg, dy)
+                    dy1 = torch.randn(shape[0], 1, *shape[2:]).contiguous(memory_format=mf)
+                    fns[f"convs alone {mf_name}"] = fwd_bwd(ConvsAlone(o_mod), xg, dy1)
+            res = _interleaved(fns, reps, min_seconds=0.5, max_reps=50)
+            torch._dynamo.reset()
             ours_best = min(res["ours NCHW"], res["ours CL"])
             seed_eager_best = min(res["seed eager NCHW"], res["seed eager CL"])
             seed_comp_best = min(res["seed compile NCHW"], res["seed compile CL"])
@@ -206,6 +260,8 @@ def bench_block(reps):
                 fused = "-"
             r_eager = seed_eager_best / ours_best
             r_comp = seed_comp_best / ours_best
+            floor_best = min(res["convs alone NCHW"], res["convs alone CL"])
+            r_floor = seed_eager_best / floor_best
             lines.append(
                 f"| C={shape[1]} {shape[2]}x{shape[3]} | {mode} | "
                 + " | ".join(
@@ -219,18 +275,22 @@ def bench_block(reps):
                         "ours CL",
                     )
                 )
-                + f" | {fused} | {r_eager:.2f}x | {r_comp:.2f}x |"
+                + f" | {fused} | {floor_best:.0f} | {r_eager:.2f}x | {r_comp:.2f}x | {r_floor:.2f}x |"
             )
             need_eager, need_comp = (4.0, 1.3) if mode == "inference" else (2.0, 1.0)
             verdicts.append(
                 f"- block {mode}, C={shape[1]}: {r_eager:.2f}x vs seed eager (target >= {need_eager}x: "
                 f"{'met' if r_eager >= need_eager else 'NOT met'}), {r_comp:.2f}x vs seed compiled "
-                f"(target >= {need_comp}x: {'met' if r_comp >= need_comp else 'NOT met'})"
+                f"(target >= {need_comp}x: {'met' if r_comp >= need_comp else 'NOT met'}); "
+                f"the convolutions alone are {r_floor:.2f}x faster than the seed in eager mode"
             )
             print(lines[-1], flush=True)
     lines.append("")
     lines.append(
-        '("vs" columns: best seed time in that column group divided by our best eager time.)'
+        '("vs" columns: best seed time in that column group divided by our best eager time. '
+        "\"convs alone\": the spatial gate's four convolutions with the block's weights and nothing "
+        "else, as ours runs them; every implementation of the block computes them, so the last "
+        "column bounds the speed-up over the seed in eager mode that any implementation can reach.)"
     )
     return lines, verdicts
 
@@ -291,17 +351,58 @@ def bam_resnet50(bam_cls, **kw):
     return net
 
 
-def _interleaved(fns: dict, reps: int) -> dict:
-    """Minimum ms of each function, timed in turns so that load drifts hit all of them alike."""
+def _interleaved_raw(fns: dict, reps: int, min_seconds: float = 0.0, max_reps: int = 0) -> dict:
+    """Seconds of every call of each function, the functions called in turns so that load
+    drifts hit all of them alike (turn ``i`` of each is ``times[k][i]``). Each turn starts one
+    function later than the one before, so no function always runs right after the same other.
+
+    At least ``reps`` turns; more (up to ``max_reps``) while the turns so far have taken less
+    than ``min_seconds`` per function, so fast calls get more samples, as in ``timeit``."""
     for fn in fns.values():
-        fn()  # warm-up
+        fn()  # warm-up (and, under torch.compile, the compile)
+        fn()
     times = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
+    keys = list(fns)
+    start = time.perf_counter()
+    turn = 0
+    while turn < reps or (time.perf_counter() - start < min_seconds * len(fns) and turn < max_reps):
+        shift = turn % len(keys)
+        for k in keys[shift:] + keys[:shift]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t0)
+        turn += 1
+    return times
+
+
+def _interleaved(fns: dict, reps: int, min_seconds: float = 0.0, max_reps: int = 0) -> dict:
+    """Minimum ms of each function over calls made in turns (``_interleaved_raw``)."""
+    times = _interleaved_raw(fns, reps, min_seconds, max_reps)
+    # The minimum: on a shared machine, other jobs only ever add time.
     return {k: min(v) * 1e3 for k, v in times.items()}
+
+
+def _paired_ratio(times: dict, a: str, b: str, level: float = 0.95):
+    """Median over turns of time(a) / time(b), each ratio comparing two calls of the same turn,
+    with a distribution-free confidence interval for that median (order statistics: the
+    interval between the k-th smallest and k-th largest ratio, k from the binomial(n, 1/2)
+    distribution). Returns (median, low, high)."""
+    r = sorted(x / y for x, y in zip(times[a], times[b], strict=True))
+    n, k, cdf = len(r), 0, 0.0
+    while cdf + math.comb(n, k) / 2**n <= (1 - level) / 2:
+        cdf += math.comb(n, k) / 2**n
+        k += 1
+    if k == 0:  # under 6 turns no two order statistics bracket the median at this level
+        return statistics.median(r), -math.inf, math.inf
+    return statistics.median(r), r[k - 1], r[n - k]
+
+
+def _verdict(low: float, high: float, target: float) -> str:
+    if high <= target:
+        return "met"
+    if low > target:
+        return "NOT met"
+    return "unresolved: the interval contains the target"
 
 
 def bench_resnet(reps):
@@ -309,11 +410,14 @@ def bench_resnet(reps):
 
     from torch_bam.fold import fold_bam
 
-    lines = ["### ResNet-50 vs BAM-ResNet-50, batch 8, 224x224, ms", ""]
+    lines = ["### ResNet-50 vs BAM-ResNet-50, batch 8, 224x224", ""]
     lines += [
-        "| format | pass | ResNet-50 | seed BAM-R50 | ours BAM-R50 | ours folded + in place | seed / R50 | ours / R50 | folded + in place / R50 | null: R50 copy / R50 |"
+        f"Ratios: median over {reps} turns of (that model's call / ResNet-50's call in the same "
+        "turn), with a 95% confidence interval for the median. ms: median per call.",
+        "",
+        "| format | pass | ResNet-50 ms | ours ms | seed / R50 | ours / R50 | ours folded + in place / R50 | floor: convs + gate only / R50 | null: R50 copy / R50 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    lines += ["| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     verdicts = []
     torch.manual_seed(0)
     x0 = torch.randn(8, 3, 224, 224)
@@ -327,6 +431,8 @@ def bench_resnet(reps):
             "r50_copy": torchvision.models.resnet50(weights=None),
             "seed": bam_resnet50(seed_bam.BAM),
             "ours": bam_resnet50(BAM),
+            # The floor: ResNet-50 plus only the blocks' convolutions and the fused gate.
+            "floor": bam_resnet50(ConvsAndGate),
         }
         models = {k: m.to(memory_format=mf) for k, m in models.items()}
         # The inference recipe for deployment: BAM's BNs folded, the gate written in place.
@@ -363,26 +469,35 @@ def bench_resnet(reps):
                         fast(x)
 
                 fns["fast"] = infer_fast
-            res = _interleaved(fns, reps)
-            rs, ro = res["seed"] / res["r50"], res["ours"] / res["r50"]
-            null = res["r50_copy"] / res["r50"]
-            rf = res["fast"] / res["r50"] if "fast" in res else None
-            fast_ms = f"{res['fast']:.0f}" if rf else "-"
-            fast_ratio = f"{rf:.3f}" if rf else "-"
+            raw = _interleaved_raw(fns, reps)
+            ratios = {k: _paired_ratio(raw, k, "r50") for k in raw if k != "r50"}
+
+            def cell(k):
+                if k not in ratios:
+                    return "-"
+                m, lo, hi = ratios[k]
+                return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+            def ms(k):
+                return f"{statistics.median(raw[k]) * 1e3:.0f}"
+
             lines.append(
-                f"| {mf_name} | {mode} | {res['r50']:.0f} | {res['seed']:.0f} | {res['ours']:.0f} | {fast_ms} | {rs:.3f} | {ro:.3f} | {fast_ratio} | {null:.3f} |"
+                f"| {mf_name} | {mode} | {ms('r50')} | {ms('ours')} | {cell('seed')} | {cell('ours')} | "
+                f"{cell('fast')} | {cell('floor')} | {cell('r50_copy')} |"
             )
             print(lines[-1], flush=True)
-            verdicts.append(
-                f"- BAM-ResNet-50 / ResNet-50, {mode}, {mf_name}: {ro:.3f} (target <= 1.05: "
-                f"{'met' if ro <= 1.05 else 'NOT met'}; seed {rs:.3f})"
-                + (
-                    f"; folded + in place: {rf:.3f} ({'met' if rf <= 1.05 else 'NOT met'})"
-                    if rf
-                    else ""
-                )
-                + f"; null ratio (identical ResNet-50s) {null:.3f}"
+            verdict = f"- BAM-ResNet-50 / ResNet-50, {mode}, {mf_name}: {cell('ours')} " + (
+                f"(target <= 1.05: {_verdict(*ratios['ours'][1:], 1.05)})"
             )
+            if "fast" in ratios:
+                verdict += (
+                    f"; folded + in place {cell('fast')} ({_verdict(*ratios['fast'][1:], 1.05)})"
+                )
+            verdict += (
+                f"; seed {cell('seed')}; floor (the blocks' convolutions and the gate only) "
+                f"{cell('floor')}; null (a second ResNet-50) {cell('r50_copy')}"
+            )
+            verdicts.append(verdict)
     return lines, verdicts
 
 
@@ -390,6 +505,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (noisier)")
     parser.add_argument("--skip-resnet", action="store_true")
+    parser.add_argument(
+        "--resnet-turns", type=int, default=30, help="turns of the ResNet-50 comparison"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     reps = 3 if args.quick else 5
@@ -400,7 +518,7 @@ def main():
     block, v_block = bench_block(reps)
     mem, v_mem = bench_memory()
     print("\n".join(mem), flush=True)
-    resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(2 * reps)
+    resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(args.resnet_turns)
     if torch.cuda.is_available():
         from gpu_gate import bench_gpu
 
@@ -424,7 +542,7 @@ def main():
         f"- torch {torch.__version__}, torch_bam {torch_bam.__version__}, python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
         "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
-        f"- repeats: minimum of at least {reps} calls after warm-up, more for fast calls (0.5 s of calls, up to 50); ResNet: {2 * reps}, the models timed in turns",
+        f"- repeats: minimum of at least {reps} calls after two warm-up calls, more for fast calls (0.5 s of calls each, up to 50); the variants of each block row, and the ResNet models ({args.resnet_turns} turns), are timed in turns, each turn in a rotated order",
         gpu_line,
         "",
         "## Targets",
