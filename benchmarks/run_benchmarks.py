@@ -19,6 +19,7 @@ import datetime
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -353,8 +354,9 @@ def bam_resnet50(bam_cls, **kw):
 
 def _interleaved_raw(fns: dict, reps: int, min_seconds: float = 0.0, max_reps: int = 0) -> dict:
     """Seconds of every call of each function, the functions called in turns so that load
-    drifts hit all of them alike (turn ``i`` of each is ``times[k][i]``). Each turn starts one
-    function later than the one before, so no function always runs right after the same other.
+    drifts hit all of them alike (turn ``i`` of each is ``times[k][i]``). Each turn calls them in
+    a new random order (seeded): a call's time depends on what ran just before it (the
+    allocator's state, the caches), so no function may always follow the same other.
 
     At least ``reps`` turns; more (up to ``max_reps``) while the turns so far have taken less
     than ``min_seconds`` per function, so fast calls get more samples, as in ``timeit``."""
@@ -363,11 +365,12 @@ def _interleaved_raw(fns: dict, reps: int, min_seconds: float = 0.0, max_reps: i
         fn()
     times = {k: [] for k in fns}
     keys = list(fns)
+    order = random.Random(0)
     start = time.perf_counter()
     turn = 0
     while turn < reps or (time.perf_counter() - start < min_seconds * len(fns) and turn < max_reps):
-        shift = turn % len(keys)
-        for k in keys[shift:] + keys[:shift]:
+        order.shuffle(keys)
+        for k in keys:
             t0 = time.perf_counter()
             fns[k]()
             times[k].append(time.perf_counter() - t0)
@@ -542,7 +545,7 @@ def main():
         f"- torch {torch.__version__}, torch_bam {torch_bam.__version__}, python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
         "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
-        f"- repeats: minimum of at least {reps} calls after two warm-up calls, more for fast calls (0.5 s of calls each, up to 50); the variants of each block row, and the ResNet models ({args.resnet_turns} turns), are timed in turns, each turn in a rotated order",
+        f"- repeats: minimum of at least {reps} calls after two warm-up calls, more for fast calls (0.5 s of calls each, up to 50); the variants of each block row, and the ResNet models ({args.resnet_turns} turns), are timed in turns, each turn in a random order",
         gpu_line,
         "",
         "## Targets",

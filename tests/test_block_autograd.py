@@ -68,6 +68,16 @@ def test_equals_plain_autograd(dtype, combine, memory_format):
     assert y.is_contiguous(memory_format=memory_format)
 
 
+@pytest.mark.parametrize("width", [8, 16])  # narrow (maps kept NCHW in training) and not
+def test_equals_plain_autograd_channels_last_model(width):
+    # A channels_last model: its conv weights make conv outputs channels_last, which narrow
+    # gates turn back to NCHW, in the forward pass and in backward's recompute alike.
+    block = randomize_(BAM(8 * width, reduction_ratio=8)).train().to(memory_format=CL)
+    x = torch.randn(4, 8 * width, 9, 7).contiguous(memory_format=CL)
+    y = _compare(block, x.requires_grad_())
+    assert y.is_contiguous(memory_format=CL)
+
+
 @pytest.mark.parametrize(
     "kwargs", [{"channel_mlp_layers": 2, "num_dilated_convs": 1}, {"num_dilated_convs": 3}]
 )

@@ -131,18 +131,45 @@ class SpatialGate(nn.Module):
                 first = False
             else:
                 y = layer(y)
+            y = _narrow_layout(y, self.training)
         return y
+
+
+# PyTorch's CPU BatchNorm is several times slower on channels_last maps of fewer than 16
+# channels than on NCHW ones, in training (batch statistics) above all
+# (benchmarks/RESULTS_narrow_gate.md). Gates this narrow compute their reduced map in NCHW,
+# and in training keep their maps NCHW even in a channels_last model (whose conv weights would
+# make conv outputs channels_last).
+def _narrow(width: int) -> bool:
+    return width < 16  # a literal: TorchScript cannot read a module-level int
+
+
+@torch.fx.wrap  # a leaf for FX: it branches on the map's shape
+def _narrow_layout(y: Tensor, training: bool) -> Tensor:
+    if training and y.device.type == "cpu" and y.dim() == 4 and _narrow(y.shape[1]):
+        return y.contiguous()  # a no-op when already NCHW
+    return y
 
 
 @torch.fx.wrap  # a leaf for FX: it branches on the input's strides
 def _reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
+    hidden = weight.shape[0]
+    narrow = _narrow(hidden) and x.device.type == "cpu"
     if not x.is_contiguous() or x.dim() != 4 or torch.jit.is_tracing():
         # channels_last (already a fast conv), odd strides, or a trace: the plain conv.
         return F.conv2d(x, weight, bias)
+    b, c, h, w = x.shape
+    if narrow:
+        # [h, C] @ [B, C, HW] -> [B, h, HW]: the reduced map in NCHW layout.
+        weight_b = weight.reshape(hidden, c).expand(b, hidden, c)
+        x3 = x.reshape(b, c, h * w)
+        if bias is None:
+            y = torch.bmm(weight_b, x3)
+        else:
+            y = torch.baddbmm(bias.reshape(1, hidden, 1), weight_b, x3)
+        return y.reshape(b, hidden, h, w)
     # NCHW: one batched matmul [B, HW, C] @ [C, h] -> [B, HW, h], which *is* the reduced map in
     # channels_last layout; the dilated 3x3 convs after it also run faster on channels_last.
-    b, c, h, w = x.shape
-    hidden = weight.shape[0]
     flat_t = x.reshape(b, c, h * w).transpose(1, 2)
     weight_t = weight.reshape(hidden, c).t().expand(b, c, hidden)
     if bias is None:

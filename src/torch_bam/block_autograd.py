@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .bam import _narrow_layout
 from .functional import _bam_gate_backward_op, bam_gate, get_backend
 
 if TYPE_CHECKING:
@@ -38,8 +39,10 @@ if TYPE_CHECKING:
 
 __all__ = ["bam_block_train", "can_use"]
 
-# Below this gate width (C // r) plain autograd is faster: the recompute's small BatchNorms and
-# convs cost more than the passes over x it saves (benchmarks/RESULTS_block_autograd.md).
+# Below this gate width (C // r) plain autograd is as fast or faster: the recompute's small
+# BatchNorms and convs cost about what the passes over x it saves do. From this width on the
+# path is faster on large maps, and up to ~20% slower on small ones (16x16 and less), where it
+# still keeps less memory (benchmarks/RESULTS_block_autograd.md).
 MIN_HIDDEN = 8
 
 _LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Identity)
@@ -91,8 +94,10 @@ def can_use(block: BAM, x: Tensor) -> bool:
 
 
 def _run(layers, t: Tensor) -> Tensor:
-    """The layers' maths without their module calls: no hooks, no running-statistics update."""
+    """The layers' maths without their module calls: no hooks, no running-statistics update.
+    Narrow maps keep the NCHW layout in training, as in :class:`torch_bam.SpatialGate`."""
     for layer in layers:
+        t = _narrow_layout(t, layer.training)
         kind = type(layer)
         if kind is nn.Linear:
             t = F.linear(t, layer.weight, layer.bias)
