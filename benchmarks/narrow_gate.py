@@ -1,12 +1,14 @@
 """Narrow gates (C // r < 16) and the channels_last layout on CPU.
 
 Run from the repository root:  PYTHONPATH=src:. python benchmarks/narrow_gate.py
-Writes benchmarks/RESULTS_narrow_gate.md, the evidence for ``torch_bam.bam._narrow``:
+Writes benchmarks/RESULTS_narrow_gate.md, the evidence for ``torch_bam.bam._narrow`` and for
+``torch_bam.bam._final_1x1``:
 
 1. PyTorch's own BatchNorm2d, forward+backward in training and forward in eval, on NCHW and on
    channels_last maps, by channel count: the channels_last kernel is several times slower
    below 16 channels.
-2. One BAM block with the rule (narrow gates keep their maps NCHW in training, and compute the
+2. The spatial gate's final 1x1 conv to one map: ``F.conv2d`` against a matmul.
+3. One BAM block with the rule (narrow gates keep their maps NCHW in training, and compute the
    1x1 reduce in NCHW) against the same block without it, timed in turns.
 Not a test: nothing here runs under pytest.
 """
@@ -66,6 +68,30 @@ def batchnorm_rows(reps: int) -> list[str]:
     return rows
 
 
+def final_conv_rows(reps: int) -> list[str]:
+    """The spatial gate's last layer, a 1x1 conv from h channels to one: F.conv2d against
+    ``torch_bam.bam._final_1x1`` (a matmul), forward+backward."""
+    rows = []
+    for b, width, s in ((64, 2, 32), (32, 8, 28), (8, 16, 56), (8, 32, 28), (8, 64, 14)):
+        conv = nn.Conv2d(width, 1, 1)
+        fns = {}
+        for name, mf in (("NCHW", torch.contiguous_format), ("CL", CL)):
+            y = torch.randn(b, width, s, s).contiguous(memory_format=mf).requires_grad_()
+            g = torch.randn(b, 1, s, s)
+            fns[f"conv {name}"] = lambda y=y, g=g: conv(y).backward(g)
+            fns[f"matmul {name}"] = lambda y=y, g=g: bam_module._final_1x1(
+                y, conv.weight, conv.bias
+            ).backward(g)
+        r = _interleaved(fns, reps)
+        rows.append(
+            f"| {b}x{width}x{s}x{s} | {r['conv NCHW']:.2f} | {r['matmul NCHW']:.2f} | "
+            f"{r['conv NCHW'] / r['matmul NCHW']:.2f}x | {r['conv CL']:.2f} | "
+            f"{r['matmul CL']:.2f} | {r['conv CL'] / r['matmul CL']:.2f}x |"
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def block_rows(reps: int) -> list[str]:
     rows = []
     # (batch, channels, size): gate widths 2, 4, 8 (narrow) and 16 (not: the rule is idle).
@@ -116,6 +142,7 @@ def main(reps: int = 40) -> None:
     torch.set_num_threads(2)
     load_before = loadavg()
     bn = batchnorm_rows(reps)
+    final = final_conv_rows(reps)
     blocks = block_rows(reps)
     text = [
         "# Narrow gates and the channels_last layout (CPU)",
@@ -133,6 +160,12 @@ def main(reps: int = 40) -> None:
         "| map | train fwd+bwd NCHW | train fwd+bwd CL | CL / NCHW | eval NCHW | eval CL | CL / NCHW |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *bn,
+        "",
+        "## The gate's final 1x1 conv (h channels to one), forward+backward",
+        "",
+        "| map | F.conv2d NCHW | matmul NCHW | speed-up | F.conv2d CL | matmul CL | speed-up |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *final,
         "",
         "## One BAM block with the narrow-gate rule and without it",
         "",

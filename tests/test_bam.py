@@ -202,6 +202,29 @@ def test_narrow_gates_keep_batchnorm_inputs_nchw_in_training(channels, channels_
     torch.testing.assert_close(y, ref(x.contiguous()), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "transposed"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("width", [4, 8])  # channels_last below 8 channels keeps the conv
+def test_final_1x1_as_matmul_equals_the_conv(layout, bias, width):
+    from torch_bam.bam import _final_1x1
+
+    conv = torch.nn.Conv2d(width, 1, 1, bias=bias).double()
+    y = torch.randn(3, width, 5, 7, dtype=torch.float64)
+    if layout == "channels_last":
+        y = y.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        y = y.transpose(2, 3)  # neither layout: falls back to the conv
+    y1, y2 = y.clone().requires_grad_(), y.clone().requires_grad_()
+    out = _final_1x1(y1, conv.weight, conv.bias)
+    ref = conv(y2)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    (dy1, dw1) = torch.autograd.grad(out, (y1, conv.weight), g)
+    (dy2, dw2) = torch.autograd.grad(ref, (y2, conv.weight), g)
+    torch.testing.assert_close(dy1, dy2)
+    torch.testing.assert_close(dw1, dw2)
+
+
 def test_non_contiguous_input():
     bam = randomize_(BAM(64)).eval()
     x = torch.randn(2, 64, 16, 16)

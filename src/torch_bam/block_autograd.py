@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bam import _narrow_layout
+from .bam import _final_1x1, _narrow_layout
 from .functional import _bam_gate_backward_op, bam_gate, get_backend
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ def _run(layers, t: Tensor) -> Tensor:
         kind = type(layer)
         if kind is nn.Linear:
             t = F.linear(t, layer.weight, layer.bias)
+        elif kind is nn.Conv2d and layer.out_channels == 1 and layer.kernel_size == (1, 1):
+            t = _final_1x1(t, layer.weight, layer.bias)  # as SpatialGate runs it
         elif kind is nn.Conv2d:
             t = layer._conv_forward(t, layer.weight, layer.bias)
         elif kind is nn.BatchNorm1d or kind is nn.BatchNorm2d:
