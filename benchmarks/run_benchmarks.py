@@ -541,7 +541,8 @@ def main():
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     gate = bench_gate(reps)
     print("\n".join(gate), flush=True)
-    block, v_block = bench_block(reps)
+    # At least 8 turns per block row: fewer cannot give a 95% interval for a median.
+    block, v_block = bench_block(max(reps, 8))
     mem, v_mem = bench_memory()
     print("\n".join(mem), flush=True)
     resnet, v_resnet = ([], []) if args.skip_resnet else bench_resnet(args.resnet_turns)
@@ -568,7 +569,7 @@ def main():
         f"- torch {torch.__version__}, torch_bam {torch_bam.__version__}, python {platform.python_version()}",
         f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after}. The machine is shared "
         "with other jobs; a load above 2 means the timings are noisy and the ratios are the thing to read.",
-        f"- repeats: minimum of at least {reps} calls after two warm-up calls, more for fast calls (0.5 s of calls each, up to 50); the variants of each block row, and the ResNet models ({args.resnet_turns} turns), are timed in turns, each turn in a random order",
+        f"- repeats: minimum of at least {reps} calls after two warm-up calls (8 for the block rows), more for fast calls (0.5 s of calls each, up to 50); the variants of each block row, and the ResNet models ({args.resnet_turns} turns), are timed in turns, each turn in a random order",
         gpu_line,
         "",
         "## Targets",
