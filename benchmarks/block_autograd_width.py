@@ -11,8 +11,6 @@ autograd. Both paths are timed here whatever the rule says, in turns, in the sam
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
 from unittest import mock
@@ -20,7 +18,7 @@ from unittest import mock
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import _interleaved, loadavg, machine  # noqa: E402
+from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
 
 import torch_bam.block_autograd as block_autograd  # noqa: E402
 from torch_bam import BAM  # noqa: E402
@@ -66,24 +64,20 @@ def main(reps: int = 15) -> None:
             f"| {b}x{c}x{s}x{s} | {c // 16} | {saving:.2f} | {plain:.2f} | {saving / plain:.2f} |"
         )
         print(rows[-1], flush=True)
-    text = [
-        "# Memory-saving block autograd against plain autograd, by gate width",
-        "",
-        "Written by `benchmarks/block_autograd_width.py` (do not edit by hand; rerun it).",
-        "",
-        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-        f"- load average before: {load_before}; after: {loadavg()}",
-        f"- one forward+backward of BAM(C) in training, float32 NCHW, minimum of {reps} after a "
-        "warm-up, the two paths timed in turns",
-        f"- the block takes the memory-saving path when C // r >= {block_autograd.MIN_HIDDEN}",
-        "",
-        "| input | C // r | memory-saving ms | plain autograd ms | ratio |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-    ]
-    OUT.write_text("\n".join(text) + "\n")
-    print(f"wrote {OUT}")
+    write_results(
+        OUT,
+        "Memory-saving block autograd against plain autograd, by gate width",
+        load_before,
+        [
+            f"- one forward+backward of BAM(C) in training, float32 NCHW, minimum of {reps} after "
+            "two warm-up calls, the two paths timed in turns",
+            f"- the block takes the memory-saving path when C // r >= {block_autograd.MIN_HIDDEN}",
+            "",
+            "| input | C // r | memory-saving ms | plain autograd ms | ratio |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+        ],
+    )
 
 
 if __name__ == "__main__":

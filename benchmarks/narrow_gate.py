@@ -18,8 +18,7 @@ Not a test: nothing here runs under pytest.
 
 from __future__ import annotations
 
-import os
-import platform
+import contextlib
 import sys
 from pathlib import Path
 from unittest import mock
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import _interleaved, loadavg, machine  # noqa: E402
+from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
 
 import torch_bam.bam as bam_module  # noqa: E402
 from torch_bam import BAM  # noqa: E402
@@ -105,7 +104,7 @@ def block_rows(reps: int) -> list[str]:
             def timed(rule: bool, mode: str):
                 def run():
                     off = mock.patch.object(bam_module, "_narrow", lambda w: False)
-                    with off if not rule else _nothing():
+                    with off if not rule else contextlib.nullcontext():
                         if mode == "train":
                             block.train()
                             block(xg).backward(dy)
@@ -130,56 +129,44 @@ def block_rows(reps: int) -> list[str]:
     return rows
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def main(reps: int = 40) -> None:
     torch.set_num_threads(2)
     load_before = loadavg()
     bn = batchnorm_rows(reps)
     final = final_conv_rows(reps)
     blocks = block_rows(reps)
-    text = [
-        "# Narrow gates and the channels_last layout (CPU)",
-        "",
-        "Written by `benchmarks/narrow_gate.py` (do not edit by hand; rerun it).",
-        "",
-        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
-        f"- torch {torch.__version__}, python {platform.python_version()}",
-        f"- load average before: {load_before}; after: {loadavg()}",
-        f"- float32; minimum ms of {reps} calls after two warm-up calls, the variants of a row "
-        "timed in turns",
-        "",
-        "## PyTorch's BatchNorm2d alone: NCHW against channels_last maps",
-        "",
-        "| map | train fwd+bwd NCHW | train fwd+bwd CL | CL / NCHW | eval NCHW | eval CL | CL / NCHW |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *bn,
-        "",
-        "## The gate's final 1x1 conv (h channels to one), forward+backward",
-        "",
-        "| map | F.conv2d NCHW | matmul NCHW | speed-up | F.conv2d CL | matmul CL | speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        *final,
-        "",
-        "## One BAM block with the narrow-gate rule and without it",
-        "",
-        "The rule: gates of width `C // r` below 16 compute the 1x1 reduce as an NCHW matmul and, "
-        "in training, keep their maps NCHW in a channels_last model too. The model and its "
-        "input are in the layout of the third column. Train: forward+backward; eval: forward "
-        "under no_grad.",
-        "",
-        "| input | C // r | layout | train, rule ms | train, no rule ms | speed-up | eval, rule ms | eval, no rule ms | speed-up |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *blocks,
-    ]
-    OUT.write_text("\n".join(text) + "\n")
-    print(f"wrote {OUT}")
+    write_results(
+        OUT,
+        "Narrow gates and the channels_last layout (CPU)",
+        load_before,
+        [
+            f"- float32; minimum ms of {reps} calls after two warm-up calls, the variants of a row "
+            "timed in turns",
+            "",
+            "## PyTorch's BatchNorm2d alone: NCHW against channels_last maps",
+            "",
+            "| map | train fwd+bwd NCHW | train fwd+bwd CL | CL / NCHW | eval NCHW | eval CL | CL / NCHW |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *bn,
+            "",
+            "## The gate's final 1x1 conv (h channels to one), forward+backward",
+            "",
+            "| map | F.conv2d NCHW | matmul NCHW | speed-up | F.conv2d CL | matmul CL | speed-up |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *final,
+            "",
+            "## One BAM block with the narrow-gate rule and without it",
+            "",
+            "The rule: gates of width `C // r` below 16 compute the 1x1 reduce as an NCHW matmul and, "
+            "in training, keep their maps NCHW in a channels_last model too. The model and its "
+            "input are in the layout of the third column. Train: forward+backward; eval: forward "
+            "under no_grad.",
+            "",
+            "| input | C // r | layout | train, rule ms | train, no rule ms | speed-up | eval, rule ms | eval, no rule ms | speed-up |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *blocks,
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ moves with them. Linux only. Not a test: nothing here runs under pytest.
 
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import statistics
@@ -27,7 +26,14 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import seed_bam  # noqa: E402
-from run_benchmarks import SHAPES, bam_resnet50, fwd_bwd, loadavg, machine, pair  # noqa: E402
+from run_benchmarks import (  # noqa: E402
+    SHAPES,
+    bam_resnet50,
+    fwd_bwd,
+    loadavg,
+    pair,
+    write_results,
+)
 
 from torch_bam import BAM  # noqa: E402
 
@@ -103,26 +109,22 @@ def main(reps: int = 12) -> None:
     for name, calls in res.items():
         rows.append(row(f"train step, batch 8, 224x224, {name}", calls))
         print(rows[-1], flush=True)
-    text = [
-        "# Page faults per call",
-        "",
-        "Written by `benchmarks/page_faults.py` (do not edit by hand; rerun it).",
-        "",
-        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
-        f"- torch {torch.__version__}, python {platform.python_version()}, "
-        f"glibc {' '.join(platform.libc_ver())}",
-        f"- load average before: {load_before}; after: {loadavg()}",
-        "- float32, NCHW, training mode; the functions of each group are called in turns, after "
-        "two warm-up calls each. Faults are minor page faults of the whole process during the "
-        "call (`getrusage`). A call with fewer than 100 is counted as quiet.",
-        "",
-        "| call | min ms | median ms | max ms | faults per call (mean) | quiet calls | "
-        "min ms, quiet calls | min ms, calls with faults |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-    ]
-    OUT.write_text("\n".join(text) + "\n")
-    print(f"wrote {OUT}")
+    write_results(
+        OUT,
+        "Page faults per call",
+        load_before,
+        [
+            "- float32, NCHW, training mode; the functions of each group are called in turns, "
+            "after two warm-up calls each. Faults are minor page faults of the whole process "
+            "during the call (`getrusage`). A call with fewer than 100 is counted as quiet.",
+            "",
+            "| call | min ms | median ms | max ms | faults per call (mean) | quiet calls | "
+            "min ms, quiet calls | min ms, calls with faults |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ],
+        versions=f", glibc {' '.join(platform.libc_ver())}",
+    )
 
 
 if __name__ == "__main__":

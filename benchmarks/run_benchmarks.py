@@ -77,6 +77,23 @@ def machine() -> str:
     return model
 
 
+def write_results(out: Path, title: str, load_before: str, body: list, versions: str = ""):
+    """Write one of the side scripts' RESULTS_*.md files: title, provenance, machine, versions
+    (``versions`` is appended to the torch/python line), load average, then ``body``."""
+    text = [
+        f"# {title}",
+        "",
+        f"Written by `benchmarks/{Path(sys.argv[0]).name}` (do not edit by hand; rerun it).",
+        "",
+        f"- machine: {machine()}, {os.cpu_count()} logical CPUs, torch.set_num_threads(2)",
+        f"- torch {torch.__version__}, python {platform.python_version()}{versions}",
+        f"- load average before: {load_before}; after: {loadavg()}",
+        *body,
+    ]
+    out.write_text("\n".join(text) + "\n")
+    print(f"wrote {out}")
+
+
 def pair(channels: int):
     seed = seed_bam.BAM(channels)
     ours = BAM(channels)

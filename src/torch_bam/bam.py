@@ -158,13 +158,12 @@ def _narrow_layout(y: Tensor, training: bool) -> Tensor:
 
 @torch.fx.wrap  # a leaf for FX: it branches on the input's strides
 def _reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
-    hidden = weight.shape[0]
-    narrow = _narrow(hidden) and x.device.type == "cpu"
     if not x.is_contiguous() or x.dim() != 4 or torch.jit.is_tracing():
         # channels_last (already a fast conv), odd strides, or a trace: the plain conv.
         return F.conv2d(x, weight, bias)
     b, c, h, w = x.shape
-    if narrow:
+    hidden = weight.shape[0]
+    if _narrow(hidden) and x.device.type == "cpu":
         # [h, C] @ [B, C, HW] -> [B, h, HW]: the reduced map in NCHW layout.
         weight_b = weight.reshape(hidden, c).expand(b, hidden, c)
         x3 = x.reshape(b, c, h * w)
