@@ -1,0 +1,147 @@
+"""Files written whole or not at all, and run directories owned by one process at a time.
+
+Every file torch-bam writes (reports, metrics, checkpoints, pictures) goes through
+:func:`atomic_write`: the data goes to a uniquely named temporary file in the *target's own
+directory* (so the final rename never crosses a filesystem), is flushed and fsynced, and is then
+renamed over the final name. A reader sees the old file or the new one, never half of one, and
+two writers never share a temporary name.
+
+:class:`RunDirLock` makes a run own its output directory: a second run pointed at the same
+directory is refused with a clear error instead of mixing its files with the first one's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import IO
+
+from .errors import UsageError
+
+__all__ = ["RunDirLock", "atomic_write", "atomic_write_text"]
+
+_TMP_PREFIX = ".torch-bam-tmp-"
+
+
+@contextlib.contextmanager
+def _temp_beside(path: str, binary: bool) -> Iterator[tuple[IO, str]]:
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
+    try:
+        # mkstemp makes 0600 files; give the final file the mode any other file gets (umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename itself is durable only once the directory entry is on disk.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``.
+
+    ``write`` may be ``lambda f: torch.save(obj, f)`` or ``lambda f: f.write(data)``. On any
+    error (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    with _temp_beside(path, binary) as (f, tmp):
+        write(f)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[str]:
+    """Delete temporary files a crashed writer left in ``directory``; return their paths.
+
+    Call it only while holding the directory (:class:`RunDirLock`): another live writer's
+    temporary file would otherwise be removed under it.
+    """
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(directory):
+            if name.startswith(_TMP_PREFIX):
+                p = os.path.join(directory, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(p)
+                    removed.append(p)
+    return removed
+
+
+class RunDirLock:
+    """Hold ``<directory>/.lock`` (an advisory ``flock``) for the duration of a run.
+
+    A second process (or a second ``RunDirLock`` in the same process) that asks for the same
+    directory gets a :class:`UsageError` naming the directory and the fix. The lock dies with
+    the process, so a killed run never leaves the directory locked.
+
+    Example:
+        >>> with RunDirLock("runs/demo"):
+        ...     ...  # write the run's files
+    """
+
+    def __init__(self, directory: str | os.PathLike, what: str = "run") -> None:
+        self.directory = os.fspath(directory)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        import fcntl  # POSIX only; imported here so the module imports everywhere
+
+        os.makedirs(self.directory, exist_ok=True)
+        fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                raise UsageError(
+                    f"{self.directory} is in use by another {self.what} (it holds "
+                    f"{os.path.join(self.directory, '.lock')}). Wait for it to finish, or "
+                    f"choose another output directory."
+                ) from None
+            raise
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
