@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import UsageError
+
 
 def _example(args: argparse.Namespace) -> int:
     from .example import run
@@ -129,12 +131,24 @@ def _lightning(argv: list[str]) -> int:
     return train_main(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in _LIGHTNING:  # LightningCLI parses these itself
         return _lightning(argv)
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Bad input (:class:`torch_bam.errors.UsageError`, raised anywhere
+    below) ends here: one line on stderr naming the cause and the fix, exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _run(argv)
+    except UsageError as e:
+        command = argv[0] if argv else ""
+        message = " ".join(str(e).split())  # one line, whatever the message's layout
+        print(f"torch-bam {command}: error: {message}".replace("  ", " "), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
