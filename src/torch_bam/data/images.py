@@ -78,6 +78,14 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
             return to_8bit(im, mode)
     except OSError:
         raise
-    except (SyntaxError, ValueError, TypeError, EOFError, IndexError, struct.error, zlib.error,
-            Image.DecompressionBombError) as e:  # fmt: skip
+    except (
+        SyntaxError,
+        ValueError,
+        TypeError,
+        EOFError,
+        IndexError,
+        struct.error,
+        zlib.error,
+        Image.DecompressionBombError,
+    ) as e:
         raise OSError(f"{type(e).__name__}: {e}") from e
