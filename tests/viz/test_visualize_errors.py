@@ -202,3 +202,21 @@ def test_the_good_input_of_these_cases_works(good, tmp_path):
     ckpt, img = good
     assert main(["visualize", str(ckpt), str(img), "--out", str(tmp_path / "out")]) == 0
     assert _files(tmp_path) == ["out", os.path.join("out", "attention.png")]
+
+
+def test_a_failed_write_removes_the_directories_it_made(good, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch_bam.viz.attention as attention
+
+    def disk_full(path, write, binary=True):
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # as atomic_write does, then fails
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(attention, "atomic_write", disk_full)
+    ckpt, img = good
+    out = tmp_path / "new" / "out"
+    assert main(["visualize", str(ckpt), str(img), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("\n") == 1
+    assert _files(tmp_path) == []
