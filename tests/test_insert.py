@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.helpers import bam_param_count
-from torch_bam import BAM, add_bam
+from torch_bam import BAM, add_bam, create_model
 
 torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
@@ -86,6 +86,31 @@ CASES = {
             ("features.13", 256, 16),
             ("features.20", 512, 8),
         ],
+        16,
+    ),
+    # Stem (3x3/2 conv) straight into a stride-2 block: nothing runs at 32x32 but the stem's
+    # own conv, so no BAM there (at 224: none at 112x112), whether or not the stem is nested.
+    "tv_mobilenet_v3_small": (
+        lambda: torchvision.models.mobilenet_v3_small(),
+        [("features.1", 16, 16), ("features.3", 24, 8), ("features.8", 48, 4)],
+        8,
+    ),
+    "timm_mobilenetv3_small_100": (
+        lambda: timm.create_model("mobilenetv3_small_100", pretrained=False),
+        [("blocks.0", 16, 16), ("blocks.1", 24, 8), ("blocks.3", 48, 4)],
+        8,
+    ),
+    # A stem in a Sequential (conv1) then a max-pool, as in a ResNet: no BAM in the stem.
+    "tv_shufflenet_v2": (
+        lambda: torchvision.models.shufflenet_v2_x0_5(),
+        [("stage2", 48, 8), ("stage3", 96, 4)],
+        16,
+    ),
+    # A deep stem (3x3/2 conv, then two 3x3/1 convs at 32x32) is a stage by the rule: the
+    # stride-1 convs keep the size, so BAM goes before the max-pool.
+    "timm_resnet18d": (
+        lambda: timm.create_model("resnet18d", pretrained=False),
+        [("act1", 64, 32), ("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
         16,
     ),
     "timm_resnet50": (
@@ -246,3 +271,102 @@ def test_non_image_model():
 def test_channels_too_small_for_reduction_ratio():
     with pytest.raises(ValueError, match=r"\('features.1', 16\).*reduction_ratio<=16"):
         add_bam(torchvision.models.mobilenet_v2(), torch.randn(2, 3, 64, 64), reduction_ratio=32)
+
+
+def _stem_then_stride_2(nested: bool) -> nn.Module:
+    stem = [nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU()]
+    body = [
+        nn.Conv2d(16, 32, 3, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, 1, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, 1, 1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ]
+    return nn.Sequential(nn.Sequential(*stem), *body) if nested else nn.Sequential(*stem, *body)
+
+
+def test_stem_rule_does_not_depend_on_nesting():
+    x = torch.randn(2, 3, 32, 32)
+    placed = []
+    for nested in (False, True):
+        model = add_bam(_stem_then_stride_2(nested), x)
+        placed.append([(p.channels, p.size) for p in model.bam_report])
+    # Only the stage at 8x8 (its stride-1 conv), before the max-pool; nothing after the stem.
+    assert placed == [[(32, (8, 8))], [(32, (8, 8))]]
+
+
+def test_add_bam_on_mobilenet_v1_matches_the_paper_network():
+    x = torch.randn(2, 3, 64, 64)
+    model = add_bam(create_model("mobilenet_v1"), x)
+    paper = create_model("bam_mobilenet_v1")
+    want = [m.channels for m in paper.modules() if isinstance(m, BAM)]
+    assert [p.channels for p in model.bam_report] == want == [64, 128, 256, 512]
+    assert [p.size for p in model.bam_report] == [(32, 32), (16, 16), (8, 8), (4, 4)]
+
+
+def test_add_bam_again_at_a_module_that_has_one_is_an_error():
+    x = torch.randn(2, 3, 32, 32)
+    model = add_bam(torchvision.models.resnet18(), x)
+    keys = set(model.state_dict())
+    with pytest.raises(ValueError, match=r"layer1 already has a BAM after it \(layer1\.bam\)"):
+        add_bam(model, x, at=["layer1"])
+    assert set(model.state_dict()) == keys
+    # The same for a module wrapped in BAMAfter, and for a BAM beside it in a Sequential.
+    add_bam(model, x, at=["conv1"])
+    with pytest.raises(ValueError, match=r"conv1 already has a BAM after it \(conv1\.bam\)"):
+        add_bam(model, x, at=["conv1"])
+    plain = add_bam(plain_cnn(), x)
+    assert plain.bam_report[0].bam_path == "2_bam"
+    with pytest.raises(ValueError, match=r"2 already has a BAM after it \(2_bam\)"):
+        add_bam(plain, x, at=["2"])
+
+
+def test_a_name_twice_in_at_is_an_error():
+    model = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match=r"at names \['layer1'\] more than once"):
+        add_bam(model, torch.randn(2, 3, 64, 64), at=["layer1", "layer1"])
+    assert not any(isinstance(m, BAM) for m in model.modules())
+
+
+def test_a_clash_with_an_existing_child_named_bam_is_an_error():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3, padding=1)
+            self.bam = nn.Conv2d(32, 32, 1)  # the user's own, not a torch_bam BAM
+
+        def forward(self, x):
+            return self.bam(self.conv(x))
+
+    net = nn.Sequential(Block(), nn.MaxPool2d(2), nn.Conv2d(32, 32, 3))
+    # Its parent is a Sequential: BAM goes beside it, under a key of its own.
+    add_bam(net, torch.randn(2, 3, 16, 16), at=["0"])
+    assert net.bam_report[0].bam_path == "0_bam"
+    wrapped = nn.Module()
+    wrapped.block = Block()
+    wrapped.forward = lambda x: wrapped.block(x)
+    with pytest.raises(ValueError, match=r"block has its own child named 'bam'.*block\.bam\.\*"):
+        add_bam(wrapped, torch.randn(2, 3, 16, 16), at=["block"])
+
+
+def test_every_accepted_add_bam_round_trips_through_the_state_dict():
+    x = torch.randn(2, 3, 32, 32)
+
+    def build():
+        torch.manual_seed(0)
+        model = add_bam(torchvision.models.resnet18(), x)
+        return add_bam(model, x, at=["conv1", "layer4"]).eval()
+
+    model = build()
+    with torch.no_grad():  # move every BAM weight off its initial value
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    fresh = build()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))

@@ -14,8 +14,13 @@ very tensor it takes as input (``layer1`` in a ResNet). So models whose blocks d
 inside themselves get a BAM after the last block before the downsampling block.
 
 Skipped on purpose, as in the paper:
-- the stem: a downsampling with no convolution since the previous one (or since the input),
-  e.g. a ResNet's max-pool right after its stride-2 conv: no BAM at 112x112;
+- the stem: the strided convolutions and pools before the first stage, where a stage is a run
+  of layers with a convolution that keeps the spatial size. A downsampling with no such
+  convolution since the previous one (or since the input) gets no BAM before it: a ResNet's
+  max-pool after its 7x7/2 conv, a MobileNetV3's first stride-2 block after its 3x3/2 conv, so
+  no BAM at 112x112. Only leaf convolutions count, so how the stem is nested (flat, or in a
+  ``Sequential``) changes nothing. A deep stem with stride-1 convolutions (ResNet-D) is a stage
+  by this rule and gets a BAM before its max-pool;
 - the last stage: a downsampling after which no convolution runs (global pooling, a VGG's last
   max-pool before the classifier);
 - global pooling to 1x1.
@@ -190,6 +195,17 @@ def _smaller(a: Tensor, b: Tensor) -> bool:
     return (b.shape[2] < a.shape[2] or b.shape[3] < a.shape[3]) and b.shape[2:] != (1, 1)
 
 
+def _keeps_size(c: _Call) -> bool:
+    """A call on a feature map (not a pooled 1x1 one, as in squeeze-and-excitation) that
+    returns a map of the same height and width."""
+    return (
+        c.input is not None
+        and c.output is not None
+        and c.input.shape[2:] == c.output.shape[2:]
+        and c.input.shape[2:] != (1, 1)
+    )
+
+
 def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
     """The module calls after which :func:`add_bam` puts a BAM (see the module docstring)."""
     example_input = _default_input(model) if example_input is None else example_input
@@ -222,12 +238,14 @@ def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> 
         downs[top.start] = top
 
     conv_starts = sorted(c.start for c in calls if _has_conv(c.module))
+    # Convs that keep the spatial size: the layers of a stage, as opposed to a stem's strided
+    # conv. Leaf calls only, so nesting a stem in a Sequential does not turn it into a stage.
+    stage_conv_starts = sorted(c.start for c in calls if _has_conv(c.module) and _keeps_size(c))
     points: list[_Call] = []
     prev_start = -1
     for d in sorted(downs.values(), key=lambda c: c.start):
-        # A conv since the previous downsampling began (not counting a downsampling conv
-        # itself, as in a stem), and a conv from this one on.
-        convs_before = any(prev_start < s < d.start for s in conv_starts)
+        # A stage since the previous downsampling began, and a conv from this one on.
+        convs_before = any(prev_start < s < d.start for s in stage_conv_starts)
         convs_after = any(s >= d.start for s in conv_starts)
         prev_start = d.start
         if not (convs_before and convs_after):
@@ -267,24 +285,59 @@ def _plain_sequential(m: nn.Module) -> bool:
     return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
 
 
-def _insert(model: nn.Module, path: str, bam: BAM) -> str:
-    """Put ``bam`` after the module at ``path``; return the BAM's own path."""
+def _placement(model: nn.Module, path: str) -> tuple[str, str]:
+    """How a BAM goes after the module at ``path`` (``"append"``, ``"beside"`` or ``"wrap"``)
+    and the BAM's own path; a ValueError where a BAM is there already or the keys would clash."""
     module = model.get_submodule(path)
     parent_path, _, name = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
+    beside = f"{parent_path + '.' if parent_path else ''}{name}_bam"
+    existing = None
+    if isinstance(module, BAM):
+        existing = path
+    elif isinstance(module, BAMAfter) or (
+        _plain_sequential(module) and isinstance(module._modules.get("bam"), BAM)
+    ):
+        existing = f"{path}.bam"
+    elif _plain_sequential(parent) and isinstance(parent._modules.get(f"{name}_bam"), BAM):
+        existing = beside
+    if existing is not None:
+        raise ValueError(
+            f"add_bam: {path} already has a BAM after it ({existing}); a second one would stack "
+            f"two BAMs on one map (and share its state_dict keys). Leave {path!r} out of at=."
+        )
     if _plain_sequential(module) and "bam" not in module._modules:
-        module.add_module("bam", bam)
-        return f"{path}.bam"
+        return "append", f"{path}.bam"
     if _plain_sequential(parent) and f"{name}_bam" not in parent._modules:
+        return "beside", beside
+    # BAMAfter keeps the module's keys at this level, beside its own bam.*: they must not meet.
+    if "bam" in module._modules or any(k.split(".")[0] == "bam" for k in module.state_dict()):
+        raise ValueError(
+            f"add_bam: {path} has its own child named 'bam', so a BAM after it would share the "
+            f"state_dict keys {path}.bam.* and one would be lost on load. Put BAM after another "
+            f"module with at=, or place torch_bam.BAM by hand."
+        )
+    return "wrap", f"{path}.bam"
+
+
+def _insert(model: nn.Module, path: str, bam: BAM) -> str:
+    """Put ``bam`` after the module at ``path``; return the BAM's own path."""
+    how, bam_path = _placement(model, path)
+    module = model.get_submodule(path)
+    parent_path, _, name = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    if how == "append":
+        module.add_module("bam", bam)
+    elif how == "beside":
         items = list(parent._modules.items())
         parent._modules.clear()
         for key, child in items:
             parent._modules[key] = child
             if key == name:
                 parent._modules[f"{name}_bam"] = bam
-        return f"{parent_path + '.' if parent_path else ''}{name}_bam"
-    setattr(parent, name, BAMAfter(module, bam))
-    return f"{path}.bam"
+    else:
+        setattr(parent, name, BAMAfter(module, bam))
+    return bam_path
 
 
 @torch.no_grad()
@@ -334,8 +387,9 @@ def add_bam(
 
     Raises:
         ValueError: no Conv2d or the model fails on an image batch; no spatial downsampling;
-            an unknown name in ``at`` (the error lists the valid ones); too few channels for
-            the reduction ratio.
+            an unknown name in ``at`` (the error lists the valid ones), a name given twice, or
+            a module that already has a BAM after it; too few channels for the reduction
+            ratio.
 
     Example:
         >>> model = add_bam(torchvision.models.resnet50())
@@ -376,7 +430,15 @@ def add_bam(
                 f"add_bam: no module {unknown} with a 4-D output in {type(model).__name__}. "
                 f"Valid names: {', '.join(calls)}."
             )
+        twice = sorted({name for name in at if at.count(name) > 1})
+        if twice:
+            raise ValueError(
+                f"add_bam: at names {twice} more than once; that would stack BAMs on one map. "
+                f"Name each module once."
+            )
         points = [calls[name] for name in at]
+        for name in at:  # every check before the first change: all of at, or nothing
+            _placement(model, name)
     p = next(model.parameters(), None)
     if p is not None:
         bam_kwargs.setdefault("device", p.device)

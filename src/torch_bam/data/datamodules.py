@@ -216,11 +216,12 @@ class CIFAR100DataModule(_CIFAR):
 
 def _load_checked(path: str):
     """Open an image, naming the file when it cannot be read."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from .images import open_image
 
     try:
-        with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+        return open_image(path, "RGB")  # 16-bit and float pixels scaled, not clipped
     except (OSError, UnidentifiedImageError) as e:
         raise OSError(
             f"Cannot read image {path!r} ({e}). Remove or replace the file and run again."

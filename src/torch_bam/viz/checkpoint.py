@@ -6,46 +6,162 @@ Format (a ``torch.save`` dict)::
      "image_size": 48, "mean": [...], "std": [...], "state_dict": {...}, "extra": {...}}
 
 ``load_checkpoint`` also reads a Lightning ``.ckpt`` whose ``hyper_parameters`` name the model
-(``model`` or ``model_name``) and whose ``state_dict`` keys carry a ``model.`` prefix.
+(``model`` or ``model_name``) and whose ``state_dict`` keys carry a ``model.`` prefix, as
+``torch-bam fit`` writes them.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain Python
+values only, so a file cannot run code when it is opened. One that holds anything else is
+refused with an error that names the object. Bad files and bad settings raise
+:class:`~torch_bam.errors.UsageError` (a ``ValueError``) naming the cause and the fix.
 """
 
 from __future__ import annotations
 
+import io
+import math
 import os
-import tempfile
+import pickle
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from .._io import atomic_write
+from ..errors import UsageError
+
 FORMAT = "torch-bam/1"
+
+__all__ = ["FORMAT", "input_settings", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(path: str, model_name: str, model: nn.Module, **meta: Any) -> None:
-    """Write ``model`` in the torch-bam format; written to a temp file first, then renamed."""
+    """Write ``model`` in the torch-bam format, whole or not at all (``atomic_write``).
+
+    ``meta`` holds ``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std`` (checked as
+    :func:`input_settings` checks them) and any ``extra`` plain values. A value that
+    ``torch.load(weights_only=True)`` could not read back (a NumPy scalar, an object) is refused
+    here, before anything is written.
+    """
     payload = {"format": FORMAT, "model": model_name, **meta, "state_dict": model.state_dict()}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(fd)
+    input_settings(meta, "save_checkpoint: the checkpoint")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"save_checkpoint: {_unsafe_global(e) or 'a value'} in the metadata could not be "
+            f"read back with torch.load(weights_only=True). Pass only tensors and plain Python "
+            f"values (int, float, str, list, dict), e.g. float(x) for a NumPy number."
+        ) from None
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
+def _unsafe_global(error: BaseException) -> str | None:
+    """The object a weights-only load refused (``io.open``), from torch's message."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return found.group(1) if found else None
+
+
+def read_checkpoint(path: str) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)``, every failure a one-line :class:`UsageError`."""
+    if not os.path.exists(path):
+        raise UsageError(f"no such checkpoint file: {path}. Pass a .ckpt or .pt file.")
+    if os.path.isdir(path):
+        raise UsageError(f"checkpoint {path} is a directory. Pass a .ckpt or .pt file.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = _unsafe_global(e)
+        if unsafe:
+            raise UsageError(
+                f"checkpoint {path} holds a pickled {unsafe}, not only tensors and plain "
+                f"values; loading it could run code, so torch-bam, which loads checkpoints with "
+                f"torch.load(weights_only=True), refuses it. If you trust the file, load it in "
+                f"Python with weights_only=False and save the weights again with "
+                f"torch_bam.viz.save_checkpoint."
+            ) from None
+        raise _unreadable(path, e) from None
+    except OSError as e:
+        raise UsageError(f"cannot read checkpoint {path} ({e.strerror or e}).") from None
+    except Exception as e:  # torch's zip reader, EOF, a stray pickle opcode: a damaged file
+        raise _unreadable(path, e) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise UsageError(
+            f"{path} is not a torch-bam or Lightning checkpoint (no 'state_dict'). Save one with "
+            f"torch_bam.viz.save_checkpoint or train with torch-bam fit."
+        )
+    return ckpt
+
+
+def _unreadable(path: str, error: BaseException) -> UsageError:
+    # torch's own messages run to paragraphs: keep the part that says what is wrong.
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    reason = detail.group(1) if detail else str(error).split("\n")[0].split(". ")[0]
+    reason = reason.strip()[:160] or "the file ends early"
+    return UsageError(
+        f"cannot read checkpoint {path}: it is empty, truncated, corrupt or not a torch.save "
+        f"file ({type(error).__name__}: {reason}). Pass the .ckpt or .pt file training wrote."
+    )
+
+
+def _positive_int(value: Any, name: str, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{where} has {name}={value!r}; it must be a whole number >= 1.")
+    return value
+
+
+def _floats(value: Any, name: str, where: str, in_chans: int) -> list[float]:
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if not isinstance(value, list | tuple) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value
+    ):
+        raise UsageError(f"{where} has {name}={value!r}; it must be a list of numbers.")
+    values = [float(v) for v in value]
+    if len(values) != in_chans:
+        raise UsageError(
+            f"{where} has {name}={values} for {in_chans} input channel"
+            f"{'s' if in_chans > 1 else ''}; it needs one value per channel."
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{where} has {name}={values}; every value must be finite.")
+    return values
+
+
+def input_settings(
+    meta: Mapping[str, Any], where: str
+) -> tuple[int, int, list[float], list[float]]:
+    """``(in_chans, image_size, mean, std)`` from checkpoint metadata, checked.
+
+    Defaults: 3 channels, 224 pixels, mean and std 0.5. A std of 0 would divide the image by
+    zero (NaN input), so every std must be > 0.
+    """
+    in_chans = _positive_int(meta.get("in_chans", 3), "in_chans", where)
+    size = _positive_int(meta.get("image_size", 224), "image_size", where)
+    mean = _floats(meta.get("mean", [0.5] * in_chans), "mean", where, in_chans)
+    std = _floats(meta.get("std", [0.5] * in_chans), "std", where, in_chans)
+    if any(s <= 0 for s in std):
+        raise UsageError(
+            f"{where} has std={std}; the image is divided by it, so every value must be > 0 "
+            f"(0 gives NaN input). Save the checkpoint with the std its training data used."
+        )
+    return in_chans, size, mean, std
 
 
 def load_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model a checkpoint names, load its weights, return ``(model.eval(), meta)``."""
+    """Build the model a checkpoint names, load its weights, return ``(model.eval(), meta)``.
+
+    Raises:
+        UsageError: the file is missing, unreadable or holds more than tensors and plain
+            values; it names no registered model; its weights do not fit that model with its
+            ``num_classes`` and ``in_chans``.
+    """
     from ..models import create_model
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(
-            f"load_checkpoint: {path} is not a torch-bam or Lightning checkpoint (no "
-            f"'state_dict'). Save one with torch_bam.viz.save_checkpoint or Lightning's Trainer."
-        )
+    ckpt = read_checkpoint(path)
     if "hyper_parameters" in ckpt:  # Lightning
         meta = dict(ckpt["hyper_parameters"])
         name = meta.get("model", meta.get("model_name"))
@@ -53,16 +169,62 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
         state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
     else:
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        if meta.get("format", FORMAT) != FORMAT:
+            raise UsageError(
+                f"{path} is in format {meta['format']!r}; this torch-bam reads {FORMAT!r}. "
+                f"Use the torch-bam version that wrote it."
+            )
         name = meta.get("model")
         state = ckpt["state_dict"]
     if not isinstance(name, str):
-        raise ValueError(
-            f"load_checkpoint: {path} does not name its model (hyper-parameter 'model' or "
-            f"'model_name'). Save it with the model name from torch_bam.list_models()."
+        raise UsageError(
+            f"{path} does not name its model (hyper-parameter 'model' or 'model_name'). Save it "
+            f"with a model name from torch_bam.list_models()."
         )
-    kwargs = {"num_classes": int(meta.get("num_classes", 1000))}
+    kwargs = {"num_classes": _positive_int(meta.get("num_classes", 1000), "num_classes", path)}
     if "in_chans" in meta:
-        kwargs["in_chans"] = int(meta["in_chans"])
-    model = create_model(name, **kwargs)
+        kwargs["in_chans"] = _positive_int(meta["in_chans"], "in_chans", path)
+    try:
+        model = create_model(name, **kwargs)
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+    _check_fit(model, state, path, name, kwargs)
     model.load_state_dict(state)
     return model.eval(), meta
+
+
+def _check_fit(model: nn.Module, state: Any, path: str, name: str, kwargs: dict) -> None:
+    """Name every way ``state`` does not fit ``model``, before load_state_dict's long error."""
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise UsageError(f"{path}: its state_dict is not a mapping of names to tensors.")
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {list(state[k].shape)} (model: {list(v.shape)})"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    problems = [
+        f"{what} {some(keys)}"
+        for what, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("other shapes:", shapes),
+        )
+        if keys
+    ]
+    settings = ", ".join(f"{k}={v}" for k, v in kwargs.items())
+    raise UsageError(
+        f"{path}: its weights do not fit model {name} with {settings} ({'; '.join(problems)}). "
+        f"The checkpoint names the wrong model, number of classes or input channels; save it "
+        f"again with the settings it was trained with."
+    )
