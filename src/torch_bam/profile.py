@@ -4,6 +4,9 @@ GFLOPs follow the paper: multiply-accumulates for ONE image, counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per MAC) and halved.
 Activation memory is the bytes autograd saves for backward during one training-mode forward
 pass of the batch (what training must hold), measured with ``saved_tensors_hooks``.
+Latency is timed in turns, every model once per turn (:func:`time_in_turns`), and reported as
+the median and range over the turns; two models compare by the median of their per-turn ratios
+(:func:`paired_ratio`), each ratio taken under one load.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def time_in_turns(
 
     Each turn calls every function once, the order reversed every other turn (A B, B A, ...),
     so that a change of load on a shared machine hits all of them alike and none always runs
-    first or right after the same other. ``result[k][i]`` is function ``k``'s time in turn ``i``.
+    first. ``result[k][i]`` is function ``k``'s time in turn ``i``.
     """
     for fn in fns:
         for _ in range(warmup):
@@ -354,16 +357,22 @@ def _check_args(input: int, batch: int, num_classes: int, in_chans: int, runs: i
             raise UsageError(f"{flag} must be at least 1, got {value}. Pass e.g. {fix}.")
 
 
-def _build(name: str, num_classes: int, in_chans: int, input: int) -> nn.Module:
-    """The model, after one forward pass that shows the input size suits it."""
-    from .models import create_model, list_models
+def _check_names(names: list[str]) -> None:
+    from .models import list_models
     from .models._registry import unknown_model_hint
 
-    if name not in list_models():
-        raise UsageError(
-            f"unknown model {name!r}.{unknown_model_hint(name)} The names are: "
-            f"{', '.join(list_models())}."
-        )
+    for name in names:
+        if name not in list_models():
+            raise UsageError(
+                f"unknown model {name!r}.{unknown_model_hint(name)} The names are: "
+                f"{', '.join(list_models())}."
+            )
+
+
+def _build(name: str, num_classes: int, in_chans: int, input: int) -> nn.Module:
+    """The model, after one forward pass that shows the input size suits it."""
+    from .models import create_model
+
     model = create_model(name, num_classes=num_classes, in_chans=in_chans).eval()
     try:
         with torch.no_grad():
@@ -392,6 +401,7 @@ def run(
 
     _check_args(input, batch, num_classes, in_chans, runs)
     names = [model] + ([vs] if vs else [])
+    _check_names(names)
     models = [(name, _build(name, num_classes, in_chans, input)) for name in names]
     profiles = profile_models(models, (in_chans, input, input), batch, runs=runs)
     if as_json:
