@@ -29,6 +29,71 @@ def test_cli_example(capsys):
     assert "step    5/5" in capsys.readouterr().out
 
 
-def test_cli_requires_a_command():
-    with pytest.raises(SystemExit):
+def test_cli_requires_a_command(capsys):
+    with pytest.raises(SystemExit) as exit_:
         main([])
+    assert exit_.value.code == 2
+    assert "torch-bam: error:" in capsys.readouterr().err
+
+
+# Each bad input, and a word the one-line message must contain (the flag or the cause).
+BAD_INPUTS = {
+    "profile unknown model": (["profile", "bam_resnet_50"], "unknown model 'bam_resnet_50'"),
+    "profile unknown --vs": (["profile", "small_cnn", "--vs", "nope"], "unknown model 'nope'"),
+    "profile --input 0": (["profile", "small_cnn", "--input", "0"], "--input"),
+    "profile --input 1": (["profile", "resnet18", "--input", "1"], "--input"),
+    "profile --input too small for the model": (
+        ["profile", "bam_small_cnn", "--input", "3", "--runs", "1"],
+        "--input",
+    ),
+    "profile --runs 0": (["profile", "small_cnn", "--runs", "0"], "--runs"),
+    "profile --in-chans 0": (["profile", "small_cnn", "--in-chans", "0"], "--in-chans"),
+    "profile --batch 0": (["profile", "small_cnn", "--batch", "0"], "--batch"),
+    "profile --num-classes 0": (["profile", "small_cnn", "--num-classes", "0"], "--num-classes"),
+    "example --steps 0": (["example", "--steps", "0"], "--steps"),
+    "example --steps -3": (["example", "--steps", "-3"], "--steps"),
+}
+
+
+@pytest.mark.parametrize("argv, says", list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_2(argv, says, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # refused before doing anything
+    assert err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith(f"torch-bam {argv[0]}: error: ") and "Traceback" not in err
+    assert says in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_model_suggests_the_close_name(capsys):
+    assert main(["profile", "bam_resnet_50"]) == 2
+    assert "'bam_resnet50'" in capsys.readouterr().err
+
+
+def test_misspelled_command_is_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["exampel"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "torch-bam: error: argument COMMAND: invalid choice: 'exampel'" in err
+    assert "Traceback" not in err
+
+
+def test_bad_flag_value_is_argparse_error_in_the_same_format(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile", "small_cnn", "--runs", "many"])
+    assert exit_.value.code == 2
+    assert "torch-bam profile: error: argument --runs: invalid int value: 'many'" in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["profile", "--help"], ["example", "--help"]])
+def test_help_exits_0(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: torch-bam")

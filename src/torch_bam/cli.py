@@ -102,7 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch for latency (default 1)")
     p.add_argument("--num-classes", type=int, default=1000, help="classes (default 1000)")
     p.add_argument("--in-chans", type=int, default=3, help="input channels (default 3)")
-    p.add_argument("--runs", type=int, default=5, help="timed runs after warm-up (default 5)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=10,
+        help="timed turns after warm-up; each runs every model once (default 10)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_profile)
     whats = ("train", "evaluate on the validation set", "test")

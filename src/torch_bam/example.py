@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .attention import record_attention
 from .bam import BAM
+from .errors import UsageError
 
 
 def make_batch(n: int, size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -67,6 +68,14 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float]:
 
 
 def run(steps: int = 150, batch_size: int = 32, size: int = 32, seed: int = 0) -> dict[str, float]:
+    """Train for ``steps`` SGD steps, print the progress and return the measured numbers."""
+    if steps < 1:
+        raise UsageError(
+            f"--steps must be at least 1, got {steps}: the example reports the loss of its first "
+            f"and last training steps. Pass a positive count, e.g. --steps 150 (the default)."
+        )
+    if batch_size < 1 or size < 4:  # the square is size // 4 pixels wide
+        raise UsageError(f"run: need batch_size >= 1 and size >= 4, got {batch_size} and {size}.")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = small_bam_cnn()

@@ -28,3 +28,62 @@ def test_list_models_pattern():
     assert torch_bam.list_models("bam_*") == sorted(
         n for n in torch_bam.list_models() if n.startswith("bam_")
     )
+
+
+def test_pretrained_true_says_none_ship_and_how_to_load_the_official_file():
+    with pytest.raises(ValueError, match="no pretrained weights") as error:
+        torch_bam.create_model("bam_resnet50", pretrained=True)
+    message = str(error.value)
+    assert "official_bam_resnet" in message and "load_official_checkpoint" in message
+    assert "weights_only=True" in message
+
+
+def test_pretrained_false_builds_the_model():
+    model = torch_bam.create_model("bam_small_cnn", pretrained=False, num_classes=3)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def _readme_block(marker: str) -> str:
+    """The fenced code block right after ``marker`` in the README."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = text[text.index(marker) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_readme_official_checkpoint_snippet_runs(tmp_path, monkeypatch):
+    """The README's snippet loads a file laid out as the official train_imagenet.py writes it
+    (DataParallel keys, {'state_dict': ..., 'best_prec1': a tensor, 'optimizer': ...}); random
+    weights stand in for the published ones."""
+    from torch import nn
+
+    from tests.helpers import randomize_
+    from tests.reference.official_resnet import ResidualNet
+    from torch_bam.compat import convert_official_state_dict
+
+    official = randomize_(ResidualNet(50, num_classes=1000), seed=0).eval()
+    probe = nn.Linear(1, 1)
+    torch.save(
+        {
+            "epoch": 90,
+            "arch": "resnet",
+            "state_dict": nn.DataParallel(official).state_dict(),
+            "best_prec1": torch.tensor(0.0),
+            "optimizer": torch.optim.SGD(probe.parameters(), lr=0.1, momentum=0.9).state_dict(),
+        },
+        tmp_path / "RESNET50_IMAGENET_BAM_best.pth.tar",
+    )
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(_readme_block("<!-- test: official checkpoint snippet"), scope)
+    model = scope["model"]
+    assert not model.training
+    # The file's weights, every one (output equality: tests/test_compat_official_resnet.py).
+    expected = convert_official_state_dict(official.state_dict())
+    loaded = model.state_dict()
+    assert loaded.keys() == expected.keys()
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert {m.combine for m in model.modules() if isinstance(m, BAM)} == {"product"}
+    assert model.layer2[0].conv2.stride == (2, 2)  # the stride in the 3x3, as the official code

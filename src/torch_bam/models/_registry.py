@@ -4,6 +4,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ..errors import UsageError
+
 __all__ = ["create_model", "list_models", "register_model", "register_pair"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -46,21 +48,39 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(n for n in _MODELS if fnmatch(n, pattern))
 
 
-def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
+def unknown_model_hint(name: str) -> str:
+    """ " Did you mean 'x', 'y'?" for a name that is not registered ("" if nothing is close)."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, list(_MODELS), n=3)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+
+
+NO_PRETRAINED = (
+    "torch_bam ships no pretrained weights. The official code's ImageNet BAM-ResNet-50 "
+    "checkpoint (github.com/Jongchan/attention-module) loads with "
+    "torch_bam.compat.official_bam_resnet(50, checkpoint=torch.load(path, map_location='cpu', "
+    "weights_only=True)); for a model you built with combine='product' and stride_in_3x3=True, "
+    "use torch_bam.compat.load_official_checkpoint(model, checkpoint)."
+)
+
+
+def create_model(
+    name: str, num_classes: int | None = None, pretrained: bool = False, **kwargs
+) -> nn.Module:
     """Build a registered model by name.
 
     ``num_classes`` defaults to each model's own: 1000 for ImageNet networks, 100 for CIFAR
-    ones, 10 for the small CNN.
+    ones, 10 for the small CNN. No pretrained weights ship: ``pretrained=True`` is an error
+    that says how to load the official code's checkpoint (:mod:`torch_bam.compat`).
     """
     if name not in _MODELS:
-        from difflib import get_close_matches
-
-        close = get_close_matches(name, list(_MODELS), n=3)
-        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
-            f"create_model: unknown model {name!r}.{hint} See torch_bam.list_models() for all "
-            f"{len(_MODELS)} names."
+        raise UsageError(
+            f"create_model: unknown model {name!r}.{unknown_model_hint(name)} See "
+            f"torch_bam.list_models() for all {len(_MODELS)} names."
         )
+    if pretrained:
+        raise UsageError(f"create_model({name!r}, pretrained=True): {NO_PRETRAINED}")
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     return _MODELS[name](**kwargs)

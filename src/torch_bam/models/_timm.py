@@ -12,7 +12,8 @@ import importlib.util
 import sys
 import warnings
 
-from ._registry import _MODELS, create_model
+from ..errors import UsageError
+from ._registry import _MODELS, NO_PRETRAINED, create_model
 
 __all__ = ["install", "register_with_timm", "timm_name"]
 
@@ -29,10 +30,9 @@ def _entrypoint(name: str):
         pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
     ):
         if pretrained:
-            raise ValueError(
-                f"{timm_name(name)}: torch_bam ships no pretrained weights. Build it with "
-                f"pretrained=False and load a checkpoint, or use torch_bam.add_bam on a "
-                f"pretrained timm model."
+            raise UsageError(
+                f"{timm_name(name)}: {NO_PRETRAINED} Or put BAM into a pretrained timm model "
+                f"with torch_bam.add_bam."
             )
         return create_model(name, **kwargs)
 
