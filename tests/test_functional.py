@@ -54,6 +54,21 @@ def test_matches_reference_forward_and_grads(backend, combine, layout, shape):
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (2, 5, 0, 4), (2, 5, 3, 0)])
+def test_empty_inputs_like_reference(backend, combine, layout, shape):
+    x, c, s = _inputs(shape, layout=layout)
+    g = torch.randn(shape)
+    y, grads = _run(bam_gate, x, c, s, combine, g)
+    y_ref, grads_ref = _run(bam_gate_ref, x, c, s, combine, g)
+    assert y.shape == shape
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)  # empty, or zeros (sums over no pixels)
+    with torch.no_grad():
+        assert bam_gate(x.clone(), c, s, combine, inplace=True).shape == shape
+
+
 def test_runs_through_the_registered_op():
     x, c, s = (t.requires_grad_() for t in _inputs((2, 4, 3, 3)))
     assert "torch_bam_bam_gate" in type(bam_gate(x, c, s).grad_fn).__name__

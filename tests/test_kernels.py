@@ -66,6 +66,24 @@ def test_kernel_direct(product, channels_last):
         torch.testing.assert_close(ours.reshape(leaf.shape), leaf.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (2, 5, 0, 4), (2, 0, 3, 4), (0, 0, 0, 0)])
+@pytest.mark.parametrize("product", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_empty_tensors(shape, product, channels_last):
+    # An empty batch (the last one of an epoch, a filtered batch) is no error in plain torch.
+    lib = _cpu.load()
+    assert lib is not None, _cpu.last_error()
+    b, ch, h, w = shape
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c, s = torch.randn(b, ch), torch.randn(b, 1, h, w)
+    assert _cpu.forward(lib, x, c, s, product).shape == shape
+    dx, dc, ds = _cpu.backward(lib, torch.randn_like(x), x, c, s, product)
+    assert (dx.shape, dc.shape, ds.shape) == (shape, c.shape, s.shape)
+    assert not dc.any() and not ds.any()  # sums over nothing are zero
+
+
 def test_extreme_logits_stay_finite():
     x = torch.ones(1, 2, 1, 2)
     c = torch.tensor([[200.0, -200.0]])

@@ -143,7 +143,7 @@ def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.T
     dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
     nt = torch.get_num_threads()
     # Enough chunks per image that small batches still keep every thread busy.
-    nchunk = max(1, min(ch if not cl else hw, -(-4 * nt // b)))
+    nchunk = max(1, min(ch if not cl else hw, -(-4 * nt // max(b, 1))))  # b = 0: no tasks
     part = torch.empty(b * nchunk, hw if not cl else ch)
     dx = torch.empty_like(x)
     dc = torch.empty(b, ch)
@@ -153,7 +153,7 @@ def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.T
         dx.data_ptr(), dc.data_ptr(), ds.data_ptr(), part.data_ptr(),
         b, ch, hw, nchunk, cl, mode, nt,
     )  # fmt: skip
-    part = part.view(b, nchunk, -1).sum(1)
+    part = part.view(b, nchunk, ch if cl else hw).sum(1)
     if cl:
         dc = part
     else:
