@@ -1,5 +1,6 @@
 """The memory-saving training path equals plain autograd, and keeps ~1x the input for backward."""
 
+import contextlib
 import copy
 from unittest import mock
 
@@ -187,6 +188,46 @@ def test_falls_back_to_plain_autograd(setup):
             assert x.grad is not None
     finally:
         set_backend("auto")
+
+
+_MODIFIED = {
+    "reduce conv": "spatial_att.gate_s.gate_s_conv_reduce0.weight",
+    "dilated conv": "spatial_att.gate_s.gate_s_conv_di_1.weight",
+    "final conv": "spatial_att.gate_s.gate_s_conv_final.weight",
+    "MLP linear": "channel_att.gate_c.0.weight",
+    "BN weight": "spatial_att.gate_s.gate_s_bn_di_0.weight",
+    "BN1d weight": "channel_att.gate_c.1.weight",
+    "frozen BN running var": "spatial_att.gate_s.gate_s_bn_di_0.running_var",
+}
+# Plain autograd keeps the ReLUs' outputs and so never needs a bias in backward; the
+# memory-saving path recomputes the ReLUs' masks from the biases, so it checks them too.
+_BIASES = {
+    "BN bias": "spatial_att.gate_s.gate_s_bn_reduce0.bias",
+    "dilated conv bias": "spatial_att.gate_s.gate_s_conv_di_0.bias",
+    "MLP bias": "channel_att.gate_c.0.bias",
+}
+
+
+@pytest.mark.parametrize(
+    ("what", "path"),
+    [(w, p) for w in _MODIFIED for p in ("memory-saving", "plain")]
+    + [(w, "memory-saving") for w in _BIASES],
+)
+def test_weights_modified_in_place_before_backward_raise(what, path):
+    # Plain autograd refuses to backpropagate with weights changed since the forward pass;
+    # the memory-saving path recomputes from the module's weights, so it must check too.
+    block = BAM(64, reduction_ratio=8).train()
+    block.spatial_att.gate_s.gate_s_bn_di_0.train(not what.startswith("frozen"))
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    assert block_autograd.can_use(block, x)
+    with _plain() if path == "plain" else contextlib.nullcontext():
+        y = block(x)
+    name = {**_MODIFIED, **_BIASES}[what]
+    tensor = block.get_buffer(name) if "running" in name else block.get_parameter(name)
+    with torch.no_grad():
+        tensor.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 def test_autocast_bfloat16_cpu():

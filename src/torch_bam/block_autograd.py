@@ -195,7 +195,21 @@ class _BAMBlockFunction(torch.autograd.Function):
         finally:
             for hook in hooks:
                 hook.remove()
-        ctx.save_for_backward(x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits)
+        # The parameters (and a frozen BN's running statistics) are saved too, though they are
+        # the module's own tensors: backward recomputes from them, and autograd's version check
+        # on saved tensors then raises, as in plain autograd, if one was changed in place
+        # between forward and backward (instead of silently using the new values).
+        frozen = [
+            stat
+            for gate in (block.channel_att.gate_c, block.spatial_att.gate_s)
+            for m in gate
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
+            for stat in (m.running_mean, m.running_var)
+            if stat is not None
+        ]
+        ctx.save_for_backward(
+            x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits, *params, *frozen
+        )
         ctx.block, ctx.params = block, params
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
@@ -207,7 +221,7 @@ class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors
+        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors[:6]
         block: BAM = ctx.block
         dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
         need_x = ctx.needs_input_grad[1]
