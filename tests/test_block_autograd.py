@@ -111,6 +111,53 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(block, (xc,), fast_mode=True)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_hessian_vector_product_like_reference(mode):
+    # Second derivatives (create_graph=True) through the memory-saving path, e.g. for a
+    # gradient penalty or torch.autograd.functional.hvp, equal plain autograd's.
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train(mode == "train")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=gen)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    x.requires_grad_()
+    assert block_autograd.can_use(block, x)
+
+    def loss(t):
+        return block(t).pow(2).sum()
+
+    _, ours = torch.autograd.functional.hvp(loss, x, v)
+    # The same with every parameter's second-order term: grad of (dloss/dx . v).
+    dx = torch.autograd.grad(loss(x), x, create_graph=True)[0]
+    ours_p = torch.autograd.grad((dx * v).sum(), list(block.parameters()), allow_unused=True)
+    set_backend("reference")
+    try:
+        _, ref = torch.autograd.functional.hvp(loss, x, v)
+        dx = torch.autograd.grad(loss(x), x, create_graph=True)[0]
+        ref_p = torch.autograd.grad((dx * v).sum(), list(block.parameters()), allow_unused=True)
+    finally:
+        set_backend("auto")
+    assert ref.abs().max() > 0
+    assert_close(ours, ref, torch.float64)
+    for (name, _), a, b in zip(block.named_parameters(), ours_p, ref_p, strict=True):
+        if b is None:
+            assert a is None or not a.any(), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_gradgradcheck_float64(backend):
+    # "reference" is the way around any doubt: plain ATen ops all the way through.
+    block = BAM(16, reduction_ratio=2, dilation=1).double().train()
+    x = torch.randn(2, 16, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert block_autograd.can_use(block, x)
+    set_backend(backend)
+    try:
+        assert torch.autograd.gradgradcheck(block, (x,), fast_mode=True)
+    finally:
+        set_backend("auto")
+
+
 def _saved_bytes(block, x):
     storages = {}
 

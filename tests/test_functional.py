@@ -102,6 +102,29 @@ def test_gradcheck_float64(combine, layout):
     assert torch.autograd.gradcheck(lambda *a: bam_gate(*a, combine), (x, c, s))
 
 
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradgradcheck_float64(backend, combine, layout):
+    x, c, s = (t.requires_grad_() for t in _inputs((2, 3, 4, 5), torch.float64, layout))
+    assert torch.autograd.gradgradcheck(lambda *a: bam_gate(*a, combine), (x, c, s))
+
+
+@pytest.mark.parametrize("combine", ["sum", "product"])
+def test_hessian_vector_product_float32_like_reference(backend, combine):
+    # float32 on CPU: the first backward is the fused kernel's, unless a graph is wanted.
+    x, c, s = _inputs((2, 17, 5, 7))
+    v = tuple(torch.randn_like(t) for t in (x, c, s))
+
+    def loss(fn):
+        return lambda *a: fn(*a, combine).pow(2).sum()
+
+    _, ours = torch.autograd.functional.hvp(loss(bam_gate), (x, c, s), v)
+    _, ref = torch.autograd.functional.hvp(loss(bam_gate_ref), (x, c, s), v)
+    for a, b in zip(ours, ref, strict=True):
+        assert b.abs().max() > 0  # a real second derivative to compare against
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_opcheck():
     x, c, s = (t.requires_grad_() for t in _inputs((2, 6, 3, 5)))
     torch.library.opcheck(torch.ops.torch_bam.bam_gate.default, (x, c, s, "sum"))
