@@ -44,10 +44,14 @@ def main(turns: int = 40, calls: int = 500) -> None:
                 _Saves.apply(x, n, *six, *params).sum().backward()
             times[n].append((time.perf_counter() - start) / calls * 1e6)
     base, checked = (statistics.median(v) for v in times.values())
+    # Paired by turn: the load of a shared machine moves both timings of a turn together.
+    diffs = sorted(b - a for a, b in zip(*times.values(), strict=True))
+    quart = diffs[len(diffs) // 4], diffs[3 * len(diffs) // 4]
     print(f"forward+backward, saving 6 tensors: {base:.1f} us (median of {turns} turns)")
+    print(f"... and the {len(params)} parameters too: {checked:.1f} us")
     print(
-        f"... and the {len(params)} parameters too: {checked:.1f} us; difference "
-        f"{checked - base:+.1f} us per call"
+        f"difference per call, paired by turn: median {statistics.median(diffs):+.1f} us, "
+        f"quartiles {quart[0]:+.1f} / {quart[1]:+.1f} us"
     )
 
 

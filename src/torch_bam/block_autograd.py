@@ -203,7 +203,7 @@ class _BAMBlockFunction(torch.autograd.Function):
             stat
             for gate in (block.channel_att.gate_c, block.spatial_att.gate_s)
             for m in gate
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.training
+            if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and not m.training
             for stat in (m.running_mean, m.running_var)
             if stat is not None
         ]
