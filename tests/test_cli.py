@@ -97,3 +97,32 @@ def test_help_exits_0(argv, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: torch-bam")
+
+
+def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback():
+    # `torch-bam profile ... | head -1`: the pipe closes before everything is printed.
+    import subprocess
+    import sys
+
+    code = "import sys; from torch_bam.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "profile",
+            "small_cnn",
+            "--input",
+            "32",
+            "--runs",
+            "1",
+            "--num-classes",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader leaves before anything is printed (as `| head -0`)
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

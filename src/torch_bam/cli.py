@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UsageError
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(e).split())  # one line, whatever the message's layout
         print(f"torch-bam {command}: error: {message}".replace("  ", " "), file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `torch-bam profile ... | head`: the reader left; stop without a traceback. Point
+        # stdout at devnull so the interpreter's final flush does not raise again (the recipe
+        # of Python's signal docs, which also exit with status 1 here).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
