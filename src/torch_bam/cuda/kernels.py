@@ -62,6 +62,7 @@ except ImportError:  # pragma: no cover - the core imports without triton
 __all__ = [
     "DTYPES",
     "INTERPRETED",
+    "TUNE",
     "gate_backward",
     "gate_backward_dx",
     "gate_backward_reduce",
@@ -348,20 +349,26 @@ def _upcast(dtype: torch.dtype) -> bool:
 
 
 def _configs(d: int, ll: int, min_tile: int = 1) -> list[tuple[int, int, int]]:
-    """(BR, BL, num_warps) candidates for a [D, L] map; one when interpreted."""
+    """(BR, BL, num_warps) candidates for a [D, L] map; one when interpreted.
+
+    Wide along the contiguous axis L (vector loads, few partials for the row sums), 4096 or
+    8192 elements a program; three at most, since each costs a compile on first use.
+    """
     lo = max(min_tile, 1)
     if INTERPRETED:  # the interpreter's cost is per program: big tiles, no tuning
         return [(max(lo, min(64, _np2(d))), max(lo, min(64, _np2(ll))), 4)]
     out = []
-    for elems, warps in ((4096, 4), (8192, 8)):
-        for bl_cap in (128, 512):
-            bl = max(lo, min(bl_cap, _np2(ll)))
-            br = max(lo, min(elems // bl, _np2(d)))
-            if (br, bl, warps) not in out:
-                out.append((br, bl, warps))
+    for elems, warps, bl_cap in ((4096, 4, 128), (8192, 8, 128), (8192, 8, 512)):
+        bl = max(lo, min(bl_cap, _np2(ll)))
+        br = max(lo, min(elems // bl, _np2(d)))
+        if (br, bl, warps) not in out:
+            out.append((br, bl, warps))
     return out
 
 
+# Whether to time the configs on first use (else the first one runs): TORCH_BAM_TRITON_TUNE=0
+# turns it off, e.g. for a correctness run that should not compile every config.
+TUNE = os.environ.get("TORCH_BAM_TRITON_TUNE", "1") != "0"
 _best: dict[tuple, tuple] = {}
 
 
@@ -369,14 +376,14 @@ def _tuned(key: tuple, configs: list, launch):
     """Run ``launch(config)`` with the fastest config for ``key`` (timed once, on a GPU)."""
     best = _best.get(key)
     if best is None:
-        if len(configs) == 1 or INTERPRETED or torch.cuda.is_current_stream_capturing():
-            best = configs[0]
-        else:
-            from triton.testing import do_bench
+        if len(configs) == 1 or INTERPRETED or not TUNE:
+            return launch(configs[0])
+        if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph
+            return launch(configs[0])
+        from triton.testing import do_bench
 
-            times = [do_bench(lambda c=c: launch(c), warmup=5, rep=20) for c in configs]
-            best = configs[min(range(len(configs)), key=times.__getitem__)]
-        _best[key] = best
+        times = [do_bench(lambda c=c: launch(c), warmup=5, rep=20) for c in configs]
+        best = _best[key] = configs[min(range(len(configs)), key=times.__getitem__)]
     return launch(best)
 
 
@@ -578,7 +585,7 @@ def pool_reduce(
     if INTERPRETED:
         configs = [(max(16, min(64, _np2(hw))), max(16, min(64, _np2(ch))), 4)]
     else:
-        configs = [(bp, bc, 4) for bp in (32, 64) for bc in (32, 64)]
+        configs = [(32, 64, 4), (64, 32, 4), (64, 64, 8)]
     return _tuned(("pool", ch, hw, k, cl, b_reduce is not None, x.dtype), configs, launch)
 
 
