@@ -145,6 +145,18 @@ def test_gate_backward_dx(dtype, layout, k):
         _check(dx, _dx_ref(dy, c, s, product, *args, dtype), 2 * TOL[dtype], seed, f"dx {product}")
 
 
+
+def test_dr_whose_size_one_dim_has_an_odd_stride():
+    # Contiguous by torch's rule (a size-1 dim's stride does not count); the kernel must not
+    # read that stride.
+    gen, seed = _gen()
+    dy, c, s = _rand(gen, 2, 8, 7, 1), _rand(gen, 2, 8), _rand(gen, 2, 1, 7, 1)
+    wr, dr = _rand(gen, 3, 8), _rand(gen, 2, 3, 7, 1)
+    dr = dr.as_strided(dr.shape, (21, 7, 1, 999))
+    assert dr.is_contiguous()
+    dx = kernels.gate_backward_dx(dy, c, s, False, wr, dr)
+    _check(dx, _dx_ref(dy, c, s, False, wr, dr, None, torch.float32), 2e-5, seed, "dx")
+
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)

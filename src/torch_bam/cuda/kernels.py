@@ -520,10 +520,13 @@ def gate_backward_dx(
     cl, d, ll = _dl(dy)
     rv, cv = _rows_cols(dy, c, s)
     has_dr = dr is not None
-    # dr's strides as [B, K, HW]: fine for NCHW and channels_last dr (anything else is copied).
-    if has_dr and not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
-        dr = dr.contiguous()
-    dr_strides = (dr.stride(0), dr.stride(1), dr.stride(3)) if has_dr else (0, 0, 0)
+    # dr as [B, K, HW] by (image, channel, pixel) strides, NCHW or channels_last (anything else
+    # is copied). Canonical strides: a size-1 dim's own stride may be anything.
+    dr_strides = (0, 0, 0)
+    if has_dr:
+        if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
+            dr = dr.contiguous()
+        dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
     bk = max(16, min(64, _np2(k))) if has_dr else 16
 
     def launch(cfg):
