@@ -313,6 +313,39 @@ def test_gpu_script_without_cuda_exits_with_a_clear_message(capsys):
     assert "no CUDA device" in capsys.readouterr().err
 
 
+def test_tuning_keeps_the_fastest_config_and_skips_those_that_fail(monkeypatch):
+    # The GPU-only branch of kernels._tuned, with a fake do_bench: config "b" is fastest, "c"
+    # does not fit the card.
+    import triton.testing
+
+    fake_ms = {"a": 2.0, "b": 1.0}
+
+    def fake_do_bench(fn, warmup, rep):
+        return fake_ms[fn()]
+
+    def launch(cfg):
+        if cfg == "c":
+            raise RuntimeError("out of resources")
+        return cfg
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    monkeypatch.setattr(kernels, "INTERPRETED", False)
+    monkeypatch.setattr(kernels, "TUNE", True)
+    monkeypatch.setattr(kernels, "_best", {})
+    assert kernels._tuned(("k",), ["a", "c", "b"], launch) == "b"
+    fake_ms["a"] = 0.5  # timed once per key: the choice sticks
+    assert kernels._tuned(("k",), ["a", "c", "b"], launch) == "b"
+    monkeypatch.setattr(kernels, "TUNE", False)  # off: the first config, nothing cached
+    assert kernels._tuned(("other",), ["a", "b"], launch) == "a" and ("other",) not in kernels._best
+    monkeypatch.setattr(kernels, "TUNE", True)
+    with pytest.raises(RuntimeError, match="out of resources"):  # nothing fits: the error shows
+        kernels._tuned(("none",), ["c", "c"], launch)
+    # Inside a CUDA graph capture nothing is timed: the first config runs, nothing is cached.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert kernels._tuned(("graph",), ["a", "b"], launch) == "a" and ("graph",) not in kernels._best
+
+
 _COMPILE_FOR_H100 = """
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile

@@ -382,11 +382,18 @@ def _tuned(key: tuple, configs: list, launch):
     if best is None:
         if len(configs) == 1 or INTERPRETED or not TUNE:
             return launch(configs[0])
-        if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # in a graph
             return launch(configs[0])
         from triton.testing import do_bench
 
-        times = [do_bench(lambda c=c: launch(c), warmup=5, rep=20) for c in configs]
+        times = []
+        for c in configs:
+            try:
+                times.append(do_bench(lambda c=c: launch(c), warmup=5, rep=20))
+            except Exception:  # e.g. triton's OutOfResources: this config does not fit the card
+                times.append(float("inf"))
+        if min(times) == float("inf"):
+            return launch(configs[0])  # raises the error for the caller to see
         best = _best[key] = configs[min(range(len(configs)), key=times.__getitem__)]
     return launch(best)
 
