@@ -45,7 +45,7 @@ def test_empty_folder_is_a_usage_error(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "val").mkdir()
     with pytest.raises(UsageError, match="no class folders"):
-        _dm(tmp_path).num_classes
+        _ = _dm(tmp_path).num_classes
 
 
 def test_test_split_is_test_folder_when_there_is_one(tmp_path):

@@ -36,7 +36,8 @@ def test_broken_checkpoint(tmp_path, capsys, damage, command):
     ckpt = tmp_path / "model.ckpt"
     _write_checkpoint(ckpt)
     data = ckpt.read_bytes()
-    ckpt.write_bytes({"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"x" * 99}[damage])
+    broken = {"empty": b"", "truncated": data[: len(data) // 2], "garbage": b"x" * 99}
+    ckpt.write_bytes(broken[damage])
     run = tmp_path / "run"
     rc, err = _run(capsys, command, *TINY, f"--run_dir={run}", f"--ckpt_path={ckpt}")
     _assert_one_line_error(rc, err, command, "model.ckpt")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import warnings
 
 from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
@@ -33,7 +34,10 @@ class RunCSVLogger(CSVLogger):
         if self._experiment is not None or rank_zero_only.rank != 0:
             return super().experiment
         kept, header = self._rows_to_keep()
-        experiment = super().experiment  # Lightning's writer; it removes the old file
+        with warnings.catch_warnings():
+            if kept is not None:  # its "previous log files will be deleted" is not so here
+                warnings.filterwarnings("ignore", message="Experiment logs directory")
+            experiment = super().experiment  # Lightning's writer; it removes the old file
         if kept is not None:
             text = io.StringIO()
             writer = csv.DictWriter(text, fieldnames=header, lineterminator="\n")

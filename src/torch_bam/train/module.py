@@ -138,7 +138,10 @@ class ImageClassifier(L.LightningModule):
             self._steps_per_epoch = batches / self.trainer.accumulate_grad_batches
         for config in self.trainer.lr_scheduler_configs:  # the learning rate for this step
             sched = config.scheduler  # our LambdaLR: its factor needs the steps per epoch
-            lrs = [base * f(sched.last_epoch) for base, f in zip(sched.base_lrs, sched.lr_lambdas)]
+            lrs = [
+                base * f(sched.last_epoch)
+                for base, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+            ]
             for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
                 group["lr"] = lr
 

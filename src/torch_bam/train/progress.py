@@ -36,7 +36,8 @@ class EpochLines(ProgressBar):
         metrics = dict(self.get_metrics(self.trainer, self.trainer.lightning_module))
         metrics.pop("v_num", None)
         values = ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(metrics.items())
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in sorted(metrics.items())
         )
         seconds = time.monotonic() - self._start
         print(f"{head}: {values} ({seconds:.1f} s)" if values else head, flush=True)
