@@ -40,7 +40,7 @@ def test_intact_last_is_taken(tmp_path):
 def test_no_intact_checkpoint_is_a_usage_error(tmp_path):
     _truncate(_ckpt(tmp_path / "last.ckpt", 14, age=0))
     (tmp_path / "epoch=0-step=6.ckpt").write_bytes(b"")
-    with pytest.raises(UsageError, match="no intact checkpoint") as e, pytest.warns(UserWarning):
+    with pytest.raises(UsageError, match="no intact checkpoint") as e:
         resume_checkpoint(tmp_path)
     assert "last.ckpt" in str(e.value) and "without --resume" in str(e.value)
 

@@ -179,10 +179,18 @@ class BamCLI(LightningCLI):
         cfg = self.config[self.subcommand]
         if rank_zero_only.rank != 0:  # DDP: rank 0 holds the directory for all
             return run(**kwargs)
-        with RunDirLock(cfg.run_dir, what="torch-bam run"):
-            if self.subcommand == "fit":  # what a run killed mid-write left behind
-                remove_stale_temporaries(os.path.join(cfg.run_dir, "checkpoints"))
-            return run(**kwargs)
+        created = not os.path.isdir(cfg.run_dir)
+        try:
+            with RunDirLock(cfg.run_dir, what="torch-bam run"):
+                if self.subcommand == "fit":  # what a run killed mid-write left behind
+                    remove_stale_temporaries(os.path.join(cfg.run_dir, "checkpoints"))
+                return run(**kwargs)
+        except BaseException:
+            # A run that failed before writing anything (missing data, say) leaves no directory.
+            if created and os.listdir(cfg.run_dir) == [".lock"]:
+                os.unlink(os.path.join(cfg.run_dir, ".lock"))
+                os.rmdir(cfg.run_dir)
+            raise
 
     def fit(self, **kwargs):
         self._locked(self.trainer.fit, **kwargs)
