@@ -29,7 +29,7 @@ TINY = [
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _write_config(tmp_path, callbacks):
@@ -114,7 +114,7 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     )
     main(["fit", *common, f"--run_dir={cut}", f"--config={kill}"])
     assert _weights(cut / "checkpoints" / "last.ckpt") is not None
-    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
     # A crash while writing a checkpoint leaves a temporary file: the resumed run removes it.
     stale = cut / "checkpoints" / ".torch-bam-tmp-crashed.tmp"
     stale.write_bytes(b"half a checkpoint")

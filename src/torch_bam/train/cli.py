@@ -45,11 +45,12 @@ class SaveRunConfig(SaveConfigCallback):
     def setup(self, trainer, pl_module, stage):
         if self.already_saved:
             return
+        log_dir = trainer.log_dir  # on every rank: it is a collective (a broadcast) under DDP
         if trainer.is_global_zero:
             cfg = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
             cfg.pop("resume", None)
             cfg["ckpt_path"] = None
-            path = os.path.join(trainer.log_dir, self.config_filename)
+            path = os.path.join(log_dir, self.config_filename)
             atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
         self.already_saved = True
 

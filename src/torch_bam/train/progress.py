@@ -17,7 +17,7 @@ __all__ = ["EpochLines", "hide_tips"]
 
 
 class EpochLines(ProgressBar):
-    """``epoch 3/90: train/loss 1.234, val/top1_err 0.456 (12.3 s)`` after each epoch."""
+    """``epoch 3/90: train/loss <loss>, val/top1_err <error> (<time> s)`` after each epoch."""
 
     def __init__(self):
         super().__init__()
