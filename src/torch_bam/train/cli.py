@@ -31,8 +31,11 @@ from .progress import EpochLines, hide_tips, wants_lines
 
 __all__ = ["BamCLI", "main"]
 
-# Lightning's ckpt_path keywords other than "last" (which --resume's search replaces).
-_KEYWORDS = ("best", "hpc", "registry")
+
+def _keyword(ckpt_path) -> bool:
+    """Lightning's ckpt_path keywords other than "last" (which --resume's search replaces)."""
+    p = str(ckpt_path)
+    return p in ("best", "hpc", "registry") or p.startswith("registry:")
 
 
 class SaveRunConfig(SaveConfigCallback):
@@ -100,7 +103,7 @@ class BamCLI(LightningCLI):
             ckpt = cfg.ckpt_path = resume_checkpoint(checkpoints)
         elif ckpt == "last":
             ckpt = cfg.ckpt_path = resume_checkpoint(checkpoints)
-        if ckpt and not str(ckpt).startswith(_KEYWORDS):
+        if ckpt and not _keyword(ckpt):
             fix = (
                 "Pass --ckpt_path a .ckpt written by torch-bam fit (<run_dir>/checkpoints/)."
                 if sub != "fit"
@@ -204,7 +207,7 @@ class BamCLI(LightningCLI):
 
 
 def _resume_step(ckpt_path: str) -> int | None:
-    if str(ckpt_path).startswith(_KEYWORDS):
+    if _keyword(ckpt_path):
         return None
     ckpt = read_checkpoint(ckpt_path, "")
     return int(ckpt.get("global_step", 0))
