@@ -66,7 +66,10 @@ IMAGENET = [
 ]
 
 
-def recipe(model, data, epochs, milestones, gamma, wd, warmup, lr, batch, workers):
+def recipe(model, data, epochs, milestones, gamma, wd, warmup, lr):
+    # No batch size or workers under data: the data module's defaults are the recipe's (tests
+    # check the header against them), so pointing a recipe at other data (--data=...) takes
+    # that data's own defaults instead of ImageNet's 256 images and 8 workers.
     return {
         "seed_everything": 0,
         "trainer": {
@@ -86,7 +89,7 @@ def recipe(model, data, epochs, milestones, gamma, wd, warmup, lr, batch, worker
             "gamma": gamma,
             "warmup_epochs": warmup,
         },
-        "data": {"class_path": data, "init_args": {"batch_size": batch, "num_workers": workers}},
+        "data": {"class_path": data},
         "run_dir": f"runs/{model}",
     }
 
@@ -114,8 +117,6 @@ def main():
                 wd,
                 warmup,
                 0.1,
-                128,
-                4,
             )
             write(f"{model}_cifar100", header, cfg)
     for net in IMAGENET:
@@ -138,8 +139,6 @@ def main():
                 1e-4,
                 0.0,
                 0.1,
-                256,
-                8,
             )
             write(f"{model}_imagenet", header, cfg)
 

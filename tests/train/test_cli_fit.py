@@ -1,6 +1,10 @@
 """End-to-end runs of ``torch-bam fit | validate | test`` on tiny cluttered digits."""
 
+import csv
 import json
+import logging
+import os
+import warnings
 
 import torch
 import yaml
@@ -25,7 +29,7 @@ TINY = [
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def _write_config(tmp_path, callbacks):
@@ -34,9 +38,41 @@ def _write_config(tmp_path, callbacks):
     return str(cfg)
 
 
-def test_fit_reduces_loss_and_writes_run_dir(tmp_path):
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_fit_reduces_loss_and_writes_run_dir(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
-    main(["fit", *TINY, f"--run_dir={run}", "--trainer.max_epochs=3"])
+    monkeypatch.setenv("JSONARGPARSE_DEPRECATION_WARNINGS", "all")
+    info = _Records()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addHandler(info)
+    # The progress bar on: stdout is not a terminal here, so one plain line per epoch.
+    bar = [a for a in TINY if "progress_bar" not in a]
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert main(["fit", *bar, f"--run_dir={run}", "--trainer.max_epochs=3"]) == 0
+    finally:
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").removeHandler(info)
+    out = capsys.readouterr().out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "train/loss" in epoch_lines[-1] and "val/top1_err" in epoch_lines[-1]
+    assert len(out.splitlines()) < 20, out
+    assert not [m for m in info.messages if "Tip" in m]
+    messages = [f"{w.category.__name__}: {w.message}" for w in caught]
+    assert not [m for m in messages if "get_last_lr" in m or "Jsonargparse" in m], messages
     rows = (run / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
     col = header.index("train/loss")
@@ -47,13 +83,26 @@ def test_fit_reduces_loss_and_writes_run_dir(tmp_path):
     assert (run / "checkpoints" / "last.ckpt").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["fit"]["val/top1_err"] <= 1
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (run / "checkpoints").iterdir():  # no temporary files, the umask's mode
+        assert p.name.endswith(".ckpt") and p.stat().st_mode & 0o777 == 0o666 & ~umask, p
 
-    main(["validate", *TINY, f"--run_dir={run}", f"--ckpt_path={run}/checkpoints/last.ckpt"])
+    # Evaluating the run's checkpoint with the run's own config: the training logs stay.
+    fit_logs = {p.name: p.read_bytes() for p in (run / "logs").iterdir()}
+    config = run / "logs" / "config.yaml"
+    ckpt = f"--ckpt_path={run}/checkpoints/last.ckpt"
+    assert main(["validate", f"--config={config}", *TINY, ckpt]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     val = metrics["validate"]
     assert 0 <= val["val/top5_err"] <= val["val/top1_err"] <= 1
-    main(["test", *TINY, f"--run_dir={run}", f"--ckpt_path={run}/checkpoints/last.ckpt"])
-    assert "test/top1_err" in json.loads((run / "metrics.json").read_text())["test"]
+    assert val["val/top1_err"] == metrics["fit"]["val/top1_err"]  # the same weights, same images
+    assert main(["test", f"--config={config}", *TINY, ckpt]) == 0
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert "test/top1_err" in test and test["test/top1_err"] != val["val/top1_err"]
+    assert {p.name: p.read_bytes() for p in (run / "logs").iterdir()} == fit_logs
+    assert "val/top1_err" in _rows(run / "validate" / "metrics.csv")[0]
+    assert "test/top1_err" in _rows(run / "test" / "metrics.csv")[0]
 
 
 def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
@@ -65,8 +114,17 @@ def test_sigterm_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     )
     main(["fit", *common, f"--run_dir={cut}", f"--config={kill}"])
     assert _weights(cut / "checkpoints" / "last.ckpt") is not None
-    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+    # A crash while writing a checkpoint leaves a temporary file: the resumed run removes it.
+    stale = cut / "checkpoints" / ".torch-bam-tmp-crashed.tmp"
+    stale.write_bytes(b"half a checkpoint")
     main(["fit", *common, f"--run_dir={cut}", "--resume"])
+    assert not stale.exists()
+    # The resumed run's metrics.csv holds every step once, as the uninterrupted run's does.
+    straight_rows = _rows(tmp_path / "straight" / "logs" / "metrics.csv")
+    cut_rows = _rows(cut / "logs" / "metrics.csv")
+    key = ("epoch", "step")
+    assert [[r[k] for k in key] for r in cut_rows] == [[r[k] for k in key] for r in straight_rows]
     a = _weights(tmp_path / "straight" / "checkpoints" / "last.ckpt")
     b = _weights(cut / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()

@@ -47,9 +47,9 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
         "--trainer.max_epochs=1",
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    w0 = torch.load(tmp_path / "rank0.pt")
-    w1 = torch.load(tmp_path / "rank1.pt")
-    start = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    start = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert start["global_step"] == 96 // 16 // 2  # each rank saw half the data per step count
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
@@ -92,9 +92,11 @@ def test_ddp_stopped_mid_epoch_then_resumed_matches_uninterrupted_run(tmp_path):
     assert torch.load(ckpt_path, weights_only=True)["global_step"] == 8
     for r in (0, 1):
         # Each rank restored its own generators, not rank 0's.
-        assert torch.equal(torch.load(cut / f"rng_rank{r}.pt"), rng["ranks"][r]["torch"])
-        a = torch.load(straight / "w" / f"rank{r}.pt")
-        b = torch.load(cut / "w" / f"rank{r}.pt")
+        assert torch.equal(
+            torch.load(cut / f"rng_rank{r}.pt", weights_only=True), rng["ranks"][r]["torch"]
+        )
+        a = torch.load(straight / "w" / f"rank{r}.pt", weights_only=True)
+        b = torch.load(cut / "w" / f"rank{r}.pt", weights_only=True)
         assert a.keys() == b.keys()
         # Bit-equal: same batches in the same order, same CPU kernels, same 2-way gloo sums.
         for k in a:

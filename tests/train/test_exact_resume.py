@@ -47,7 +47,7 @@ def test_augmentation_and_step_noise_after_mid_epoch_resume_match_uninterrupted_
     # checkpoint (loader state), so the data order and augmentation still follow it.
     assert fit(cut, resume, "--resume", "--seed_everything=7") == 0
     # Nothing drew from the global RNG between the restore and the first resumed step.
-    assert torch.equal(torch.load(first), rng["torch"])
+    assert torch.equal(torch.load(first, weights_only=True), rng["torch"])
     a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=True)
     assert b["global_step"] == a["global_step"] == 12

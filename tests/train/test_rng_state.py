@@ -28,7 +28,7 @@ def test_checkpoint_of_a_fit_holds_the_rng_state(tmp_path):
 
     run = tmp_path / "run"
     main(["fit", *TINY, f"--run_dir={run}", "--trainer.max_epochs=1"])  # not 1000 by default
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     (state,) = [v for k, v in ckpt["callbacks"].items() if k.startswith("RNGState")]
     assert set(state) >= {"python", "numpy", "torch"}
     assert isinstance(state["torch"], torch.Tensor) and state["torch"].dtype == torch.uint8

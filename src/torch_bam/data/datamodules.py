@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import UsageError
 from .cluttered_digits import ClutteredDigits
 from .resumable_sampler import ResumableRandomSampler
 from .seeded import SeededSamples
@@ -21,13 +24,33 @@ __all__ = [
 ]
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _Base(L.LightningDataModule):
-    def __init__(self, batch_size: int, num_workers: int):
+    """``batch_size`` (per process) and ``num_workers`` left as ``None`` take this data's own
+    defaults below: a config that switches data (``--data=...``) carries over only what the
+    user set, not another data module's defaults."""
+
+    #: which images ``test`` evaluates: the data's own test split, or the validation one
+    test_split = "test"
+    default_batch_size = 64
+    default_num_workers = 0
+
+    def __init__(self, batch_size: int | None, num_workers: int | None):
         super().__init__()
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.batch_size = self.default_batch_size if batch_size is None else batch_size
+        if num_workers is None:
+            num_workers = self.default_num_workers
+        # More loader processes than cores only compete for them.
+        self.num_workers = min(num_workers, available_cores())
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
 
     def _loader(self, ds: Dataset, train: bool) -> DataLoader:
         cls, sampler = DataLoader, None
@@ -80,7 +103,7 @@ class _Base(L.LightningDataModule):
         return self._loader(self.val_set, False)
 
     def test_dataloader(self):
-        return self._loader(self.val_set, False)
+        return self._loader(self.test_set, False)
 
 
 class _ResumableLoader(DataLoader):
@@ -107,17 +130,24 @@ class _ResumableLoader(DataLoader):
 
 
 class ClutteredDigitsDataModule(_Base):
-    """Cluttered digits (see ``ClutteredDigits``): 10 classes, 1 channel, no download."""
+    """Cluttered digits (see ``ClutteredDigits``): 10 classes, 1 channel, no download; batches
+    of 64, no worker processes by default.
+
+    Training images draw on 1500 source digits; validation (``num_val``) and test
+    (``num_test``) images on the 297 others, placed among clutter drawn from separate seeds, so
+    the test images are not the validation images.
+    """
 
     num_classes = 10
     in_chans = 1
 
     def __init__(
         self,
-        batch_size: int = 64,
-        num_workers: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
         num_train: int = 6000,
         num_val: int = 1000,
+        num_test: int = 1000,
         canvas_size: int = 64,
         scale: int = 3,
         num_fragments: int = 6,
@@ -127,12 +157,18 @@ class ClutteredDigitsDataModule(_Base):
         self.kwargs = dict(
             canvas_size=canvas_size, scale=scale, num_fragments=num_fragments, seed=seed
         )
-        self.num_train, self.num_val = num_train, num_val
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
 
     def setup(self, stage: str | None = None):
         if self.train_set is None:
             self.train_set = ClutteredDigits("train", self.num_train, **self.kwargs)
             self.val_set = ClutteredDigits("test", self.num_val, **self.kwargs)
+            test_kwargs = {**self.kwargs, "seed": self.kwargs["seed"] + _TEST_SEED_OFFSET}
+            self.test_set = ClutteredDigits("test", self.num_test, **test_kwargs)
+
+
+# The test images' positions and clutter come from a seed no validation set of a nearby seed uses.
+_TEST_SEED_OFFSET = 1_000_003
 
 
 def _missing(name: str, root: Path, how: str) -> FileNotFoundError:
@@ -142,15 +178,21 @@ def _missing(name: str, root: Path, how: str) -> FileNotFoundError:
 
 
 class _CIFAR(_Base):
+    """CIFAR has a training and a test split, no validation split: ``validate`` and ``test``
+    both evaluate the 10,000 test images, as the papers report them. Batches of 128 and 4
+    worker processes by default."""
+
     num_classes = 10
     in_chans = 3
+    default_batch_size = 128
+    default_num_workers = 4
     _mean_std = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
     def __init__(
         self,
         root: str = "data",
-        batch_size: int = 128,
-        num_workers: int = 4,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
         download: bool = False,
     ):
         super().__init__(batch_size, num_workers)
@@ -191,6 +233,7 @@ class _CIFAR(_Base):
         cls = self._dataset_cls()
         self.train_set = cls(self.root, train=True, transform=train_tf)
         self.val_set = cls(self.root, train=False, transform=T.Compose([T.ToTensor(), norm]))
+        self.test_set = self.val_set
 
 
 class CIFAR10DataModule(_CIFAR):
@@ -229,24 +272,32 @@ def _load_checked(path: str):
 
 
 class ImageFolderDataModule(_Base):
-    """``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg``.
+    """``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg`` and, if there is one,
+    ``root/test/<class>/*.jpg``.
 
-    Train: RandomResizedCrop(224) and horizontal flip; evaluation: resize 256, centre crop 224.
+    Every split takes the training split's class index (a class missing from ``val/`` keeps its
+    label elsewhere, with a warning; a class only in ``val/`` or ``test/`` is an error).
+    ``test`` evaluates ``test/``, or ``val/`` when there is no ``test/`` (ImageNet has none with
+    labels); ``test_split`` says which. Train: RandomResizedCrop(224) and horizontal flip;
+    evaluation: resize 256, centre crop 224. Batches of 256 and 8 worker processes by default.
     """
 
     in_chans = 3
+    default_batch_size = 256
+    default_num_workers = 8
 
     def __init__(
         self,
         root: str = "data/imagenet",
-        batch_size: int = 256,
-        num_workers: int = 8,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
         image_size: int = 224,
         resize_size: int = 256,
     ):
         super().__init__(batch_size, num_workers)
         self.root = Path(root)
         self.image_size, self.resize_size = image_size, resize_size
+        self.test_split = "test" if (self.root / "test").is_dir() else "val"
 
     def _check(self):
         for split in ("train", "val"):
@@ -258,21 +309,50 @@ class ImageFolderDataModule(_Base):
                     f"Expected {self.root}/train/<class>/*.jpg and {self.root}/val/<class>/*.jpg.",
                 )
 
+    def _classes(self) -> list[str]:
+        self._check()
+        classes = sorted(p.name for p in os.scandir(self.root / "train") if p.is_dir())
+        if not classes:
+            raise UsageError(
+                f"{type(self).__name__}: no class folders under {str(self.root / 'train')!r}. "
+                f"Put each class's images in {self.root}/train/<class>/ (and val/<class>/), "
+                "or set --data.root to where they are."
+            )
+        return classes
+
     @property
     def num_classes(self) -> int:
-        self._check()
-        return sum(1 for p in (self.root / "train").iterdir() if p.is_dir())
+        return len(self._classes())
 
     def prepare_data(self):
-        self._check()
+        self._classes()
+
+    def _split(self, split: str, classes: list[str], transform):
+        d = self.root / split
+        present = sorted(p.name for p in os.scandir(d) if p.is_dir())
+        unknown = sorted(set(present) - set(classes))
+        if unknown:
+            raise UsageError(
+                f"{type(self).__name__}: class folder(s) {', '.join(map(repr, unknown))} in "
+                f"{str(d)!r} are not in {str(self.root / 'train')!r}, so the model has no label "
+                "for them. Remove them, or add their training images."
+            )
+        missing = sorted(set(classes) - set(present))
+        if missing:
+            warnings.warn(
+                f"{type(self).__name__}: {split}/ has no images of class "
+                f"{', '.join(map(repr, missing))}; its other classes keep the labels of train/.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return _split_folder(d, classes, transform)
 
     def setup(self, stage: str | None = None):
         import torchvision.transforms as T
-        from torchvision.datasets import ImageFolder
 
         if self.train_set is not None:
             return
-        self._check()
+        classes = self._classes()
         norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
         train_tf = T.Compose(
             [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
@@ -280,8 +360,24 @@ class ImageFolderDataModule(_Base):
         eval_tf = T.Compose(
             [T.Resize(self.resize_size), T.CenterCrop(self.image_size), T.ToTensor(), norm]
         )
-        self.train_set = ImageFolder(self.root / "train", train_tf, loader=_load_checked)
-        self.val_set = ImageFolder(self.root / "val", eval_tf, loader=_load_checked)
+        self.train_set = self._split("train", classes, train_tf)
+        self.val_set = self._split("val", classes, eval_tf)
+        if self.test_split == "test":
+            self.test_set = self._split("test", classes, eval_tf)
+        else:
+            self.test_set = self.val_set
+
+
+def _split_folder(root: Path, classes: list[str], transform):
+    """An ``ImageFolder`` of ``root`` labelled with the given (the training split's) classes."""
+    from torchvision.datasets import ImageFolder
+
+    ds = ImageFolder(root, transform, loader=_load_checked, allow_empty=True)
+    index = {c: i for i, c in enumerate(classes)}
+    ds.samples = ds.imgs = [(path, index[ds.classes[y]]) for path, y in ds.samples]
+    ds.targets = [y for _, y in ds.samples]
+    ds.classes, ds.class_to_idx = list(classes), index
+    return ds
 
 
 class ImageNetDataModule(ImageFolderDataModule):

@@ -13,6 +13,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from .._io import atomic_write_text
+
 __all__ = ["MetricsJSON", "RNGState", "SaveOnSIGTERM"]
 
 
@@ -144,10 +146,8 @@ class MetricsJSON(L.Callback):
         }
         data[stage]["epoch"] = trainer.current_epoch
         data[stage]["global_step"] = trainer.global_step
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic: a reader never sees half a file
+        # A uniquely named temporary file beside it: a reader never sees half a file.
+        atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True))
 
     def on_fit_end(self, trainer, pl_module):
         self._write(trainer, "fit")

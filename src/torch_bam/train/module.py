@@ -35,7 +35,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(
         self,
         model: str | nn.Module = "bam_small_cnn",
-        num_classes: int = 10,
+        num_classes: int | None = 10,
         in_chans: int = 3,
         lr: float = 0.1,
         momentum: float = 0.9,
@@ -58,6 +58,8 @@ class ImageClassifier(L.LightningModule):
                 "ImageClassifier: schedule must be 'step', 'cosine' or 'constant', "
                 f"got {schedule!r}."
             )
+        if num_classes is None:
+            raise ValueError("ImageClassifier: num_classes is needed (the data's classes).")
         self.save_hyperparameters(ignore=["model"] if isinstance(model, nn.Module) else None)
         if isinstance(model, str):
             from .. import create_model
@@ -135,8 +137,12 @@ class ImageClassifier(L.LightningModule):
         if math.isfinite(batches) and batches > 0:
             self._steps_per_epoch = batches / self.trainer.accumulate_grad_batches
         for config in self.trainer.lr_scheduler_configs:  # the learning rate for this step
-            sched = config.scheduler
-            for group, lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
+            sched = config.scheduler  # our LambdaLR: its factor needs the steps per epoch
+            lrs = [
+                base * f(sched.last_epoch)
+                for base, f in zip(sched.base_lrs, sched.lr_lambdas, strict=True)
+            ]
+            for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
                 group["lr"] = lr
 
     def _param_groups(self):

@@ -1,0 +1,111 @@
+"""Checkpoints written whole beside their final name, and read back with a clear error.
+
+Lightning's own writer (``TorchCheckpointIO``) stages the file in ``$TMPDIR`` and moves it into
+place; when ``$TMPDIR`` is another filesystem (common on clusters) the move is a copy, and a kill
+during it leaves a truncated ``last.ckpt`` and a stray temporary file. ``AtomicCheckpointIO``
+writes through :func:`torch_bam._io.atomic_write` instead: a temporary file in the checkpoint's
+own directory, fsynced, then renamed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.utilities import rank_zero_warn
+
+from .._io import atomic_write
+from ..errors import UsageError
+
+__all__ = ["AtomicCheckpointIO", "check_weights", "read_checkpoint", "resume_checkpoint"]
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local writes are atomic and take the process umask's mode."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if storage_options is not None or not isinstance(get_filesystem(path), LocalFileSystem):
+            # Remote storage (s3://, ...) or options only Lightning's writer knows.
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def read_checkpoint(path: str | os.PathLike, fix: str) -> dict:
+    """Load ``path`` (tensors only, lazily) or raise :class:`UsageError` naming it and ``fix``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"No checkpoint file {path!r}. {fix}")
+    try:
+        # mmap: only the record index is read; a truncated file has lost it (it is at the end).
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a broken file
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise UsageError(
+            f"Cannot read checkpoint {path!r}: it is truncated, empty or not a checkpoint "
+            f"({type(e).__name__}: {detail}). {fix}"
+        ) from None
+
+
+def resume_checkpoint(checkpoint_dir: str | os.PathLike) -> str:
+    """The newest intact checkpoint in ``checkpoint_dir`` (``last.ckpt`` when it is whole).
+
+    A truncated or corrupt one (a run killed while writing on a filesystem without atomic
+    renames, a full disk) is skipped with a warning that names it.
+    """
+    d = os.fspath(checkpoint_dir)
+    names = [n for n in os.listdir(d) if n.endswith(".ckpt")] if os.path.isdir(d) else []
+    if not names:
+        raise UsageError(
+            f"--resume: nothing to resume in {d!r} (no .ckpt files). Start the run without "
+            "--resume, or set --run_dir to the directory of the run to continue."
+        )
+    paths = [os.path.join(d, n) for n in names]
+    # Newest first; last.ckpt first among equals (it is written just after the epoch file).
+    paths.sort(key=lambda p: (os.path.getmtime(p), os.path.basename(p) == "last.ckpt"))
+    broken = []
+    for path in reversed(paths):
+        try:
+            read_checkpoint(path, "")
+        except UsageError:
+            broken.append(os.path.basename(path))
+            continue
+        if broken:
+            rank_zero_warn(
+                f"--resume: {', '.join(broken)} truncated or corrupt; resuming from "
+                f"{os.path.basename(path)}, the newest intact checkpoint."
+            )
+        return path
+    raise UsageError(
+        f"--resume: no intact checkpoint in {d!r} ({', '.join(broken)} are truncated or "
+        "corrupt). Delete them and start without --resume, or pass --ckpt_path to a good copy."
+    )
+
+
+def check_weights(model: torch.nn.Module, checkpoint: dict, path: str) -> None:
+    """Raise :class:`UsageError` if ``checkpoint['state_dict']`` does not fit ``model``."""
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise UsageError(
+            f"{path!r} holds no 'state_dict': it is not a Lightning checkpoint of torch-bam fit. "
+            "Pass a .ckpt from <run_dir>/checkpoints/."
+        )
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k} {list(state[k].shape)} in the checkpoint, {list(own[k].shape)} in the model"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    what = shapes[:2] + [f"missing {', '.join(missing[:3])}"] * bool(missing)
+    what += [f"unexpected {', '.join(unexpected[:3])}"] * bool(unexpected)
+    raise UsageError(
+        f"The checkpoint {path!r} does not match the model ({'; '.join(what)}). Use the model "
+        "and data it was trained with: pass the run's config, --config <run_dir>/logs/config.yaml."
+    )
