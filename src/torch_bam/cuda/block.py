@@ -1,0 +1,465 @@
+"""The BAM block on CUDA: two registered ops, forward and backward, for the whole block.
+
+Why two ops and not autograd over the layers: on a GPU the block's time was host time. The
+CPU room's memory-saving autograd (torch_bam.cpu.block) recomputes layers with nested
+``autograd.grad`` calls, and the plain module path launches ~60 small kernels plus autograd
+bookkeeping per block (../shared/docs/GPU_BASELINE.md). Here the block is
+
+* ``torch_bam::bam_block_cuda`` -- the forward, registered with ``torch.library`` with a fake
+  implementation and ``register_autograd``, so ``torch.compile(fullgraph=True)`` traces
+  through it (one opaque node) and autograd keeps one node per block;
+* ``torch_bam::bam_block_cuda_backward`` -- its backward, another opaque op, which calls the
+  ATen backward ops of the narrow branch directly (``native_batch_norm_backward``,
+  ``convolution_backward``, ``threshold_backward``, ``mm``) and the Triton kernels of
+  ``torch_bam.cuda.kernels`` for the work on ``x``-sized maps.
+
+The passes over ``x``-sized maps, per training step (the floor is two forward, three backward):
+
+    forward   pool_reduce           reads x: the global pool and the 1x1 reduce in one pass
+              gate_forward          reads x, writes y
+    backward  gate_backward_reduce  reads x, dy: dM_c (over pixels), dM_s (over channels)
+              reduce_weight_grad    reads x (and the narrow dr): the reduce conv's weight grad
+              gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
+
+Everything else works on the narrow branch: ``C // r`` channels (1/16 of ``x``) or ``[B, C]``.
+
+Saved for backward: ``x``, the reduce conv's output ``r`` and the last dilated conv's output
+(two ``C // r``-channel maps), ``M_c``, ``M_s`` and the [B, C]-sized channel-MLP values:
+about 1.13x the input's bytes at r = 16. Backward recomputes the layers between the two kept
+maps (a BatchNorm-apply + ReLU and one narrow dilated conv) from the saved batch statistics.
+
+BatchNorm running statistics: the forward op returns the updated running mean and variance of
+each BatchNorm in training mode (computed by ``native_batch_norm`` on copies, so they equal the
+plain path's), and :func:`block_forward` copies them into the buffers with one
+``_foreach_copy_``. (An op that mutates its inputs cannot have an autograd formula.)
+
+Second-order gradients are not supported: backward with ``create_graph=True`` raises a
+RuntimeError that names the fix.
+
+All the work runs on CUDA tensors; with ``torch_bam.functional.set_backend("triton")`` and
+``TRITON_INTERPRET=1`` it also runs on CPU tensors, which is how CI tests it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["block_forward", "supports"]
+
+_aten = torch.ops.aten
+# What dispatch accepts in the gates: the layers BAM builds, nothing else.
+_RELU, _LINEAR, _CONV, _BN1, _BN2 = nn.ReLU, nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d
+
+
+def _kernels():
+    from . import kernels  # imports triton: only when a block runs here
+
+    return kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# Which blocks this path takes
+
+
+def _plain_layer(m: nn.Module) -> bool:
+    return not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                or m._backward_pre_hooks)  # fmt: skip
+
+
+def _bn_ok(m: nn.Module, kind) -> bool:
+    if type(m) is not kind or not m.affine or not m.track_running_stats:
+        return False
+    # momentum=None means a cumulative average, 1 / num_batches_tracked: a host read.
+    return not (m.training and m.momentum is None)
+
+
+def _conv_ok(m: nn.Module, cin: int, cout: int, k: int) -> bool:
+    return (
+        type(m) is _CONV
+        and m.in_channels == cin
+        and m.out_channels == cout
+        and m.kernel_size == (k, k)
+        and m.stride == (1, 1)
+        and m.groups == 1
+        and m.bias is not None
+        and m.padding_mode == "zeros"
+        and not isinstance(m.padding, str)
+        and m.padding[0] == m.padding[1]
+        and m.dilation[0] == m.dilation[1]
+        and m.padding[0] == m.dilation[0] * (k // 2)  # the map keeps its size
+    )
+
+
+def _structure(block: nn.Module):
+    """(mlp layers, spatial layers) as lists if the gates are the layers BAM builds, else None."""
+    channel, spatial = block.channel_att, block.spatial_att
+    if not (_plain_layer(channel) and _plain_layer(spatial)):
+        return None  # hooks on a gate (record_attention): the plain path calls the gates
+    mlp, sp = list(channel.gate_c), list(spatial.gate_s)
+    if not all(_plain_layer(m) for m in mlp + sp):
+        return None
+    if len(mlp) % 3 != 1 or len(sp) % 3 != 1 or len(sp) < 4:
+        return None
+    for i in range(0, len(mlp) - 1, 3):
+        lin, bn, relu = mlp[i : i + 3]
+        if not (type(lin) is _LINEAR and lin.bias is not None and _bn_ok(bn, _BN1)):
+            return None
+        if type(relu) is not _RELU:
+            return None
+    if type(mlp[-1]) is not _LINEAR or mlp[-1].bias is None:
+        return None
+    c, h = block.channels, sp[0].out_channels if type(sp[0]) is _CONV else 0
+    for i in range(0, len(sp) - 1, 3):
+        conv, bn, relu = sp[i : i + 3]
+        ok = _conv_ok(conv, c, h, 1) if i == 0 else _conv_ok(conv, h, h, 3)
+        if not (ok and _bn_ok(bn, _BN2) and type(relu) is _RELU):
+            return None
+    if not _conv_ok(sp[-1], h, 1, 1):
+        return None
+    return mlp, sp
+
+
+def supports(block: nn.Module, x: Tensor) -> bool:
+    """Whether :func:`block_forward` takes ``block(x)``: the kernels take x, and the gates hold
+    exactly the layers BAM builds (no hooks, biases present, affine BatchNorms with running
+    statistics and a momentum)."""
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    if not _kernels().supported(x):
+        return False
+    return _structure(block) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops
+
+
+def _format(x: Tensor) -> torch.memory_format:
+    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _FakeKernels:
+    """Shapes, dtypes and layouts of the kernels' outputs, for the ops' fake implementations
+    (the same code as the real ones then runs on fake tensors, so both always agree)."""
+
+    @staticmethod
+    def pool_reduce(x, w_reduce, b_reduce=None):
+        b, c, h, w = x.shape
+        r = x.new_empty((b, w_reduce.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+        return x.new_empty((b, c), dtype=torch.float32), r
+
+    @staticmethod
+    def gate_forward(x, c, s, product):
+        return torch.empty_like(x, memory_format=_format(x))
+
+    @staticmethod
+    def gate_backward_reduce(dy, x, c, s, product):
+        b, ch, h, w = x.shape
+        f32 = torch.float32
+        return x.new_empty((b, ch), dtype=f32), x.new_empty((b, 1, h, w), dtype=f32)
+
+    @staticmethod
+    def gate_backward_dx(dy, c, s, product, w_reduce=None, dr=None, dpool=None):
+        return torch.empty_like(dy, memory_format=_format(dy))
+
+    @staticmethod
+    def reduce_weight_grad(x, dr):
+        return x.new_empty((dr.shape[1], x.shape[1]), dtype=torch.float32)
+
+
+def _empty_stats(z: Tensor) -> Tensor:
+    return z.new_empty((0,), dtype=torch.float32)
+
+
+def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float):
+    """native_batch_norm as nn.BatchNorm runs it. In training it runs on copies of the running
+    statistics, which come back updated as the plain path would have updated the buffers."""
+    if train:
+        rm, rv = rm.clone(), rv.clone()
+        out, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, momentum, eps)
+        return out, mean, invstd, rm, rv
+    out = _aten.native_batch_norm(z, w, b, rm, rv, False, momentum, eps)[0]
+    return out, _empty_stats(z), _empty_stats(z), rm, rv
+
+
+def _bn_again(z: Tensor, w, b, rm, rv, mean, invstd, train: bool, eps: float) -> Tensor:
+    """The BatchNorm's forward output again, from its saved statistics (no new reduction)."""
+    if train:  # invstd = 1 / sqrt(var + eps)
+        rm, rv = mean, invstd.pow(-2).sub_(eps)
+    return _aten.native_batch_norm(z, w, b, rm, rv, False, 0.0, eps)[0]
+
+
+def _forward(k, x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train,
+             bn_momentum, bn_eps, dilations, product, dtype):  # fmt: skip
+    hidden = len(mlp_w) - 1
+    stats: list[Tensor] = []
+    with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen here, explicitly
+        pooled, r = k.pool_reduce(x, conv_w[0].to(dtype), conv_b[0].to(dtype))
+        # The channel MLP on [B, C]: keep every value, they are tiny.
+        a = pooled.to(dtype)
+        mlp_saved = [a]
+        for i in range(hidden):
+            z = F.linear(a, mlp_w[i].to(dtype), mlp_b[i].to(dtype))
+            t, mean, invstd, rm, rv = _bn(
+                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i]
+            )
+            a = t.relu_()
+            mlp_saved += [z, a, mean, invstd]
+            if bn_train[i]:
+                stats += [rm, rv]
+        c = F.linear(a, mlp_w[-1].to(dtype), mlp_b[-1].to(dtype))
+        # The spatial branch on C // r channels: keep r and the last dilated conv's output.
+        # r channels_last: the dilated 3x3 convs after it are fastest so on a GPU.
+        z = r.to(dtype).contiguous(memory_format=torch.channels_last)
+        sp_saved = [z]
+        n_bn = len(conv_w) - 1
+        for j in range(n_bn):
+            i = hidden + j
+            t, mean, invstd, rm, rv = _bn(
+                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i]
+            )
+            a = t.relu_()
+            sp_saved += [mean, invstd]
+            if bn_train[i]:
+                stats += [rm, rv]
+            if j + 1 < n_bn:
+                d = dilations[j]
+                z = F.conv2d(a, conv_w[j + 1].to(dtype), conv_b[j + 1].to(dtype), 1, d, d)
+        sp_saved.append(z)  # the last dilated conv's output (r itself if there is none)
+        s = F.conv2d(a, conv_w[-1].to(dtype), conv_b[-1].to(dtype))
+        y = k.gate_forward(x, c, s, product)
+    return y, [c, s, *mlp_saved, *sp_saved], stats
+
+
+@torch.library.custom_op("torch_bam::bam_block_cuda", mutates_args=())
+def _block_op(
+    x: Tensor,
+    mlp_w: list[Tensor],
+    mlp_b: list[Tensor],
+    conv_w: list[Tensor],
+    conv_b: list[Tensor],
+    bn_w: list[Tensor],
+    bn_b: list[Tensor],
+    bn_rm: list[Tensor],
+    bn_rv: list[Tensor],
+    bn_train: list[bool],
+    bn_momentum: list[float],
+    bn_eps: list[float],
+    dilations: list[int],
+    product: bool,
+    dtype: torch.dtype,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """y, the tensors backward needs, and the new running (mean, var) of each BatchNorm in
+    training mode. ``dtype``: the narrow branch's compute dtype (autocast's, else x's)."""
+    return _forward(_kernels(), x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
+                    bn_train, bn_momentum, bn_eps, dilations, product, dtype)  # fmt: skip
+
+
+@_block_op.register_fake
+def _(*args):
+    return _forward(_FakeKernels, *args)
+
+
+def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train, bn_eps,
+              dilations, product, dtype, need_x, need_wr):  # fmt: skip
+    hidden, n_bn = len(mlp_w) - 1, len(conv_w) - 1
+    c, s = saved[0], saved[1]
+    mlp_saved = saved[2 : 3 + 4 * hidden]
+    r, sp_stats, z_last = saved[3 + 4 * hidden], saved[4 + 4 * hidden : -1], saved[-1]
+    dy = dy.contiguous(memory_format=_format(x))
+    mask3 = [True, True, True]
+    with torch.autocast(x.device.type, enabled=False):
+        dc, ds = k.gate_backward_reduce(dy, x, c, s, product)
+        # The channel MLP, last layer first.
+        mlp_dw: list[Tensor] = [x.new_empty(0)] * (hidden + 1)
+        mlp_db: list[Tensor] = [x.new_empty(0)] * (hidden + 1)
+        bn_dw: list[Tensor] = [x.new_empty(0)] * len(bn_w)
+        bn_db: list[Tensor] = [x.new_empty(0)] * len(bn_w)
+        da = dc.to(dtype)
+        dpool = None
+        for i in range(hidden, -1, -1):
+            a_in = mlp_saved[4 * i - 2] if i > 0 else mlp_saved[0]
+            mlp_dw[i] = da.t().mm(a_in).to(mlp_w[i].dtype)
+            mlp_db[i] = da.sum(0).to(mlp_w[i].dtype)
+            if i == 0 and not need_x:
+                break
+            da = da.mm(mlp_w[i].to(dtype))
+            if i == 0:
+                dpool = da
+                break
+            z, a, mean, invstd = mlp_saved[4 * i - 3 : 4 * i + 1]
+            j = i - 1
+            dz = _aten.threshold_backward(da, a, 0)
+            da, bn_dw[j], bn_db[j] = _aten.native_batch_norm_backward(
+                dz, z, bn_w[j], bn_rm[j], bn_rv[j], mean, invstd, bn_train[j], bn_eps[j], mask3
+            )
+        # The spatial branch: recompute what lies between r and the last dilated conv's output.
+        zs, acts = [r], []
+        for j in range(n_bn):
+            i = hidden + j
+            mean, invstd = sp_stats[2 * j], sp_stats[2 * j + 1]
+            t = _bn_again(zs[j], bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], mean, invstd,
+                          bn_train[i], bn_eps[i])  # fmt: skip
+            acts.append(t.relu_())
+            if j + 1 == n_bn - 1:
+                zs.append(z_last)
+            elif j + 1 < n_bn:
+                d = dilations[j]
+                w, b = conv_w[j + 1].to(dtype), conv_b[j + 1].to(dtype)
+                zs.append(F.conv2d(acts[j], w, b, 1, d, d))
+        conv_dw: list[Tensor] = [x.new_empty(0)] * (n_bn + 1)
+        conv_db: list[Tensor] = [x.new_empty(0)] * (n_bn + 1)
+        wf = conv_w[-1]
+        da, dw, db = _aten.convolution_backward(
+            ds.to(dtype), acts[-1], wf.to(dtype), [1], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            mask3,
+        )
+        conv_dw[-1], conv_db[-1] = dw.to(wf.dtype), db.to(wf.dtype)
+        for j in range(n_bn - 1, -1, -1):
+            i = hidden + j
+            mean, invstd = sp_stats[2 * j], sp_stats[2 * j + 1]
+            dz = _aten.threshold_backward(da, acts[j], 0)
+            dz, bn_dw[i], bn_db[i] = _aten.native_batch_norm_backward(
+                dz, zs[j], bn_w[i], bn_rm[i], bn_rv[i], mean, invstd, bn_train[i], bn_eps[i],
+                mask3,
+            )
+            if j > 0:
+                w, d = conv_w[j], dilations[j - 1]
+                da, dw, db = _aten.convolution_backward(
+                    dz, acts[j - 1], w.to(dtype), [w.shape[0]], [1, 1], [d, d], [d, d], False,
+                    [0, 0], 1, mask3,
+                )
+                conv_dw[j], conv_db[j] = dw.to(w.dtype), db.to(w.dtype)
+        dr = dz
+        wr = conv_w[0]
+        conv_db[0] = dr.sum((0, 2, 3), dtype=torch.float32).to(wr.dtype)
+        if need_wr:
+            conv_dw[0] = k.reduce_weight_grad(x, dr).reshape(wr.shape).to(wr.dtype)
+        dx = x.new_empty(0)
+        if need_x:
+            dx = k.gate_backward_dx(dy, c, s, product, w_reduce=wr, dr=dr, dpool=dpool)
+    return dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db
+
+
+_GRADS = tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor],
+               list[Tensor]]  # fmt: skip
+
+
+@torch.library.custom_op("torch_bam::bam_block_cuda_backward", mutates_args=())
+def _block_backward_op(
+    dy: Tensor,
+    x: Tensor,
+    saved: list[Tensor],
+    mlp_w: list[Tensor],
+    conv_w: list[Tensor],
+    conv_b: list[Tensor],
+    bn_w: list[Tensor],
+    bn_b: list[Tensor],
+    bn_rm: list[Tensor],
+    bn_rv: list[Tensor],
+    bn_train: list[bool],
+    bn_eps: list[float],
+    dilations: list[int],
+    product: bool,
+    dtype: torch.dtype,
+    need_x: bool,
+    need_wr: bool,
+) -> _GRADS:
+    """dx (empty unless need_x) and the grads of the weights, in the forward op's lists."""
+    return _backward(_kernels(), dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
+                     bn_train, bn_eps, dilations, product, dtype, need_x, need_wr)  # fmt: skip
+
+
+@_block_backward_op.register_fake
+def _(*args):
+    return _backward(_FakeKernels, *args)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    (x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train, bn_momentum, bn_eps,
+     dilations, product, dtype) = inputs  # fmt: skip
+    _, saved, _ = output
+    n = len(mlp_w) - 1
+    sp_stats = saved[4 + 4 * n : -1]
+    mlp_stats = [saved[5 + 4 * i : 7 + 4 * i] for i in range(n)]
+    stats = mlp_stats + [sp_stats[2 * j : 2 * j + 2] for j in range(len(conv_w) - 1)]
+    # Running statistics only of BatchNorms in eval mode: the others are updated after this op
+    # (and their backward reads the batch statistics instead).
+    rm = [m if not t else st[0] for m, t, st in zip(bn_rm, bn_train, stats, strict=True)]
+    rv = [v if not t else st[1] for v, t, st in zip(bn_rv, bn_train, stats, strict=True)]
+    ctx.save_for_backward(x, *saved, *mlp_w, *conv_w, *conv_b, *bn_w, *bn_b, *rm, *rv)
+    ctx.sizes = (len(saved), len(mlp_w), len(conv_w), len(bn_w))
+    ctx.args = (bn_train, bn_eps, dilations, product, dtype)
+    ctx.need = (x.requires_grad, conv_w[0].requires_grad)
+
+
+def _backward_formula(ctx, dy, _dsaved, _dstats):
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "torch_bam: the CUDA block path does not support second-order gradients "
+            "(backward with create_graph=True). Run the block on the plain path for that: "
+            'torch_bam.functional.set_backend("reference").'
+        )
+    t = list(ctx.saved_tensors)
+    n_saved, n_mlp, n_conv, n_bn = ctx.sizes
+    x, saved = t[0], t[1 : 1 + n_saved]
+    t = t[1 + n_saved :]
+    mlp_w, t = t[:n_mlp], t[n_mlp:]
+    conv_w, conv_b, t = t[:n_conv], t[n_conv : 2 * n_conv], t[2 * n_conv :]
+    bn_w, bn_b, rm, rv = (t[i * n_bn : (i + 1) * n_bn] for i in range(4))
+    need_x, need_wr = ctx.need
+    dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db = _block_backward_op(
+        dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv, *ctx.args, need_x, need_wr
+    )
+    conv_dw = list(conv_dw)
+    if not need_wr:
+        conv_dw[0] = None
+    none = [None] * n_bn  # the running statistics
+    return (dx if need_x else None, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db, none, none,
+            None, None, None, None, None, None)  # fmt: skip
+
+
+_block_op.register_autograd(_backward_formula, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------------------------
+# The block
+
+
+def block_forward(block: nn.Module, x: Tensor) -> Tensor:
+    """``block(x)`` through the CUDA ops (training or inference); the caller checked
+    :func:`supports`."""
+    mlp, sp = _structure(block)
+    lins, convs = mlp[0::3], sp[0::3]
+    bns = mlp[1::3] + sp[1::3]
+    dev = x.device.type
+    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+    y, _, stats = _block_op(
+        x,
+        [m.weight for m in lins],
+        [m.bias for m in lins],
+        [m.weight for m in convs],
+        [m.bias for m in convs],
+        [m.weight for m in bns],
+        [m.bias for m in bns],
+        [m.running_mean for m in bns],
+        [m.running_var for m in bns],
+        [m.training for m in bns],
+        [0.0 if m.momentum is None else float(m.momentum) for m in bns],
+        [float(m.eps) for m in bns],
+        [m.dilation[0] for m in convs[1:-1]],
+        block.combine == "product",
+        dtype,
+    )
+    if stats:
+        trained = [m for m in bns if m.training]
+        with torch.no_grad():
+            torch._foreach_copy_(
+                [b for m in trained for b in (m.running_mean, m.running_var)], list(stats)
+            )
+            torch._foreach_add_([m.num_batches_tracked for m in trained], 1)
+    return y
