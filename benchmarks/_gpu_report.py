@@ -8,11 +8,15 @@ network) fill in one run: facts about the machine, tables, and one verdict per t
     report.write("benchmarks/RESULTS_GPU.md")
 
 A verdict with ``met=None`` reads "unresolved" (e.g. a step that failed or was skipped).
+``device``, ``smoke`` and ``deadline`` tell a contributor (``gpu_block.run(report)``) where to
+run, whether this is the CPU dry run (tiny shapes, ``TRITON_INTERPRET=1``), and when to stop
+timing (``time_left()`` seconds, so that the whole run stays within its budget).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 
@@ -34,6 +38,12 @@ class Report:
     facts: list[tuple[str, str]] = field(default_factory=list)
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    device: str = "cuda"
+    smoke: bool = False
+    deadline: float | None = None  # time.monotonic() value
+
+    def time_left(self) -> float:
+        return float("inf") if self.deadline is None else self.deadline - time.monotonic()
 
     def fact(self, name: str, value: object) -> None:
         self.facts.append((name, str(value)))

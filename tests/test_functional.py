@@ -194,3 +194,23 @@ def test_batch_one_eval_block_matches_reference():
         assert_close(y, bam(x))
     finally:
         functional.set_backend("auto")
+
+
+def test_set_backend_rejects_unknown_names():
+    with pytest.raises(ValueError, match="'triton'"):
+        functional.set_backend("cuda")
+    assert functional.get_backend() == "auto"
+
+
+def test_triton_backend_on_cpu_without_the_interpreter_says_how_to_enable_it(monkeypatch):
+    pytest.importorskip("triton")
+    from torch_bam.cuda import kernels
+
+    monkeypatch.setattr(kernels, "INTERPRETED", False)  # as if TRITON_INTERPRET=1 was not set
+    x, c, s = _inputs((1, 2, 3, 3))
+    functional.set_backend("triton")
+    try:
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            bam_gate(x, c, s)
+    finally:
+        functional.set_backend("auto")

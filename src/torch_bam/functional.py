@@ -5,8 +5,8 @@ Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/ab
 :func:`bam_gate_ref` is the reference maths in plain PyTorch. :func:`bam_gate` is the public op:
 one ``torch.ops.torch_bam.bam_gate`` node (registered with ``torch.library``, with a fake
 implementation and autograd) that runs a fused kernel where one exists -- C on CPU (float32),
-Triton on CUDA -- and an ATen composition with float32 maths elsewhere. Its backward recomputes
-the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``.
+Triton on CUDA (:mod:`torch_bam.cuda.kernels`) -- and an ATen composition with float32 maths
+elsewhere. Its backward recomputes the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``.
 
 ``set_backend("reference")`` or the environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` make
 :func:`bam_gate` call :func:`bam_gate_ref` instead, for debugging.
@@ -24,7 +24,7 @@ from ._validate import check_combine
 
 __all__ = ["bam_gate", "bam_gate_ref", "get_backend", "set_backend"]
 
-_BACKENDS = ("auto", "reference", "aten")
+_BACKENDS = ("auto", "reference", "aten", "triton")
 _backend = "auto"
 _warned_fallback = False
 
@@ -34,11 +34,21 @@ def set_backend(name: str) -> None:
 
     ``"auto"`` (default): fused kernels where available; ``"aten"``: the registered op, but
     always with the ATen composition; ``"reference"``: plain :func:`bam_gate_ref` (no custom
-    op). The environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` overrides this.
+    op); ``"triton"``: the registered op with the Triton kernels of :mod:`torch_bam.cuda` on
+    any device -- on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
+    triton is imported), so that CI without a GPU runs the CUDA code path. The environment
+    variable ``TORCH_BAM_FORCE_REFERENCE=1`` overrides this.
     """
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"set_backend: unknown backend {name!r}. Use one of {_BACKENDS}.")
+    if name == "triton":
+        from .cuda import kernels
+
+        if kernels.triton is None:
+            raise RuntimeError(
+                "set_backend('triton'): triton is not installed. Install it (pip install triton)."
+            )
     _backend = name
 
 
@@ -132,11 +142,30 @@ def _cpu_lib(x: Tensor):
 
 
 def _triton_ok(x: Tensor) -> bool:
-    if x.device.type != "cuda" or get_backend() != "auto":
-        return False
-    from .kernels import _triton
+    """Whether the Triton kernels run this call: CUDA tensors they take under ``auto``, every
+    tensor under ``triton`` (a clear error for what they cannot take)."""
+    backend = get_backend()
+    if backend == "auto" and x.device.type == "cuda":
+        from .cuda import kernels
 
-    return _triton.available()
+        # Any layout: the caller makes x contiguous (in its own memory format) first.
+        return kernels.triton is not None and x.dtype in kernels.DTYPES
+    if backend != "triton":
+        return False
+    from .cuda import kernels
+
+    if x.device.type == "cpu" and not kernels.INTERPRETED:
+        raise RuntimeError(
+            "bam_gate: backend 'triton' runs on CPU tensors only under the Triton interpreter. "
+            "Set TRITON_INTERPRET=1 in the environment before triton is imported, or move the "
+            "tensors to a CUDA device, or use set_backend('auto')."
+        )
+    if x.dtype not in kernels.DTYPES:
+        raise TypeError(
+            f"bam_gate: backend 'triton' takes float16, bfloat16 or float32 tensors, got "
+            f"{x.dtype}. Convert them, or use set_backend('auto')."
+        )
+    return True
 
 
 def _opmath(t: Tensor) -> Tensor:
@@ -178,9 +207,10 @@ def _bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, comb
 
         y = _cpu.forward(lib, x, channel_logits, spatial_logits, product)
     elif _triton_ok(x):
-        from .kernels import _triton
+        from .cuda import kernels
 
-        y = _triton.forward(x, channel_logits, spatial_logits, product)
+        x = x.contiguous(memory_format=fmt)
+        y = kernels.gate_forward(x, channel_logits, spatial_logits, product)
     else:
         y = _forward_aten(x, channel_logits, spatial_logits, combine)
     return y.contiguous(memory_format=fmt)
@@ -207,9 +237,10 @@ def _bam_gate_backward_op(
 
         dx, dc, ds = _cpu.backward(lib, grad, xx, cc, ss, product)
     elif _triton_ok(xx):
-        from .kernels import _triton
+        from .cuda import kernels
 
-        dx, dc, ds = _triton.backward(grad, xx, cc, ss, product)
+        xx = xx.contiguous(memory_format=_out_format(xx))
+        dx, dc, ds = kernels.gate_backward(grad, xx, cc, ss, product)  # one pass
     else:
         dx, dc, ds = _backward_aten(grad, xx, cc, ss, combine)
     return (

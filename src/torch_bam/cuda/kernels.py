@@ -1,11 +1,69 @@
-"""BAM's CUDA kernels (contract version: plain ATen maths; Triton kernels follow)."""
+"""BAM's CUDA kernels (Triton): the gate forward and backward, and the pool + 1x1 reduce.
+
+Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
+
+Every function takes ``x`` as ``[B, C, H, W]`` contiguous in NCHW or in channels_last, in
+float16, bfloat16 or float32 (anything else: a ValueError; the caller makes views contiguous).
+The small tensors (logits, weights, ``dr``, ``dpool``) may be any float dtype and layout. Maths
+runs in float32 with one rounding at the end; outputs are written once, in x's dtype and memory
+format (reductions in float32). No host synchronisation and no float atomics: reductions are
+two-stage (per-tile partials in a float32 ``[tiles, ...]`` buffer, then a ``.sum(0)`` over the
+tile axis, skipped when there is one tile).
+
+One view serves both layouts. A map is a matrix ``[D, L]`` per image with ``L`` the contiguous
+axis: NCHW is ``[C, HW]``, channels_last is ``[HW, C]``. A program owns a ``[BR, BL]`` tile of
+one image (tiles never straddle images), so a per-row vector (c in NCHW, s in channels_last) and
+a per-column vector (the other one) are loaded once per tile, with no per-element division:
+
+    NCHW:           rows = channels, row vector = c, column vector = s
+    channels_last:  rows = pixels,   row vector = s, column vector = c
+
+and "sum over pixels" / "sum over channels" become a row or a column reduction.
+
+The floor (bytes moved; ``N = B*C*H*W`` elements of ``e`` bytes, ``h = C/r``):
+
+    gate_forward            read x, write y                         2 N e
+    gate_backward (1 pass)  read dy and x, write dx                 3 N e  (+ partials, below)
+    gate_backward_reduce    read dy and x                           2 N e  (+ partials)
+    gate_backward_dx        read dy, write dx, read dr              2 N e + N e / r
+    pool_reduce             read x, write r                         N e + N e / r  (+ partials)
+
+Partials cost ``4 B (D L / BL + L D / BR)`` bytes written and read again, i.e. a fraction
+``4 (1/BL + 1/BR) / e`` of one pass: about 6% at 64x64 tiles in bf16. On an H100 a copy moves
+about 3 TB/s; the kernels aim at 0.8 of that forward and 0.7 backward (``benchmarks/gpu.py``
+measures it, with ``triton.testing.do_bench`` so that a cold L2 and no launch gap are timed).
+
+``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
+products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
+padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for float16 and
+bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
+``torch.backends.cudnn.allow_tf32``, like the convolution it replaces.
+
+Tile sizes are tuned per (kernel, D, L, layout, dtypes) over a short list (:func:`_configs`) by
+timing each on the first call on a GPU; under the interpreter (``TRITON_INTERPRET=1`` set before
+this module is imported, which runs the kernels on CPU tensors) there is one config and no
+timing. :func:`reduce_weight_grad` is a cuBLAS batched product (it needs ``dr``, which exists only
+after the gate's reductions, so it cannot share their pass over x).
+"""
 
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the core imports without triton
+    triton = None
+
 __all__ = [
+    "DTYPES",
+    "INTERPRETED",
+    "TUNE",
+    "gate_backward",
     "gate_backward_dx",
     "gate_backward_reduce",
     "gate_forward",
@@ -14,81 +72,543 @@ __all__ = [
     "supported",
 ]
 
+# triton.jit picks the interpreter when the decorator runs, i.e. when this module is imported.
+INTERPRETED = triton is not None and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
-def _fmt(x: Tensor) -> torch.memory_format:
-    if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-def _check(x: Tensor, name: str) -> None:
-    if x.dim() != 4:
-        raise ValueError(f"{name}: x must be [B, C, H, W], got shape {list(x.shape)}.")
-    if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"{name}: x must be float16, bfloat16 or float32, got {x.dtype}.")
-    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        raise ValueError(
-            f"{name}: x must be contiguous in NCHW or channels_last; call .contiguous() first."
-        )
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what x may be
 
 
-def _gate(x: Tensor, c: Tensor, s: Tensor, product: bool) -> Tensor:
-    b, ch = x.shape[:2]
-    c4 = c.reshape(b, ch, 1, 1).float()
-    sf = s.float()
-    return torch.sigmoid(c4 * sf if product else c4 + sf)
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _tile(pid, n_rt, n_lt, D, L, BR: tl.constexpr, BL: tl.constexpr):
+        # Column tiles fastest, then row tiles, then images: neighbours touch neighbouring memory.
+        lt = pid % n_lt
+        rt = (pid // n_lt) % n_rt
+        b = pid // (n_lt * n_rt)
+        d = rt * BR + tl.arange(0, BR)
+        col = lt * BL + tl.arange(0, BL)
+        return b, rt, lt, d, col, d < D, col < L
+
+    @triton.jit
+    def _sigmoid_gate(rv, cv, PRODUCT: tl.constexpr):
+        logits = rv[:, None] * cv[None, :] if PRODUCT else rv[:, None] + cv[None, :]
+        return tl.sigmoid(logits)
+
+    @triton.jit
+    def _fwd_kernel(
+        x_ptr, y_ptr, rv_ptr, cv_ptr, D, L, n_rt, n_lt,
+        PRODUCT: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+    ):  # fmt: skip
+        b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
+        mask = md[:, None] & ml[None, :]
+        off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+        cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+        y = x * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
+        tl.store(y_ptr + off, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _bwd_kernel(
+        dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, B, D, L, n_rt, n_lt,
+        PRODUCT: tl.constexpr, WRITE_DX: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+    ):  # fmt: skip
+        b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
+        mask = md[:, None] & ml[None, :]
+        off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+        cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+        g = _sigmoid_gate(rv, cv, PRODUCT)
+        if WRITE_DX:
+            tl.store(dx_ptr + off, (dy * (1.0 + g)).to(dx_ptr.dtype.element_ty), mask=mask)
+        dl = dy * x * g * (1.0 - g)  # masked lanes have dy = x = 0, so dl = 0 there
+        if PRODUCT:
+            row = tl.sum(dl * cv[None, :], axis=1)
+            colsum = tl.sum(dl * rv[:, None], axis=0)
+        else:
+            row = tl.sum(dl, axis=1)
+            colsum = tl.sum(dl, axis=0)
+        # Partials: prow [n_lt, B, D] (sum over this tile's columns), pcol [n_rt, B, L].
+        tl.store(prow_ptr + (lt * B + b).to(tl.int64) * D + d, row, mask=md)
+        tl.store(pcol_ptr + (rt * B + b).to(tl.int64) * L + col, colsum, mask=ml)
+
+    @triton.jit
+    def _dx_kernel(
+        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, K, n_rt, n_lt, inv_hw,
+        dr_sb, dr_sk, dr_sp,
+        PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr, HAS_DR: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+        BK: tl.constexpr,
+    ):  # fmt: skip
+        b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
+        mask = md[:, None] & ml[None, :]
+        off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
+        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+        cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+        acc = dy * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
+        if HAS_POOL:  # dpool [B, C] is indexed like c: by rows in NCHW, by columns in CL
+            if CL:
+                pv = tl.load(pool_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+                acc += pv[None, :] * inv_hw
+            else:
+                pv = tl.load(pool_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+                acc += pv[:, None] * inv_hw
+        if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
+            ks = tl.arange(0, BK)
+            dr_base = dr_ptr + b.to(tl.int64) * dr_sb
+            for k0 in range(0, K, BK):
+                k = k0 + ks
+                mk = k < K
+                if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
+                    a = tl.load(
+                        dr_base + d[:, None] * dr_sp + k[None, :] * dr_sk,
+                        mask=md[:, None] & mk[None, :], other=0.0,
+                    )  # fmt: skip
+                    w = tl.load(
+                        w_ptr + k[:, None] * L + col[None, :],
+                        mask=mk[:, None] & ml[None, :], other=0.0,
+                    )  # fmt: skip
+                    if UPCAST:
+                        a = a.to(tl.float32)
+                    acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PRECISION)
+                else:  # rows are channels, columns pixels: W^T [BR, BK] @ dr [BK, BL]
+                    w = tl.load(
+                        w_ptr + k[None, :] * D + d[:, None],
+                        mask=md[:, None] & mk[None, :], other=0.0,
+                    )  # fmt: skip
+                    a = tl.load(
+                        dr_base + k[:, None] * dr_sk + col[None, :] * dr_sp,
+                        mask=mk[:, None] & ml[None, :], other=0.0,
+                    )  # fmt: skip
+                    if UPCAST:
+                        a = a.to(tl.float32)
+                    acc = tl.dot(w.to(a.dtype), a, acc, input_precision=PRECISION)
+        tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _pool_reduce_kernel(
+        x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, B, C, HW, K, n_pt, n_kt,
+        CL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BP: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    ):  # fmt: skip
+        # A program owns BP pixels x BK outputs of one image and walks all channels, so r needs
+        # no partials; the pool's per-pixel-tile partials go to ppool [n_pt, B, C].
+        pid = tl.program_id(0)
+        kt = pid % n_kt
+        pt = (pid // n_kt) % n_pt
+        b = pid // (n_kt * n_pt)
+        p = pt * BP + tl.arange(0, BP)
+        k = kt * BK + tl.arange(0, BK)
+        mp, mk = p < HW, k < K
+        x_base = x_ptr + b.to(tl.int64) * C * HW
+        if CL:
+            acc = tl.zeros((BP, BK), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BK, BP), dtype=tl.float32)
+        for c0 in range(0, C, BC):
+            ch = c0 + tl.arange(0, BC)
+            mc = ch < C
+            if CL:  # x [BP, BC] @ W^T [BC, BK]
+                xt = tl.load(
+                    x_base + p[:, None] * C + ch[None, :], mask=mp[:, None] & mc[None, :], other=0.0
+                )
+                if UPCAST:
+                    xt = xt.to(tl.float32)
+                w = tl.load(
+                    w_ptr + k[None, :] * C + ch[:, None], mask=mc[:, None] & mk[None, :], other=0.0
+                )
+                acc = tl.dot(xt, w.to(xt.dtype), acc, input_precision=PRECISION)
+                pooled = tl.sum(xt.to(tl.float32), axis=0)
+            else:  # W [BK, BC] @ x [BC, BP]
+                xt = tl.load(
+                    x_base + ch[:, None] * HW + p[None, :],
+                    mask=mc[:, None] & mp[None, :], other=0.0,
+                )  # fmt: skip
+                if UPCAST:
+                    xt = xt.to(tl.float32)
+                w = tl.load(
+                    w_ptr + k[:, None] * C + ch[None, :], mask=mk[:, None] & mc[None, :], other=0.0
+                )
+                acc = tl.dot(w.to(xt.dtype), xt, acc, input_precision=PRECISION)
+                pooled = tl.sum(xt.to(tl.float32), axis=1)
+            if kt == 0:
+                tl.store(ppool_ptr + (pt * B + b).to(tl.int64) * C + ch, pooled, mask=mc)
+        r_base = r_ptr + b.to(tl.int64) * HW * K  # r is channels_last: [B, HW, K] in memory
+        if CL:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + k, mask=mk, other=0.0).to(tl.float32)[None, :]
+            r_off = p[:, None] * K + k[None, :]
+            r_mask = mp[:, None] & mk[None, :]
+        else:
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + k, mask=mk, other=0.0).to(tl.float32)[:, None]
+            r_off = p[None, :] * K + k[:, None]
+            r_mask = mk[:, None] & mp[None, :]
+        tl.store(r_base + r_off, acc.to(r_ptr.dtype.element_ty), mask=r_mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks, layout and tuning
 
 
 def supported(x: Tensor) -> bool:
-    return (
-        x.dim() == 4
-        and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
-        and (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last))
-    )
+    """Whether these kernels take ``x``: 4-D, float16/bfloat16/float32, contiguous in NCHW or
+    channels_last, on CUDA (or on CPU when the kernels run under the Triton interpreter)."""
+    if triton is None or x.dim() != 4 or x.dtype not in DTYPES:
+        return False
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
+    return x.device.type == "cuda" or (x.device.type == "cpu" and INTERPRETED)
+
+
+def _check_x(x: Tensor, name: str) -> None:
+    if triton is None:
+        raise RuntimeError(f"{name}: triton is not installed; pip install triton.")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: x must be [B, C, H, W], got shape {list(x.shape)}.")
+    if x.dtype not in DTYPES:
+        raise ValueError(
+            f"{name}: x must be float16, bfloat16 or float32, got {x.dtype}; convert it with "
+            f".to(torch.float32) or use the ATen path (torch_bam.functional.set_backend('aten'))."
+        )
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        raise ValueError(
+            f"{name}: x (shape {list(x.shape)}, strides {list(x.stride())}) is neither NCHW- nor "
+            f"channels_last-contiguous; pass x.contiguous() or "
+            f"x.contiguous(memory_format=torch.channels_last)."
+        )
+    if x.device.type == "cpu" and not INTERPRETED:
+        raise RuntimeError(
+            f"{name}: x is on the CPU, where these Triton kernels run only under the interpreter: "
+            f"set TRITON_INTERPRET=1 before torch_bam.cuda.kernels (and triton) is imported, or "
+            f"move x to a CUDA device."
+        )
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name}: x is on {x.device}; these kernels take CUDA tensors.")
+
+
+def _check_small(t: Tensor, name: str, what: str, numel: int, x: Tensor) -> Tensor:
+    """A small operand as a flat contiguous vector of ``numel`` floats on x's device."""
+    if not t.is_floating_point():
+        raise ValueError(f"{name}: {what} must be a float tensor, got {t.dtype}.")
+    if t.numel() != numel:
+        raise ValueError(
+            f"{name}: {what} has shape {list(t.shape)}, which does not fit x of shape "
+            f"{list(x.shape)} ({numel} elements expected)."
+        )
+    if t.device != x.device:
+        raise ValueError(f"{name}: {what} is on {t.device} but x is on {x.device}.")
+    return t.reshape(-1).contiguous()
+
+
+def _is_cl(x: Tensor) -> bool:
+    # A tensor contiguous both ways (C == 1 or H*W == 1) is read as NCHW: same memory.
+    return not x.is_contiguous()
+
+
+def _dl(x: Tensor) -> tuple[bool, int, int]:
+    """(channels_last, D, L): the per-image matrix view [D, L] with L contiguous."""
+    b, ch, h, w = x.shape
+    cl = _is_cl(x)
+    return cl, (h * w if cl else ch), (ch if cl else h * w)
+
+
+def _like(t: Tensor, x: Tensor) -> Tensor:
+    """t in x's memory layout (a copy only if the layouts differ)."""
+    fmt = torch.channels_last if _is_cl(x) else torch.contiguous_format
+    t = t.contiguous(memory_format=fmt)
+    return t if _is_cl(t) == _is_cl(x) else t.contiguous()
+
+
+def _rows_cols(x: Tensor, c: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """The per-row and per-column gate vectors of the [D, L] view."""
+    return (s, c) if _is_cl(x) else (c, s)
+
+
+def _np2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by tl.dot for float16/bfloat16 operands
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    # Triton's interpreter (3.8) multiplies bfloat16 dot operands as their uint16 bit patterns:
+    # there, and only there, bfloat16 dots run on float32 operands.
+    return INTERPRETED and dtype == torch.bfloat16
+
+
+def _configs(d: int, ll: int, min_tile: int = 1) -> list[tuple[int, int, int]]:
+    """(BR, BL, num_warps) candidates for a [D, L] map; one when interpreted.
+
+    Wide along the contiguous axis L (vector loads, few partials for the row sums), 4096 or
+    8192 elements a program; three at most, since each costs a compile on first use.
+    """
+    lo = max(min_tile, 1)
+    if INTERPRETED:  # the interpreter's cost is per program: big tiles, no tuning
+        return [(max(lo, min(64, _np2(d))), max(lo, min(64, _np2(ll))), 4)]
+    out = []
+    for elems, warps, bl_cap in ((4096, 4, 128), (8192, 8, 128), (8192, 8, 512)):
+        bl = max(lo, min(bl_cap, _np2(ll)))
+        br = max(lo, min(elems // bl, _np2(d)))
+        if (br, bl, warps) not in out:
+            out.append((br, bl, warps))
+    return out
+
+
+# Whether to time the configs on first use (else the first one runs): TORCH_BAM_TRITON_TUNE=0
+# turns it off, e.g. for a correctness run that should not compile every config.
+TUNE = os.environ.get("TORCH_BAM_TRITON_TUNE", "1") != "0"
+_best: dict[tuple, tuple] = {}
+
+
+def _tuned(key: tuple, configs: list, launch):
+    """Run ``launch(config)`` with the fastest config for ``key`` (timed once, on a GPU)."""
+    best = _best.get(key)
+    if best is None:
+        if len(configs) == 1 or INTERPRETED or not TUNE:
+            return launch(configs[0])
+        if torch.cuda.is_current_stream_capturing():  # no timing inside a CUDA graph
+            return launch(configs[0])
+        from triton.testing import do_bench
+
+        times = [do_bench(lambda c=c: launch(c), warmup=5, rep=20) for c in configs]
+        best = _best[key] = configs[min(range(len(configs)), key=times.__getitem__)]
+    return launch(best)
+
+
+def _dtypes(*ts: Tensor) -> tuple:
+    return tuple(t.dtype for t in ts)
+
+
+# ---------------------------------------------------------------------------------------------
+# The functions
 
 
 def gate_forward(x: Tensor, c: Tensor, s: Tensor, product: bool) -> Tensor:
-    _check(x, "gate_forward")
-    y = x.float() * (1 + _gate(x, c, s, product))
-    return y.to(x.dtype).contiguous(memory_format=_fmt(x))
+    """``y = x * (1 + sigmoid(c (+|*) s))``: c ``[B, C]`` (or ``[B, C, 1, 1]``), s
+    ``[B, 1, H, W]``. One pass: reads x, writes y (x's dtype and memory format)."""
+    _check_x(x, "gate_forward")
+    b, ch, h, w = x.shape
+    c = _check_small(c, "gate_forward", "c", b * ch, x)
+    s = _check_small(s, "gate_forward", "s", b * h * w, x)
+    y = torch.empty_like(x)
+    if x.numel() == 0:
+        return y
+    cl, d, ll = _dl(x)
+    rv, cv = _rows_cols(x, c, s)
+
+    def launch(cfg):
+        br, bl, warps = cfg
+        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+        _fwd_kernel[(b * n_rt * n_lt,)](
+            x, y, rv, cv, d, ll, n_rt, n_lt, PRODUCT=product, BR=br, BL=bl, num_warps=warps
+        )
+        return y
+
+    return _tuned(("fwd", d, ll, cl, product, _dtypes(x, c, s)), _configs(d, ll), launch)
 
 
-def gate_backward_reduce(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool):
-    _check(x, "gate_backward_reduce")
-    b, ch = x.shape[:2]
-    g = _gate(x, c, s, product)
-    dl = dy.float() * x.float() * g * (1 - g)
-    if product:
-        dc = (dl * s.float()).sum((2, 3))
-        ds = (dl * c.reshape(b, ch, 1, 1).float()).sum(1, keepdim=True)
-    else:
-        dc, ds = dl.sum((2, 3)), dl.sum(1, keepdim=True)
-    return dc, ds.contiguous()
+def _backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, write_dx: bool, name):
+    _check_x(x, name)
+    if dy.shape != x.shape:
+        raise ValueError(f"{name}: dy has shape {list(dy.shape)}, x has {list(x.shape)}.")
+    if not dy.is_floating_point() or dy.device != x.device:
+        raise ValueError(f"{name}: dy must be a float tensor on x's device ({x.device}).")
+    b, ch, h, w = x.shape
+    c = _check_small(c, name, "c", b * ch, x)
+    s = _check_small(s, name, "s", b * h * w, x)
+    dy = _like(dy, x)
+    dx = torch.empty_like(x) if write_dx else None
+    if x.numel() == 0:
+        zeros = torch.zeros(b, ch, device=x.device), torch.zeros(b, 1, h, w, device=x.device)
+        return dx, *zeros
+    cl, d, ll = _dl(x)
+    rv, cv = _rows_cols(x, c, s)
+
+    def launch(cfg):
+        br, bl, warps = cfg
+        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+        prow = torch.empty(n_lt, b, d, device=x.device, dtype=torch.float32)
+        pcol = torch.empty(n_rt, b, ll, device=x.device, dtype=torch.float32)
+        _bwd_kernel[(b * n_rt * n_lt,)](
+            dy, x, rv, cv, dx if write_dx else x, prow, pcol, b, d, ll, n_rt, n_lt,
+            PRODUCT=product, WRITE_DX=write_dx, BR=br, BL=bl, num_warps=warps,
+        )  # fmt: skip
+        row = prow[0] if n_lt == 1 else prow.sum(0)
+        col = pcol[0] if n_rt == 1 else pcol.sum(0)
+        return row, col
+
+    key = ("bwd", d, ll, cl, product, write_dx, _dtypes(dy, x, c, s))
+    row, col = _tuned(key, _configs(d, ll), launch)
+    dc, ds = (col, row) if cl else (row, col)  # see the module docstring: NCHW rows = channels
+    return dx, dc.reshape(b, ch), ds.reshape(b, 1, h, w)
 
 
-def gate_backward_dx(dy, c, s, product: bool, w_reduce=None, dr=None, dpool=None) -> Tensor:
-    _check(dy, "gate_backward_dx")
+def gate_backward_reduce(
+    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
+) -> tuple[Tensor, Tensor]:
+    """One pass over x and dy: ``dl = dy * x * g * (1 - g)``, ``g = sigmoid(c (+|*) s)``.
+
+    Returns ``dc`` (sum of dl over pixels, times s for product) ``[B, C]`` and ``ds`` (sum over
+    channels, times c for product) ``[B, 1, H, W]``, both float32.
+    """
+    _, dc, ds = _backward(dy, x, c, s, product, False, "gate_backward_reduce")
+    return dc, ds
+
+
+def gate_backward(
+    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The gate's whole backward in one pass (read dy and x, write dx): ``(dx, dc, ds)`` with dx
+    ``= dy * (1 + g)`` in x's dtype and format, and dc, ds as :func:`gate_backward_reduce`.
+    For the gate alone; the block, whose dx has more terms, uses reduce + dx."""
+    return _backward(dy, x, c, s, product, True, "gate_backward")
+
+
+def gate_backward_dx(
+    dy: Tensor,
+    c: Tensor,
+    s: Tensor,
+    product: bool,
+    w_reduce: Tensor | None = None,
+    dr: Tensor | None = None,
+    dpool: Tensor | None = None,
+) -> Tensor:
+    """One pass over dy, dx written once (dy's dtype and memory format)::
+
+        dx = dy * (1 + g) + W_r^T @ dr (per pixel, if dr is given) + dpool / (H * W) (if given)
+
+    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]``, ``dr`` ``[B, h, H, W]`` (any layout),
+    ``dpool`` ``[B, C]``.
+    """
+    name = "gate_backward_dx"
+    _check_x(dy, name)
     b, ch, h, w = dy.shape
-    dx = dy.float() * (1 + _gate(dy, c, s, product))
+    c = _check_small(c, name, "c", b * ch, dy)
+    s = _check_small(s, name, "s", b * h * w, dy)
+    if (dr is None) != (w_reduce is None):
+        raise ValueError(f"{name}: pass w_reduce and dr together (or neither).")
+    k = 0
     if dr is not None:
-        wr = w_reduce.reshape(w_reduce.shape[0], ch).float()
-        dx = dx + torch.einsum("kc,bkhw->bchw", wr, dr.float())
+        k = w_reduce.shape[0]
+        w_reduce = _check_small(w_reduce, name, "w_reduce", k * ch, dy)
+        if tuple(dr.shape) != (b, k, h, w) or not dr.is_floating_point():
+            raise ValueError(
+                f"{name}: dr must be a float tensor of shape {[b, k, h, w]} (w_reduce has {k} "
+                f"rows), got {dr.dtype} {list(dr.shape)}."
+            )
+        if dr.device != dy.device:
+            raise ValueError(f"{name}: dr is on {dr.device} but dy is on {dy.device}.")
+        if dr.dtype != dy.dtype:  # the dot runs in one dtype; dr is C/r-sized, so this is cheap
+            dr = dr.to(dy.dtype)
     if dpool is not None:
-        dx = dx + dpool.float().reshape(b, ch, 1, 1) / (h * w)
-    return dx.to(dy.dtype).contiguous(memory_format=_fmt(dy))
+        dpool = _check_small(dpool, name, "dpool", b * ch, dy)
+    dx = torch.empty_like(dy)
+    if dy.numel() == 0:
+        return dx
+    cl, d, ll = _dl(dy)
+    rv, cv = _rows_cols(dy, c, s)
+    has_dr = dr is not None
+    # dr as [B, K, HW] by (image, channel, pixel) strides, NCHW or channels_last (anything else
+    # is copied). Canonical strides: a size-1 dim's own stride may be anything.
+    dr_strides = (0, 0, 0)
+    if has_dr:
+        if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
+            dr = dr.contiguous()
+        dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
+    bk = max(16, min(64, _np2(k))) if has_dr else 16
+
+    def launch(cfg):
+        br, bl, warps = cfg
+        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+        _dx_kernel[(b * n_rt * n_lt,)](
+            dy, dx, rv, cv, dpool if dpool is not None else dy, w_reduce if has_dr else dy,
+            dr if has_dr else dy, d, ll, max(k, 1), n_rt, n_lt, 1.0 / (h * w), *dr_strides,
+            PRODUCT=product, CL=cl, HAS_POOL=dpool is not None, HAS_DR=has_dr,
+            PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl, BK=bk,
+            num_warps=warps,
+        )  # fmt: skip
+        return dx
+
+    key = ("dx", d, ll, k, cl, product, dpool is not None, _dtypes(dy, c, s))
+    # tl.dot needs every tile side >= 16.
+    return _tuned(key, _configs(d, ll, 16 if has_dr else 1), launch)
 
 
-def pool_reduce(x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None):
-    _check(x, "pool_reduce")
-    ch = x.shape[1]
-    wr = w_reduce.reshape(w_reduce.shape[0], ch).float()
-    pooled = x.float().mean((2, 3))
-    r = torch.einsum("kc,bchw->bkhw", wr, x.float())
+def pool_reduce(
+    x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` float32, and
+    ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's dtype, always
+    channels_last (the 3x3 convolutions after it run fastest so on a GPU)."""
+    name = "pool_reduce"
+    _check_x(x, name)
+    b, ch, h, w = x.shape
+    if w_reduce.dim() not in (2, 4) or w_reduce.shape[1] != ch:
+        raise ValueError(
+            f"{name}: w_reduce must be [h, C] or [h, C, 1, 1] with C = {ch}, got "
+            f"{list(w_reduce.shape)}."
+        )
+    k = w_reduce.shape[0]
+    w_reduce = _check_small(w_reduce, name, "w_reduce", k * ch, x)
     if b_reduce is not None:
-        r = r + b_reduce.float().reshape(1, -1, 1, 1)
-    return pooled, r.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        b_reduce = _check_small(b_reduce, name, "b_reduce", k, x)
+    r = torch.empty(b, k, h, w, device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    hw = h * w
+    if x.numel() == 0 or k == 0:
+        pooled = torch.zeros(b, ch, device=x.device) if hw == 0 else x.float().mean((2, 3))
+        return pooled, r.zero_()
+    cl = _is_cl(x)
+    bk = max(16, min(128, _np2(k)))
+    n_kt = triton.cdiv(k, bk)
+
+    def launch(cfg):
+        bp, bc, warps = cfg
+        n_pt = triton.cdiv(hw, bp)
+        ppool = torch.empty(n_pt, b, ch, device=x.device, dtype=torch.float32)
+        _pool_reduce_kernel[(b * n_pt * n_kt,)](
+            x, w_reduce, b_reduce if b_reduce is not None else w_reduce, r, ppool, b, ch, hw, k,
+            n_pt, n_kt, CL=cl, HAS_BIAS=b_reduce is not None, PRECISION=_precision(x.dtype),
+            UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk, num_warps=warps,
+        )  # fmt: skip
+        pooled = ppool[0] if n_pt == 1 else ppool.sum(0)
+        return pooled.div_(hw), r
+
+    if INTERPRETED:
+        configs = [(max(16, min(64, _np2(hw))), max(16, min(64, _np2(ch))), 4)]
+    else:
+        configs = [(32, 64, 4), (64, 32, 4), (64, 64, 8)]
+    return _tuned(("pool", ch, hw, k, cl, b_reduce is not None, x.dtype), configs, launch)
 
 
 def reduce_weight_grad(x: Tensor, dr: Tensor) -> Tensor:
-    _check(x, "reduce_weight_grad")
-    return torch.einsum("bkhw,bchw->kc", dr.float(), x.float())
+    """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` float32: cuBLAS, one read of x (not Triton:
+    a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
+    _check_x(x, "reduce_weight_grad")
+    b, ch, h, w = x.shape
+    if dr.dim() != 4 or dr.shape[0] != b or tuple(dr.shape[2:]) != (h, w):
+        raise ValueError(
+            f"reduce_weight_grad: dr must be [B, h, H, W] with B, H, W = {b}, {h}, {w}, got "
+            f"{list(dr.shape)}."
+        )
+    k = dr.shape[1]
+    if x.numel() == 0:
+        return torch.zeros(k, ch, device=x.device)
+    dr = dr.to(x.dtype)
+    if _is_cl(x) and _is_cl(dr):  # both are [B*H*W, channels] in memory: one product, no copy
+        xm, drm = x.permute(0, 2, 3, 1).reshape(-1, ch), dr.permute(0, 2, 3, 1).reshape(-1, k)
+        return (drm.t() @ xm).float()
+    # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
+    xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
+    return torch.bmm(drm, xm.transpose(1, 2)).float().sum(0)

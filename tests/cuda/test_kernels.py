@@ -1,0 +1,335 @@
+"""torch_bam.cuda.kernels under the Triton interpreter, against float64 references.
+
+Fresh random inputs every test (the seed is in each failure message), outputs checked to be
+finite everywhere, and the allocator poisoned with NaN before each call, so an element a
+kernel fails to write shows up. Shapes are tiny (the interpreter is slow) but odd, and span
+several tiles: [2, 70, 9, 9] has 2 x 2 tiles of the interpreter's 64 x 64 in both layouts.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.cuda.conftest import IN_PROCESS
+from torch_bam import functional
+from torch_bam.cuda import kernels
+
+
+@pytest.fixture(autouse=True)
+def _interpreted(request):
+    if not IN_PROCESS and request.node.originalname != "test_in_a_subprocess":
+        pytest.skip("triton was imported without the interpreter: see test_in_a_subprocess")
+
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LAYOUTS = ["nchw", "channels_last"]
+SHAPES = [(2, 70, 9, 9), (3, 5, 1, 7), (1, 16, 7, 7)]
+# Output rounding of one float32 result to the dtype (plus float32 maths in the reductions).
+TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+
+def _gen():
+    seed = int.from_bytes(os.urandom(4), "little")
+    return torch.Generator().manual_seed(seed), seed
+
+
+def _rand(gen, *shape, dtype=torch.float32, layout="nchw", scale=1.0):
+    t = (scale * torch.randn(*shape, generator=gen, dtype=torch.float64)).to(dtype)
+    return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def _poison():
+    # Freed NaN blocks are what the next small allocations reuse: unwritten outputs read NaN.
+    for n in (1 << 10, 1 << 14, 1 << 16):
+        torch.full((n,), float("nan"))
+
+
+def _check(actual, expected, tol, seed, what):
+    assert torch.isfinite(actual).all(), f"{what}: non-finite elements (seed {seed})"
+    scale = max(1.0, expected.abs().max().item())
+    torch.testing.assert_close(
+        actual.double(),
+        expected,
+        rtol=tol,
+        atol=tol * scale,
+        msg=lambda m: f"{what} (seed {seed}): {m}",
+    )
+
+
+def _gate64(x, c, s, product):
+    b, ch = x.shape[:2]
+    c4, s64 = c.double().reshape(b, ch, 1, 1), s.double()
+    return torch.sigmoid(c4 * s64 if product else c4 + s64)
+
+
+def _fmt(layout):
+    return torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+
+def _inputs(shape, dtype, layout, gen):
+    b, ch, h, w = shape
+    x = _rand(gen, *shape, dtype=dtype, layout=layout)
+    c = _rand(gen, b, ch, scale=2.0)
+    s = _rand(gen, b, 1, h, w, scale=2.0)
+    return x, c, s
+
+
+@pytest.mark.parametrize("product", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gate_forward_and_one_pass_backward(shape, dtype, layout, product):
+    gen, seed = _gen()
+    x, c, s = _inputs(shape, dtype, layout, gen)
+    dy = _rand(gen, *shape, dtype=dtype, layout=layout)
+    g = _gate64(x, c, s, product)
+    _poison()
+    y = kernels.gate_forward(x, c, s, product)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=_fmt(layout))
+    _check(y, x.double() * (1 + g), TOL[dtype], seed, "y")
+
+    dl = dy.double() * x.double() * g * (1 - g)
+    b, ch = shape[:2]
+    dc_ref = (dl * s.double()).sum((2, 3)) if product else dl.sum((2, 3))
+    ds_ref = (dl * c.double().reshape(b, ch, 1, 1) if product else dl).sum(1, keepdim=True)
+    _poison()
+    dx, dc, ds = kernels.gate_backward(dy, x, c, s, product)
+    assert dx.dtype == dtype and dx.is_contiguous(memory_format=_fmt(layout))
+    assert dc.dtype == ds.dtype == torch.float32
+    assert dc.shape == (b, ch) and ds.shape == (b, 1, *shape[2:])
+    _check(dx, dy.double() * (1 + g), TOL[dtype], seed, "dx")
+    _check(dc, dc_ref, 1e-4, seed, "dc")
+    _check(ds, ds_ref, 1e-4, seed, "ds")
+    _poison()
+    dc2, ds2 = kernels.gate_backward_reduce(dy, x, c, s, product)
+    _check(dc2, dc_ref, 1e-4, seed, "dc (reduce)")
+    _check(ds2, ds_ref, 1e-4, seed, "ds (reduce)")
+
+
+def _dx_ref(dy, c, s, product, w, dr, dpool, dot_dtype):
+    g = _gate64(dy, c, s, product)
+    out = dy.double() * (1 + g)
+    if dr is not None:
+        # The kernel's documented precision: the dot runs on operands in dy's dtype.
+        w64 = w.reshape(w.shape[0], -1).to(dot_dtype).double()
+        out = out + torch.einsum("kc,bkhw->bchw", w64, dr.to(dot_dtype).double())
+    if dpool is not None:
+        out = out + dpool.double()[:, :, None, None] / (dy.shape[2] * dy.shape[3])
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gate_backward_dx(dtype, layout, k):
+    gen, seed = _gen()
+    shape = (2, 70, 9, 9) if k == 20 else (3, 5, 3, 7)
+    b, ch, h, w = shape
+    dy = _rand(gen, *shape, dtype=dtype, layout=layout)
+    c, s = _rand(gen, b, ch, scale=2.0), _rand(gen, b, 1, h, w, scale=2.0)
+    wr = _rand(gen, k, ch, 1, 1, scale=0.3)
+    # dr in the other layout than dy, and in float32: the kernel takes both.
+    dr = _rand(gen, b, k, h, w, layout="nchw" if layout == "channels_last" else "channels_last")
+    dpool = _rand(gen, b, ch)
+    for product, args in (
+        (False, (wr, dr, dpool)),
+        (True, (wr, dr, None)),
+        (False, (None, None, dpool)),
+    ):
+        _poison()
+        dx = kernels.gate_backward_dx(dy, c, s, product, *args)
+        assert dx.dtype == dtype and dx.is_contiguous(memory_format=_fmt(layout))
+        _check(dx, _dx_ref(dy, c, s, product, *args, dtype), 2 * TOL[dtype], seed, f"dx {product}")
+
+
+
+def test_dr_whose_size_one_dim_has_an_odd_stride():
+    # Contiguous by torch's rule (a size-1 dim's stride does not count); the kernel must not
+    # read that stride.
+    gen, seed = _gen()
+    dy, c, s = _rand(gen, 2, 8, 7, 1), _rand(gen, 2, 8), _rand(gen, 2, 1, 7, 1)
+    wr, dr = _rand(gen, 3, 8), _rand(gen, 2, 3, 7, 1)
+    dr = dr.as_strided(dr.shape, (21, 7, 1, 999))
+    assert dr.is_contiguous()
+    dx = kernels.gate_backward_dx(dy, c, s, False, wr, dr)
+    _check(dx, _dx_ref(dy, c, s, False, wr, dr, None, torch.float32), 2e-5, seed, "dx")
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_reduce(dtype, layout, bias):
+    gen, seed = _gen()
+    for shape, k in (((2, 70, 9, 9), 20), ((3, 5, 1, 7), 1)):
+        b, ch, h, w = shape
+        x = _rand(gen, *shape, dtype=dtype, layout=layout)
+        wr = _rand(gen, k, ch, 1, 1, scale=0.3)
+        br = _rand(gen, k) if bias else None
+        _poison()
+        pooled, r = kernels.pool_reduce(x, wr, br)
+        assert pooled.dtype == torch.float32 and pooled.shape == (b, ch)
+        assert r.dtype == dtype and r.shape == (b, k, h, w)
+        assert r.is_contiguous(memory_format=torch.channels_last)
+        _check(pooled, x.double().mean((2, 3)), 1e-5, seed, "pooled")
+        r_ref = torch.einsum("kc,bchw->bkhw", wr.reshape(k, ch).to(dtype).double(), x.double())
+        if bias:
+            r_ref = r_ref + br.double()[None, :, None, None]
+        _check(r, r_ref, 2 * TOL[dtype], seed, "r")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reduce_weight_grad(dtype, layout):
+    gen, seed = _gen()
+    x = _rand(gen, 2, 12, 5, 3, dtype=dtype, layout=layout)
+    dr = _rand(gen, 2, 4, 5, 3, dtype=dtype, layout=layout)
+    dw = kernels.reduce_weight_grad(x, dr)
+    assert dw.dtype == torch.float32 and dw.shape == (4, 12)
+    ref = torch.einsum("bkhw,bchw->kc", dr.double(), x.double())
+    _check(dw, ref, 4 * TOL[dtype], seed, "dW_r")
+
+
+def test_dy_in_the_other_layout_than_x():
+    gen, seed = _gen()
+    x, c, s = _inputs((2, 6, 3, 5), torch.float32, "channels_last", gen)
+    dy = _rand(gen, 2, 6, 3, 5)  # NCHW
+    g = _gate64(x, c, s, False)
+    dx, dc, _ = kernels.gate_backward(dy, x, c, s, False)
+    assert dx.is_contiguous(memory_format=torch.channels_last)
+    _check(dx, dy.double() * (1 + g), TOL[torch.float32], seed, "dx")
+    _check(dc, (dy.double() * x.double() * g * (1 - g)).sum((2, 3)), 1e-4, seed, "dc")
+
+
+def test_batch_zero_returns_empty_results():
+    x = torch.randn(0, 8, 5, 3)
+    c, s, w = torch.randn(0, 8), torch.randn(0, 1, 5, 3), torch.randn(2, 8)
+    assert kernels.gate_forward(x, c, s, False).shape == x.shape
+    dx, dc, ds = kernels.gate_backward(x, x, c, s, True)
+    assert dx.shape == x.shape and dc.shape == (0, 8) and ds.shape == (0, 1, 5, 3)
+    assert kernels.gate_backward_dx(x, c, s, False, w, torch.randn(0, 2, 5, 3), c).shape == x.shape
+    pooled, r = kernels.pool_reduce(x, w)
+    assert pooled.shape == (0, 8) and r.shape == (0, 2, 5, 3)
+    dw = kernels.reduce_weight_grad(x, torch.randn(0, 2, 5, 3))
+    assert torch.equal(dw, torch.zeros(2, 8))
+
+
+def test_rejects_what_the_kernels_do_not_take():
+    x, c, s = torch.randn(2, 4, 3, 6), torch.randn(2, 4), torch.randn(2, 1, 3, 6)
+    with pytest.raises(ValueError, match="contiguous"):
+        kernels.gate_forward(x[..., ::2], c, s[..., ::2], False)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        kernels.gate_forward(x.to(torch.int32), c, s, False)
+    with pytest.raises(ValueError, match="float16, bfloat16 or float32"):
+        kernels.gate_forward(x.double(), c, s, False)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        kernels.gate_forward(x[0], c, s, False)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.gate_forward(x, torch.randn(2, 5), s, False)
+    with pytest.raises(ValueError, match="float tensor"):
+        kernels.gate_forward(x, c.long(), s, False)
+    with pytest.raises(ValueError, match="shape"):
+        kernels.gate_backward_reduce(x[:1], x, c, s, False)
+    with pytest.raises(ValueError, match="together"):
+        kernels.gate_backward_dx(x, c, s, False, dr=torch.randn(2, 2, 3, 6))
+    with pytest.raises(ValueError, match="dr must be"):
+        kernels.gate_backward_dx(x, c, s, False, torch.randn(2, 4), torch.randn(2, 3, 3, 6))
+    with pytest.raises(ValueError, match="w_reduce must be"):
+        kernels.pool_reduce(x, torch.randn(2, 5))
+    assert not kernels.supported(x[..., ::2]) and not kernels.supported(x.double())
+    assert kernels.supported(x) and kernels.supported(
+        x.contiguous(memory_format=torch.channels_last)
+    )
+
+
+@pytest.fixture
+def triton_backend():
+    functional.set_backend("triton")
+    yield
+    functional.set_backend("auto")
+
+
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+def test_triton_backend_runs_bam_gate_through_the_kernels(
+    triton_backend, layout, combine, monkeypatch
+):
+    gen, seed = _gen()
+    x = _rand(gen, 2, 6, 3, 10, layout="channels_last" if layout == "channels_last" else "nchw")
+    if layout == "strided":
+        x = x[..., ::2]
+    c, s = _rand(gen, 2, 6), _rand(gen, 2, 1, *x.shape[2:])
+    calls = []
+    for name in ("gate_forward", "gate_backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _f=real, _n=name: calls.append(_n) or _f(*a))
+    leaves = [t.clone().requires_grad_() for t in (x, c, s)]
+    y = functional.bam_gate(*leaves, combine)
+    dy = _rand(gen, *x.shape)
+    y.backward(dy)
+    assert calls == ["gate_forward", "gate_backward"]
+    ref = [t.double().requires_grad_() for t in (x, c, s)]
+    y_ref = functional.bam_gate_ref(*ref, combine)
+    y_ref.backward(dy.double())
+    _check(y, y_ref.detach(), TOL[torch.float32], seed, "y")
+    for name, a, r in zip(("dx", "dc", "ds"), leaves, ref, strict=True):
+        _check(a.grad, r.grad, 1e-4, seed, name)
+
+
+def test_triton_backend_rejects_float64(triton_backend):
+    x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        functional.bam_gate(
+            x, torch.randn(1, 2, dtype=torch.float64), torch.randn(1, 1, 3, 3, dtype=torch.float64)
+        )
+
+
+
+def _gpu_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gpu.py")
+    spec = importlib.util.spec_from_file_location("_torch_bam_gpu_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path, capsys):
+    out = tmp_path / "RESULTS_GPU.md"
+    assert _gpu_script().main(["--device", "cpu", "--smoke", "--no-block", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "torch: " + torch.__version__ in text and "triton: " in text
+    assert "correctness of every kernel against float64: 24 of 24 pass" in text
+    # A dry run measures nothing: its timing verdicts must not claim met or NOT met.
+    timing = [line for line in text.splitlines() if line.startswith("- ") and "worst row" in line]
+    assert len(timing) == 6 and all(line.endswith(": unresolved") for line in timing)
+
+
+def test_gpu_script_without_cuda_exits_with_a_clear_message(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert _gpu_script().main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(IN_PROCESS, reason="the tests above ran in this process")
+def test_in_a_subprocess():  # pragma: no cover - only when triton came in without the interpreter
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", os.path.dirname(__file__)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # exp(200)
+def test_extreme_logits_stay_finite():
+    x = torch.ones(1, 2, 1, 2)
+    c = torch.tensor([[200.0, -200.0]])
+    s = torch.tensor([[[[-200.0, 200.0]]]])
+    y = kernels.gate_forward(x, c, s, True)
+    torch.testing.assert_close(y, functional.bam_gate_ref(x, c, s, "product"))
+    dx, dc, ds = kernels.gate_backward(x, x, c, s, False)
+    assert torch.isfinite(dx).all() and torch.isfinite(dc).all() and torch.isfinite(ds).all()
