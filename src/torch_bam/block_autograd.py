@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bam import _final_1x1, _narrow_layout
+from .cpu.layers import final_1x1 as _final_1x1
+from .cpu.layers import narrow_layout as _narrow_layout
 from .functional import _bam_gate_backward_op, bam_gate, get_backend
 
 if TYPE_CHECKING:

@@ -171,68 +171,81 @@ class _FakeKernels:
         return x.new_empty((dr.shape[1], x.shape[1]), dtype=torch.float32)
 
 
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)  # no dispatch when nothing changes
+
+
 def _empty_stats(z: Tensor) -> Tensor:
     return z.new_empty((0,), dtype=torch.float32)
 
 
-def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float):
-    """native_batch_norm as nn.BatchNorm runs it. In training it runs on copies of the running
-    statistics, which come back updated as the plain path would have updated the buffers."""
+def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float, in_place: bool):
+    """native_batch_norm as nn.BatchNorm runs it. In training it updates the running statistics
+    in place (eager), or copies of them that come back updated (the functional op)."""
     if train:
-        rm, rv = rm.clone(), rv.clone()
+        if not in_place:
+            rm, rv = rm.clone(), rv.clone()
         out, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, momentum, eps)
         return out, mean, invstd, rm, rv
     out = _aten.native_batch_norm(z, w, b, rm, rv, False, momentum, eps)[0]
     return out, _empty_stats(z), _empty_stats(z), rm, rv
 
 
-def _bn_again(z: Tensor, w, b, rm, rv, mean, invstd, train: bool, eps: float) -> Tensor:
-    """The BatchNorm's forward output again, from its saved statistics (no new reduction)."""
-    if train:  # invstd = 1 / sqrt(var + eps)
-        rm, rv = mean, invstd.pow(-2).sub_(eps)
+def _bn_again(z: Tensor, w, b, rm, rv, train: bool, eps: float) -> Tensor:
+    """The BatchNorm's forward output again. In training from the batch statistics recomputed
+    (one op, and bitwise the forward's output; the map is C // r channels wide)."""
+    if train:
+        return _aten.native_batch_norm(z, w, b, None, None, True, 0.0, eps)[0]
     return _aten.native_batch_norm(z, w, b, rm, rv, False, 0.0, eps)[0]
 
 
 def _forward(k, x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train,
-             bn_momentum, bn_eps, dilations, product, dtype):  # fmt: skip
+             bn_momentum, bn_eps, dilations, product, dtype, in_place=False):  # fmt: skip
     hidden = len(mlp_w) - 1
     stats: list[Tensor] = []
     with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen here, explicitly
-        pooled, r = k.pool_reduce(x, conv_w[0].to(dtype), conv_b[0].to(dtype))
+        # The weights in the compute dtype, once: backward reuses these casts.
+        mlp_wc, mlp_bc = [_cast(w, dtype) for w in mlp_w], [_cast(b, dtype) for b in mlp_b]
+        conv_wc, conv_bc = [_cast(w, dtype) for w in conv_w], [_cast(b, dtype) for b in conv_b]
+        pooled, r = k.pool_reduce(x, conv_wc[0], conv_bc[0])
         # The channel MLP on [B, C]: keep every value, they are tiny.
-        a = pooled.to(dtype)
+        a = _cast(pooled, dtype)
         mlp_saved = [a]
         for i in range(hidden):
-            z = F.linear(a, mlp_w[i].to(dtype), mlp_b[i].to(dtype))
+            z = F.linear(a, mlp_wc[i], mlp_bc[i])
             t, mean, invstd, rm, rv = _bn(
-                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i]
+                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i],
+                in_place,
             )
             a = t.relu_()
             mlp_saved += [z, a, mean, invstd]
-            if bn_train[i]:
+            if bn_train[i] and not in_place:
                 stats += [rm, rv]
-        c = F.linear(a, mlp_w[-1].to(dtype), mlp_b[-1].to(dtype))
+        c = F.linear(a, mlp_wc[-1], mlp_bc[-1])
         # The spatial branch on C // r channels: keep r and the last dilated conv's output.
         # r channels_last: the dilated 3x3 convs after it are fastest so on a GPU.
-        z = r.to(dtype).contiguous(memory_format=torch.channels_last)
+        z = _cast(r, dtype).contiguous(memory_format=torch.channels_last)
         sp_saved = [z]
         n_bn = len(conv_w) - 1
         for j in range(n_bn):
             i = hidden + j
             t, mean, invstd, rm, rv = _bn(
-                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i]
+                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i],
+                in_place,
             )
             a = t.relu_()
             sp_saved += [mean, invstd]
-            if bn_train[i]:
+            if bn_train[i] and not in_place:
                 stats += [rm, rv]
             if j + 1 < n_bn:
                 d = dilations[j]
-                z = F.conv2d(a, conv_w[j + 1].to(dtype), conv_b[j + 1].to(dtype), 1, d, d)
+                z = F.conv2d(a, conv_wc[j + 1], conv_bc[j + 1], 1, d, d)
         sp_saved.append(z)  # the last dilated conv's output (r itself if there is none)
-        s = F.conv2d(a, conv_w[-1].to(dtype), conv_b[-1].to(dtype))
+        s = F.conv2d(a, conv_wc[-1], conv_bc[-1])
         y = k.gate_forward(x, c, s, product)
-    return y, [c, s, *mlp_saved, *sp_saved], stats
+    # One output for the new running statistics (fewer outputs, less work for the compiler).
+    packed = None if in_place else torch.cat(stats) if stats else _empty_stats(x)
+    return y, [c, s, *mlp_saved, *sp_saved], packed, [*mlp_wc, *conv_wc, *conv_bc]
 
 
 @torch.library.custom_op("torch_bam::bam_block_cuda", mutates_args=())
@@ -252,21 +265,28 @@ def _block_op(
     dilations: list[int],
     product: bool,
     dtype: torch.dtype,
-) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+) -> tuple[Tensor, list[Tensor], Tensor]:
     """y, the tensors backward needs, and the new running (mean, var) of each BatchNorm in
-    training mode. ``dtype``: the narrow branch's compute dtype (autocast's, else x's)."""
-    return _forward(_kernels(), x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
-                    bn_train, bn_momentum, bn_eps, dilations, product, dtype)  # fmt: skip
+    training mode, concatenated. ``dtype``: the narrow branch's compute dtype (autocast's, else
+    x's)."""
+    y, saved, packed, _ = _forward(_kernels(), x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b,
+                                   bn_rm, bn_rv, bn_train, bn_momentum, bn_eps, dilations,
+                                   product, dtype)  # fmt: skip
+    return y, saved, packed  # (the casts alias the weights: an op may not return them)
 
 
 @_block_op.register_fake
 def _(*args):
-    return _forward(_FakeKernels, *args)
+    return _forward(_FakeKernels, *args)[:3]
 
 
 def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train, bn_eps,
               dilations, product, dtype, need_x, need_wr):  # fmt: skip
     hidden, n_bn = len(mlp_w) - 1, len(conv_w) - 1
+    n_cast = len(mlp_w) + 2 * len(conv_w)
+    saved, casts = saved[: len(saved) - n_cast], saved[len(saved) - n_cast :]
+    mlp_wc, conv_wc = casts[: hidden + 1], casts[hidden + 1 : -n_bn - 1]
+    conv_bc = casts[-n_bn - 1 :]
     c, s = saved[0], saved[1]
     mlp_saved = saved[2 : 3 + 4 * hidden]
     r, sp_stats, z_last = saved[3 + 4 * hidden], saved[4 + 4 * hidden : -1], saved[-1]
@@ -275,19 +295,19 @@ def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, 
     with torch.autocast(x.device.type, enabled=False):
         dc, ds = k.gate_backward_reduce(dy, x, c, s, product)
         # The channel MLP, last layer first.
-        mlp_dw: list[Tensor] = [x.new_empty(0)] * (hidden + 1)
-        mlp_db: list[Tensor] = [x.new_empty(0)] * (hidden + 1)
-        bn_dw: list[Tensor] = [x.new_empty(0)] * len(bn_w)
-        bn_db: list[Tensor] = [x.new_empty(0)] * len(bn_w)
-        da = dc.to(dtype)
+        mlp_dw: list = [None] * (hidden + 1)
+        mlp_db: list = [None] * (hidden + 1)
+        bn_dw: list = [None] * len(bn_w)
+        bn_db: list = [None] * len(bn_w)
+        da = _cast(dc, dtype)
         dpool = None
         for i in range(hidden, -1, -1):
             a_in = mlp_saved[4 * i - 2] if i > 0 else mlp_saved[0]
-            mlp_dw[i] = da.t().mm(a_in).to(mlp_w[i].dtype)
-            mlp_db[i] = da.sum(0).to(mlp_w[i].dtype)
+            mlp_dw[i] = _cast(da.t().mm(a_in), mlp_w[i].dtype)
+            mlp_db[i] = da.sum(0, dtype=mlp_w[i].dtype)
             if i == 0 and not need_x:
                 break
-            da = da.mm(mlp_w[i].to(dtype))
+            da = da.mm(mlp_wc[i])
             if i == 0:
                 dpool = da
                 break
@@ -301,24 +321,19 @@ def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, 
         zs, acts = [r], []
         for j in range(n_bn):
             i = hidden + j
-            mean, invstd = sp_stats[2 * j], sp_stats[2 * j + 1]
-            t = _bn_again(zs[j], bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], mean, invstd,
-                          bn_train[i], bn_eps[i])  # fmt: skip
+            t = _bn_again(zs[j], bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_eps[i])
             acts.append(t.relu_())
             if j + 1 == n_bn - 1:
                 zs.append(z_last)
             elif j + 1 < n_bn:
                 d = dilations[j]
-                w, b = conv_w[j + 1].to(dtype), conv_b[j + 1].to(dtype)
-                zs.append(F.conv2d(acts[j], w, b, 1, d, d))
-        conv_dw: list[Tensor] = [x.new_empty(0)] * (n_bn + 1)
-        conv_db: list[Tensor] = [x.new_empty(0)] * (n_bn + 1)
+                zs.append(F.conv2d(acts[j], conv_wc[j + 1], conv_bc[j + 1], 1, d, d))
+        conv_dw: list = [None] * (n_bn + 1)
+        conv_db: list = [None] * (n_bn + 1)
         wf = conv_w[-1]
-        da, dw, db = _aten.convolution_backward(
-            ds.to(dtype), acts[-1], wf.to(dtype), [1], [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-            mask3,
-        )
-        conv_dw[-1], conv_db[-1] = dw.to(wf.dtype), db.to(wf.dtype)
+        # The final conv's bias grad from the float32 dM_s: it is a sum over the whole batch.
+        da, conv_dw[-1], conv_db[-1] = _conv_backward(_cast(ds, dtype), acts[-1], wf, conv_wc[-1],
+                                                      0, ds)  # fmt: skip
         for j in range(n_bn - 1, -1, -1):
             i = hidden + j
             mean, invstd = sp_stats[2 * j], sp_stats[2 * j + 1]
@@ -329,20 +344,30 @@ def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, 
             )
             if j > 0:
                 w, d = conv_w[j], dilations[j - 1]
-                da, dw, db = _aten.convolution_backward(
-                    dz, acts[j - 1], w.to(dtype), [w.shape[0]], [1, 1], [d, d], [d, d], False,
-                    [0, 0], 1, mask3,
-                )
-                conv_dw[j], conv_db[j] = dw.to(w.dtype), db.to(w.dtype)
+                da, conv_dw[j], conv_db[j] = _conv_backward(dz, acts[j - 1], w, conv_wc[j], d)
         dr = dz
         wr = conv_w[0]
-        conv_db[0] = dr.sum((0, 2, 3), dtype=torch.float32).to(wr.dtype)
+        conv_db[0] = _cast(dr.sum((0, 2, 3), dtype=torch.float32), wr.dtype)
         if need_wr:
-            conv_dw[0] = k.reduce_weight_grad(x, dr).reshape(wr.shape).to(wr.dtype)
-        dx = x.new_empty(0)
+            conv_dw[0] = _cast(k.reduce_weight_grad(x, dr).reshape(wr.shape), wr.dtype)
+        dx = None
         if need_x:
             dx = k.gate_backward_dx(dy, c, s, product, w_reduce=wr, dr=dr, dpool=dpool)
     return dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db
+
+
+def _conv_backward(dz: Tensor, inp: Tensor, w: Tensor, wc: Tensor, d: int, dz_bias=None):
+    """(d input, d weight, d bias) of a stride-1 conv with padding = dilation = d (``wc``: the
+    weight ``w`` in the compute dtype); the weight's grads in w's dtype (under autocast the
+    bias's summed straight into it from ``dz_bias``, default ``dz``: one op, not two)."""
+    same = w.dtype == wc.dtype
+    da, dw, db = _aten.convolution_backward(
+        dz, inp, wc, [w.shape[0]], [1, 1], [d, d], [max(d, 1)] * 2, False, [0, 0],
+        1, [True, True, same],
+    )  # fmt: skip
+    if not same:
+        db = (dz if dz_bias is None else dz_bias).sum((0, 2, 3), dtype=w.dtype)
+    return da, _cast(dw, w.dtype), db
 
 
 _GRADS = tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor],
@@ -370,60 +395,104 @@ def _block_backward_op(
     need_wr: bool,
 ) -> _GRADS:
     """dx (empty unless need_x) and the grads of the weights, in the forward op's lists."""
-    return _backward(_kernels(), dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
-                     bn_train, bn_eps, dilations, product, dtype, need_x, need_wr)  # fmt: skip
+    grads = _backward(_kernels(), dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
+                      bn_train, bn_eps, dilations, product, dtype, need_x, need_wr)  # fmt: skip
+    return _no_none(x, grads)
 
 
 @_block_backward_op.register_fake
-def _(*args):
-    return _backward(_FakeKernels, *args)
+def _(dy, x, *args):
+    return _no_none(x, _backward(_FakeKernels, dy, x, *args))
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    (x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train, bn_momentum, bn_eps,
-     dilations, product, dtype) = inputs  # fmt: skip
-    _, saved, _ = output
-    n = len(mlp_w) - 1
-    sp_stats = saved[4 + 4 * n : -1]
-    mlp_stats = [saved[5 + 4 * i : 7 + 4 * i] for i in range(n)]
-    stats = mlp_stats + [sp_stats[2 * j : 2 * j + 2] for j in range(len(conv_w) - 1)]
-    # Running statistics only of BatchNorms in eval mode: the others are updated after this op
-    # (and their backward reads the batch statistics instead).
-    rm = [m if not t else st[0] for m, t, st in zip(bn_rm, bn_train, stats, strict=True)]
-    rv = [v if not t else st[1] for v, t, st in zip(bn_rv, bn_train, stats, strict=True)]
-    ctx.save_for_backward(x, *saved, *mlp_w, *conv_w, *conv_b, *bn_w, *bn_b, *rm, *rv)
-    ctx.sizes = (len(saved), len(mlp_w), len(conv_w), len(bn_w))
-    ctx.args = (bn_train, bn_eps, dilations, product, dtype)
-    ctx.need = (x.requires_grad, conv_w[0].requires_grad)
+def _no_none(x: Tensor, grads):
+    """The op's schema has no optional tensors: an empty tensor for a grad not computed."""
+    empty = x.new_empty((0,))
+    dx, *lists = grads
+    return (empty if dx is None else dx, *[[empty if g is None else g for g in gs] for gs in lists])
 
 
-def _backward_formula(ctx, dy, _dsaved, _dstats):
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "torch_bam: the CUDA block path does not support second-order gradients "
-            "(backward with create_graph=True). Run the block on the plain path for that: "
-            'torch_bam.functional.set_backend("reference").'
+def _forward_any(*args):
+    """The forward op under torch.compile (an opaque node with a fake implementation), else
+    its implementation directly (a custom op's Python dispatch costs host time in eager)."""
+    if torch.compiler.is_compiling():
+        y, saved, packed = _block_op(*args)
+        mlp_w, conv_w, conv_b, dtype = args[1], args[3], args[4], args[-1]
+        casts = [_cast(w, dtype) for w in [*mlp_w, *conv_w, *conv_b]]
+        return y, saved + casts, packed
+    y, saved, _, casts = _forward(_kernels(), *args, in_place=True)
+    return y, saved + casts, None
+
+
+def _backward_any(*args):
+    if torch.compiler.is_compiling():
+        return _block_backward_op(*args)
+    return _backward(_kernels(), *args)
+
+
+def _split(t, sizes):
+    out, i = [], 0
+    for n in sizes:
+        out.append(list(t[i : i + n]))
+        i += n
+    return out
+
+
+class _BlockFunction(torch.autograd.Function):
+    """One autograd node per block. (Not ``register_autograd`` on the op: that wraps each of
+    the op's ~20 tensor inputs and ~17 outputs in extra detach calls, forward and backward, and
+    would make the saved tensors outputs of the op.)"""
+
+    @staticmethod
+    def forward(ctx, spec, x: Tensor, *tensors: Tensor):
+        n_mlp, n_conv, n_bn, bn_train, bn_momentum, bn_eps, dilations, product, dtype = spec
+        mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv = _split(
+            tensors, [n_mlp, n_mlp, n_conv, n_conv, n_bn, n_bn, n_bn, n_bn]
         )
-    t = list(ctx.saved_tensors)
-    n_saved, n_mlp, n_conv, n_bn = ctx.sizes
-    x, saved = t[0], t[1 : 1 + n_saved]
-    t = t[1 + n_saved :]
-    mlp_w, t = t[:n_mlp], t[n_mlp:]
-    conv_w, conv_b, t = t[:n_conv], t[n_conv : 2 * n_conv], t[2 * n_conv :]
-    bn_w, bn_b, rm, rv = (t[i * n_bn : (i + 1) * n_bn] for i in range(4))
-    need_x, need_wr = ctx.need
-    dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db = _block_backward_op(
-        dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv, *ctx.args, need_x, need_wr
-    )
-    conv_dw = list(conv_dw)
-    if not need_wr:
-        conv_dw[0] = None
-    none = [None] * n_bn  # the running statistics
-    return (dx if need_x else None, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db, none, none,
-            None, None, None, None, None, None)  # fmt: skip
+        y, saved, packed = _forward_any(
+            x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, list(bn_train),
+            list(bn_momentum), list(bn_eps), list(dilations), product, dtype,
+        )  # fmt: skip
+        hidden = n_mlp - 1
+        stats = [saved[5 + 4 * i : 7 + 4 * i] for i in range(hidden)]
+        sp_stats = saved[4 + 4 * hidden : len(saved) - n_mlp - 2 * n_conv - 1]
+        stats += [sp_stats[2 * j : 2 * j + 2] for j in range(n_conv - 1)]
+        # Running statistics only of BatchNorms in eval mode: the others are updated after this
+        # function (and their backward reads the batch statistics instead).
+        rm = [m if not t else st[0] for m, t, st in zip(bn_rm, bn_train, stats, strict=True)]
+        rv = [v if not t else st[1] for v, t, st in zip(bn_rv, bn_train, stats, strict=True)]
+        ctx.save_for_backward(x, *saved, *mlp_w, *conv_w, *conv_b, *bn_w, *bn_b, *rm, *rv)
+        ctx.spec, ctx.n_saved = spec, len(saved)
+        if packed is None:  # eager: the running statistics were updated in place
+            return y
+        ctx.mark_non_differentiable(packed)
+        return y, packed
 
-
-_block_op.register_autograd(_backward_formula, setup_context=_setup_context)
+    @staticmethod
+    def backward(ctx, dy: Tensor, _dpacked=None):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "torch_bam: the CUDA block path does not support second-order gradients "
+                "(backward with create_graph=True). Run the block on the plain path for that: "
+                'torch_bam.functional.set_backend("reference").'
+            )
+        n_mlp, n_conv, n_bn, bn_train, _, bn_eps, dilations, product, dtype = ctx.spec
+        t = ctx.saved_tensors
+        x, saved = t[0], list(t[1 : 1 + ctx.n_saved])
+        mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv = _split(
+            t[1 + ctx.n_saved :], [n_mlp, n_conv, n_conv, n_bn, n_bn, n_bn, n_bn]
+        )
+        need_x = ctx.needs_input_grad[1]
+        need_wr = ctx.needs_input_grad[2 + 2 * n_mlp]
+        dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db = _backward_any(
+            dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv, list(bn_train),
+            list(bn_eps), list(dilations), product, dtype, need_x, need_wr,
+        )  # fmt: skip
+        conv_dw = list(conv_dw)
+        if not need_wr:
+            conv_dw[0] = None
+        return (None, dx if need_x else None, *mlp_dw, *mlp_db, *conv_dw, *conv_db, *bn_dw,
+                *bn_db, *[None] * (2 * n_bn))  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,28 +507,30 @@ def block_forward(block: nn.Module, x: Tensor) -> Tensor:
     bns = mlp[1::3] + sp[1::3]
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    y, _, stats = _block_op(
-        x,
-        [m.weight for m in lins],
-        [m.bias for m in lins],
-        [m.weight for m in convs],
-        [m.bias for m in convs],
-        [m.weight for m in bns],
-        [m.bias for m in bns],
-        [m.running_mean for m in bns],
-        [m.running_var for m in bns],
-        [m.training for m in bns],
-        [0.0 if m.momentum is None else float(m.momentum) for m in bns],
-        [float(m.eps) for m in bns],
-        [m.dilation[0] for m in convs[1:-1]],
+    spec = (
+        len(lins),
+        len(convs),
+        len(bns),
+        tuple(m.training for m in bns),
+        tuple(0.0 if m.momentum is None else float(m.momentum) for m in bns),
+        tuple(float(m.eps) for m in bns),
+        tuple(m.dilation[0] for m in convs[1:-1]),
         block.combine == "product",
         dtype,
     )
-    if stats:
-        trained = [m for m in bns if m.training]
+    tensors = [m.weight for m in lins] + [m.bias for m in lins]
+    tensors += [m.weight for m in convs] + [m.bias for m in convs]
+    tensors += [m.weight for m in bns] + [m.bias for m in bns]
+    tensors += [m.running_mean for m in bns] + [m.running_var for m in bns]
+    out = _BlockFunction.apply(spec, x, *tensors)
+    trained = [m for m in bns if m.training]
+    if trained:
         with torch.no_grad():
-            torch._foreach_copy_(
-                [b for m in trained for b in (m.running_mean, m.running_var)], list(stats)
-            )
+            if isinstance(out, tuple):  # compiled: the op gave the new running statistics
+                out, packed = out
+                buffers = [b for m in trained for b in (m.running_mean, m.running_var)]
+                torch._foreach_copy_(buffers, packed.split([b.numel() for b in buffers]))
             torch._foreach_add_([m.num_batches_tracked for m in trained], 1)
-    return y
+    elif isinstance(out, tuple):
+        out = out[0]
+    return out
