@@ -28,10 +28,11 @@ The floor (bytes moved; ``N = B*C*H*W`` elements of ``e`` bytes, ``h = C/r``):
     gate_backward_dx        read dy, write dx, read dr              2 N e + N e / r
     pool_reduce             read x, write r                         N e + N e / r  (+ partials)
 
-Partials cost ``4 B (D L / BL + L D / BR)`` bytes written and read again, i.e. a fraction
-``4 (1/BL + 1/BR) / e`` of one pass: about 6% at 64x64 tiles in bf16. On an H100 a copy moves
-about 3 TB/s; the kernels aim at 0.8 of that forward and 0.7 backward (``benchmarks/gpu.py``
-measures it, with ``triton.testing.do_bench`` so that a cold L2 and no launch gap are timed).
+Partials are ``4 B D L (1/BL + 1/BR)`` bytes, written once and read once by the ``.sum(0)``: a
+fraction ``8 (1/BL + 1/BR) / e`` of one pass over x, 12.5% at 64x64 tiles in bf16, i.e. about 4%
+on top of the one-pass backward's 3 N e. On an H100 a copy moves about 3 TB/s; the kernels aim
+at 0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it, with
+``triton.testing.do_bench``, so that a cold L2 and no launch gap are timed).
 
 ``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
