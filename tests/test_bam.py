@@ -1,5 +1,6 @@
 """BAM against the seed's code, the closed-form parameter count, and numerics."""
 
+import copy
 from unittest import mock
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from tests.helpers import assert_close, bam_param_count, randomize_
 from tests.reference import official_bam, seed_bam
-from torch_bam import BAM, ChannelGate, SpatialGate
+from torch_bam import BAM, ChannelGate, SpatialGate, functional
 
 block_autograd_off = mock.patch("torch_bam.block_autograd.can_use", lambda *a: False)
 
@@ -49,6 +50,29 @@ def test_matches_seed(mode, shape):
     torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
     for (k, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_empty_batch_like_reference(mode, memory_format):
+    # Plain torch takes a batch of 0; so must every path (the memory-saving one in training).
+    # (H or W of 0 is an error in the reference too: the dilated convs need a padded size >= 9.)
+    ours = randomize_(BAM(64, reduction_ratio=8)).train(mode == "train")
+    ref = copy.deepcopy(ours)
+    x = torch.randn(0, 64, 8, 8).contiguous(memory_format=memory_format)
+    x_ours, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = ours(x_ours)
+    y.sum().backward()
+    functional.set_backend("reference")
+    try:
+        ref(x_ref).sum().backward()
+    finally:
+        functional.set_backend("auto")
+    assert y.shape == x.shape and x_ours.grad.shape == x.shape
+    for (name, p), p_ref in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_ref.grad, msg=name)
+    for (name, b), b_ref in zip(ours.named_buffers(), ref.buffers(), strict=True):
+        torch.testing.assert_close(b, b_ref, msg=name)
 
 
 def test_output_actually_depends_on_attention():

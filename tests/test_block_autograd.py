@@ -1,5 +1,6 @@
 """The memory-saving training path equals plain autograd, and keeps ~1x the input for backward."""
 
+import contextlib
 import copy
 from unittest import mock
 
@@ -110,6 +111,53 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(block, (xc,), fast_mode=True)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_hessian_vector_product_like_reference(mode):
+    # Second derivatives (create_graph=True) through the memory-saving path, e.g. for a
+    # gradient penalty or torch.autograd.functional.hvp, equal plain autograd's.
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train(mode == "train")
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=gen)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=gen)
+    x.requires_grad_()
+    assert block_autograd.can_use(block, x)
+
+    def loss(t):
+        return block(t).pow(2).sum()
+
+    _, ours = torch.autograd.functional.hvp(loss, x, v)
+    # The same with every parameter's second-order term: grad of (dloss/dx . v).
+    dx = torch.autograd.grad(loss(x), x, create_graph=True)[0]
+    ours_p = torch.autograd.grad((dx * v).sum(), list(block.parameters()), allow_unused=True)
+    set_backend("reference")
+    try:
+        _, ref = torch.autograd.functional.hvp(loss, x, v)
+        dx = torch.autograd.grad(loss(x), x, create_graph=True)[0]
+        ref_p = torch.autograd.grad((dx * v).sum(), list(block.parameters()), allow_unused=True)
+    finally:
+        set_backend("auto")
+    assert ref.abs().max() > 0
+    assert_close(ours, ref, torch.float64)
+    for (name, _), a, b in zip(block.named_parameters(), ours_p, ref_p, strict=True):
+        if b is None:
+            assert a is None or not a.any(), name
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_gradgradcheck_float64(backend):
+    # "reference" is the way around any doubt: plain ATen ops all the way through.
+    block = BAM(16, reduction_ratio=2, dilation=1).double().train()
+    x = torch.randn(2, 16, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert block_autograd.can_use(block, x)
+    set_backend(backend)
+    try:
+        assert torch.autograd.gradgradcheck(block, (x,), fast_mode=True)
+    finally:
+        set_backend("auto")
+
+
 def _saved_bytes(block, x):
     storages = {}
 
@@ -187,6 +235,46 @@ def test_falls_back_to_plain_autograd(setup):
             assert x.grad is not None
     finally:
         set_backend("auto")
+
+
+_MODIFIED = {
+    "reduce conv": "spatial_att.gate_s.gate_s_conv_reduce0.weight",
+    "dilated conv": "spatial_att.gate_s.gate_s_conv_di_1.weight",
+    "final conv": "spatial_att.gate_s.gate_s_conv_final.weight",
+    "MLP linear": "channel_att.gate_c.0.weight",
+    "BN weight": "spatial_att.gate_s.gate_s_bn_di_0.weight",
+    "BN1d weight": "channel_att.gate_c.1.weight",
+    "frozen BN running var": "spatial_att.gate_s.gate_s_bn_di_0.running_var",
+}
+# Plain autograd keeps the ReLUs' outputs and so never needs a bias in backward; the
+# memory-saving path recomputes the ReLUs' masks from the biases, so it checks them too.
+_BIASES = {
+    "BN bias": "spatial_att.gate_s.gate_s_bn_reduce0.bias",
+    "dilated conv bias": "spatial_att.gate_s.gate_s_conv_di_0.bias",
+    "MLP bias": "channel_att.gate_c.0.bias",
+}
+
+
+@pytest.mark.parametrize(
+    ("what", "path"),
+    [(w, p) for w in _MODIFIED for p in ("memory-saving", "plain")]
+    + [(w, "memory-saving") for w in _BIASES],
+)
+def test_weights_modified_in_place_before_backward_raise(what, path):
+    # Plain autograd refuses to backpropagate with weights changed since the forward pass;
+    # the memory-saving path recomputes from the module's weights, so it must check too.
+    block = BAM(64, reduction_ratio=8).train()
+    block.spatial_att.gate_s.gate_s_bn_di_0.train(not what.startswith("frozen"))
+    x = torch.randn(2, 64, 6, 6, requires_grad=True)
+    assert block_autograd.can_use(block, x)
+    with _plain() if path == "plain" else contextlib.nullcontext():
+        y = block(x)
+    name = {**_MODIFIED, **_BIASES}[what]
+    tensor = block.get_buffer(name) if "running" in name else block.get_parameter(name)
+    with torch.no_grad():
+        tensor.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
 
 
 def test_autocast_bfloat16_cpu():

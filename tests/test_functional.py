@@ -54,6 +54,21 @@ def test_matches_reference_forward_and_grads(backend, combine, layout, shape):
         assert grads[0].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (2, 5, 0, 4), (2, 5, 3, 0)])
+def test_empty_inputs_like_reference(backend, combine, layout, shape):
+    x, c, s = _inputs(shape, layout=layout)
+    g = torch.randn(shape)
+    y, grads = _run(bam_gate, x, c, s, combine, g)
+    y_ref, grads_ref = _run(bam_gate_ref, x, c, s, combine, g)
+    assert y.shape == shape
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b)  # empty, or zeros (sums over no pixels)
+    with torch.no_grad():
+        assert bam_gate(x.clone(), c, s, combine, inplace=True).shape == shape
+
+
 def test_runs_through_the_registered_op():
     x, c, s = (t.requires_grad_() for t in _inputs((2, 4, 3, 3)))
     assert "torch_bam_bam_gate" in type(bam_gate(x, c, s).grad_fn).__name__
@@ -85,6 +100,29 @@ def test_channel_logits_with_trailing_ones():
 def test_gradcheck_float64(combine, layout):
     x, c, s = (t.requires_grad_() for t in _inputs((2, 3, 4, 5), torch.float64, layout))
     assert torch.autograd.gradcheck(lambda *a: bam_gate(*a, combine), (x, c, s))
+
+
+@pytest.mark.parametrize("combine", ["sum", "product"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_gradgradcheck_float64(backend, combine, layout):
+    x, c, s = (t.requires_grad_() for t in _inputs((2, 3, 4, 5), torch.float64, layout))
+    assert torch.autograd.gradgradcheck(lambda *a: bam_gate(*a, combine), (x, c, s))
+
+
+@pytest.mark.parametrize("combine", ["sum", "product"])
+def test_hessian_vector_product_float32_like_reference(backend, combine):
+    # float32 on CPU: the first backward is the fused kernel's, unless a graph is wanted.
+    x, c, s = _inputs((2, 17, 5, 7))
+    v = tuple(torch.randn_like(t) for t in (x, c, s))
+
+    def loss(fn):
+        return lambda *a: fn(*a, combine).pow(2).sum()
+
+    _, ours = torch.autograd.functional.hvp(loss(bam_gate), (x, c, s), v)
+    _, ref = torch.autograd.functional.hvp(loss(bam_gate_ref), (x, c, s), v)
+    for a, b in zip(ours, ref, strict=True):
+        assert b.abs().max() > 0  # a real second derivative to compare against
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_opcheck():

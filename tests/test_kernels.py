@@ -63,6 +63,24 @@ def test_kernel_direct(product, channels_last):
         torch.testing.assert_close(ours.reshape(leaf.shape), leaf.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(0, 5, 3, 4), (2, 5, 0, 4), (2, 0, 3, 4), (0, 0, 0, 0)])
+@pytest.mark.parametrize("product", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_empty_tensors(shape, product, channels_last):
+    # An empty batch (the last one of an epoch, a filtered batch) is no error in plain torch.
+    lib = _cpu.load()
+    assert lib is not None, _cpu.last_error()
+    b, ch, h, w = shape
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c, s = torch.randn(b, ch), torch.randn(b, 1, h, w)
+    assert _cpu.forward(lib, x, c, s, product).shape == shape
+    dx, dc, ds = _cpu.backward(lib, torch.randn_like(x), x, c, s, product)
+    assert (dx.shape, dc.shape, ds.shape) == (shape, c.shape, s.shape)
+    assert not dc.any() and not ds.any()  # sums over nothing are zero
+
+
 def test_extreme_logits_stay_finite():
     x = torch.ones(1, 2, 1, 2)
     c = torch.tensor([[200.0, -200.0]])
@@ -70,3 +88,59 @@ def test_extreme_logits_stay_finite():
     y = bam_gate(x, c, s)
     assert torch.isfinite(y).all()
     assert_close(y, bam_gate_ref(x, c, s))
+
+
+def _wide_logits(b, ch, h, w, bound, seed=0):
+    """Logits uniform in [-bound, bound], with pairs of opposite sign whose sum is small.
+
+    Beyond |88|, exp(-c) and exp(-s) alone overflow or underflow in float32 while
+    sigmoid(c + s) is anywhere in (0, 1): a kernel must add first, then clamp or exponentiate.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    c = 400 * torch.rand(b, ch, generator=gen, dtype=torch.float64) - 200
+    s = 400 * torch.rand(b, 1, h, w, generator=gen, dtype=torch.float64) - 200
+    # Every other pixel: minus one channel's logit, plus a little, so c + s lies in [-4, 4].
+    near = -c[:, :1, None, None] + 8 * torch.rand(b, 1, h, w, generator=gen) - 4
+    s[..., ::2] = near[..., ::2].to(s.dtype)
+    c[:, 0] = torch.where(torch.arange(b) % 2 == 0, 90.0, c[:, 0])  # the issue's example...
+    s[:, 0, 0, 1] = torch.where(torch.arange(b) % 2 == 0, -89.0, s[:, 0, 0, 1])  # ...c + s = 1
+    return c.clamp(-bound, bound), s.clamp(-bound, bound)
+
+
+# 80: the largest logits the kernel's exp(-c) * exp(-s) shortcut takes; 200: past it.
+@pytest.mark.parametrize("bound", [80, 200])
+@pytest.mark.parametrize("product", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_kernel_wide_logits_against_float64_reference(bound, product, channels_last):
+    lib = _cpu.load()
+    assert lib is not None, _cpu.last_error()
+    shape = (4, 19, 7, 6)
+    gen = torch.Generator().manual_seed(1)
+    x64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    dy64 = torch.randn(shape, generator=gen, dtype=torch.float64)
+    c64, s64 = _wide_logits(*shape, bound)
+    combine = "product" if product else "sum"
+    leaves = [t.clone().requires_grad_() for t in (x64, c64, s64)]
+    y_ref = bam_gate_ref(*leaves, combine)
+    y_ref.backward(dy64)
+    x, c, s, dy = (t.float() for t in (x64, c64, s64, dy64))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ours = [_cpu.forward(lib, x, c, s, product), *_cpu.backward(lib, dy, x, c, s, product)]
+    refs = [y_ref, *(leaf.grad for leaf in leaves)]
+    for name, a, b in zip(("y", "dx", "dc", "ds"), ours, refs, strict=True):
+        torch.testing.assert_close(
+            a.double().reshape(b.shape), b, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+def test_opposite_sign_logits_through_bam_gate():
+    # The issue's example: c = 90, s = -89 gives sigmoid(1), not the 0.5 of clamping each.
+    x = torch.ones(1, 1, 1, 1, requires_grad=True)
+    c, s = torch.tensor([[90.0]]), torch.tensor([[[[-89.0]]]])
+    y = bam_gate(x, c, s)
+    y.backward()
+    expected = torch.sigmoid(torch.tensor(1.0))
+    torch.testing.assert_close(y.reshape(()), 1 + expected)
+    torch.testing.assert_close(x.grad.reshape(()), 1 + expected)
+

@@ -20,7 +20,7 @@ training block (frozen BN) recompute with their running statistics, as their for
 :meth:`torch_bam.BAM.forward` takes this path in training when it applies (plain layers, no
 inner hooks, a gate width ``C // r`` of at least ``MIN_HIDDEN``, not under torch.compile, FX or
 TorchScript, backend ``"auto"``), and the plain autograd path otherwise; both give the same
-results. It does not support double backward.
+results. Double backward (``create_graph=True``) recomputes the block with plain autograd.
 """
 
 from __future__ import annotations
@@ -196,7 +196,21 @@ class _BAMBlockFunction(torch.autograd.Function):
         finally:
             for hook in hooks:
                 hook.remove()
-        ctx.save_for_backward(x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits)
+        # The parameters (and a frozen BN's running statistics) are saved too, though they are
+        # the module's own tensors: backward recomputes from them, and autograd's version check
+        # on saved tensors then raises, as in plain autograd, if one was changed in place
+        # between forward and backward (instead of silently using the new values).
+        frozen = [
+            stat
+            for gate in (block.channel_att.gate_c, block.spatial_att.gate_s)
+            for m in gate
+            if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and not m.training
+            for stat in (m.running_mean, m.running_var)
+            if stat is not None
+        ]
+        ctx.save_for_backward(
+            x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits, *params, *frozen
+        )
         ctx.block, ctx.params = block, params
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
@@ -206,10 +220,13 @@ class _BAMBlockFunction(torch.autograd.Function):
         return bam_gate(x, channel_logits, spatial_logits, block.combine)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors
+        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors[:6]
         block: BAM = ctx.block
+        if torch.is_grad_enabled():
+            # create_graph=True: the steps below are not differentiable (in-place matmuls, a
+            # conv's own backward), so recompute the block with plain autograd instead.
+            return _BAMBlockFunction._differentiable_backward(ctx, x, grad)
         dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
         need_x = ctx.needs_input_grad[1]
         reduce = block.spatial_att.gate_s[0]
@@ -279,6 +296,25 @@ class _BAMBlockFunction(torch.autograd.Function):
             by_param[id(reduce.bias)] = dr.sum((0, 2, 3)).to(reduce.bias.dtype)
         param_grads = [by_param.get(id(p)) for p in ctx.params]
         return (None, dx if need_x else None, *param_grads)
+
+    @staticmethod
+    def _differentiable_backward(ctx, x: Tensor, grad: Tensor):
+        """Backward as a graph of its own (double backward): the block's maths in plain ops
+        from the saved ``x``, differentiated with ``create_graph=True``. It uses the same
+        statistics as the forward pass (batch or running) and updates none."""
+        block: BAM = ctx.block
+        need_x = ctx.needs_input_grad[1]
+        params = [p for p, need in zip(ctx.params, ctx.needs_input_grad[2:], strict=True) if need]
+        with _autocast(ctx.autocast):
+            xr = x if need_x else x.detach()
+            c = _run(block.channel_att.gate_c, F.adaptive_avg_pool2d(xr, 1).flatten(1))
+            s = _run(block.spatial_att.gate_s, xr)
+            y = bam_gate(xr, c, s, block.combine)
+        inputs = ([xr] if need_x else []) + params
+        grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
+        dx = next(grads) if need_x else None
+        by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
+        return (None, dx, *(by_param.get(id(p)) for p in ctx.params))
 
 
 class _autocast:

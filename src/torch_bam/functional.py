@@ -6,7 +6,8 @@ Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/ab
 one ``torch.ops.torch_bam.bam_gate`` node (registered with ``torch.library``, with a fake
 implementation and autograd) that runs a fused kernel where one exists -- C on CPU (float32),
 Triton on CUDA (:mod:`torch_bam.cuda.kernels`) -- and an ATen composition with float32 maths
-elsewhere. Its backward recomputes the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``.
+elsewhere. Its backward recomputes the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``;
+with ``create_graph=True`` it runs the same maths in ATen ops, so double backward works too.
 
 ``set_backend("reference")`` or the environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` make
 :func:`bam_gate` call :func:`bam_gate_ref` instead, for debugging.
@@ -267,6 +268,18 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad: Tensor):
     x, c, s = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True (double backward: hvp, gradient penalties): the same maths in
+        # differentiable ATen ops, so autograd can go on through them. Grad mode is off here
+        # in an ordinary backward, which keeps the fused kernel.
+        xx, cc, ss = _common(x, c, s)
+        dx, dc, ds = _backward_aten(grad, xx, cc, ss, ctx.combine)
+        return (
+            dx.to(x.dtype),
+            dc.to(c.dtype).reshape(c.shape),
+            ds.to(s.dtype).reshape(s.shape),
+            None,
+        )
     dx, dc, ds = _bam_gate_backward_op(grad, x, c, s, ctx.combine)
     return dx, dc, ds, None
 

@@ -70,7 +70,7 @@ def _build() -> ctypes.CDLL:
     lib.bam_gate_bwd.argtypes = [_ptr] * 10 + [_i64] * 4 + [_int] * 3
     lib.bam_gate_bwd.restype = None
     lib.bam_gate_prep_sum.argtypes = [_ptr] * 4 + [_i64] * 2
-    lib.bam_gate_prep_sum.restype = None
+    lib.bam_gate_prep_sum.restype = _int
     return lib
 
 
@@ -100,6 +100,10 @@ def reset() -> None:
         _lib, _error = None, None
 
 
+# The kernel's `mode` (bam_gate_cpu.c): how the gate is computed from the operands a, b.
+_SUM_EXP, _PRODUCT, _SUM = 0, 1, 2
+
+
 def _prep(lib, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool):
     b, ch, h, w = x.shape
     cl = int(not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last))
@@ -108,36 +112,38 @@ def _prep(lib, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool)
     c = c.reshape(b, ch).float().contiguous()
     s = s.reshape(b, h * w).float().contiguous()
     if product:
-        a, bb = c, s
-    else:
-        # sigmoid(c + s) = 1 / (1 + exp(-c) exp(-s)): B*(C + HW) exps instead of B*C*HW.
-        a, bb = torch.empty_like(c), torch.empty_like(s)
-        lib.bam_gate_prep_sum(
-            c.data_ptr(), s.data_ptr(), a.data_ptr(), bb.data_ptr(), c.numel(), s.numel()
-        )
-    return x, c, s, a, bb, cl
+        return x, c, s, c, s, cl, _PRODUCT
+    # sigmoid(c + s) = 1 / (1 + exp(-c) exp(-s)): B*(C + HW) exps instead of B*C*HW, exact
+    # while each exp is a normal float; for wider logits the kernel adds c + s first.
+    a, bb = torch.empty_like(c), torch.empty_like(s)
+    factored = lib.bam_gate_prep_sum(
+        c.data_ptr(), s.data_ptr(), a.data_ptr(), bb.data_ptr(), c.numel(), s.numel()
+    )
+    if factored:
+        return x, c, s, a, bb, cl, _SUM_EXP
+    return x, c, s, c, s, cl, _SUM
 
 
 def forward(lib, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product: bool, out=None):
     """y = x * (1 + sigmoid(l)); ``out=x`` (x contiguous or channels_last) works in place."""
-    x, c, s, a, bb, cl = _prep(lib, x, c, s, product)
+    x, c, s, a, bb, cl, mode = _prep(lib, x, c, s, product)
     b, ch, h, w = x.shape
     y = torch.empty_like(x) if out is None else out
     lib.bam_gate_fwd(
         x.data_ptr(), a.data_ptr(), bb.data_ptr(), y.data_ptr(),
-        b, ch, h * w, cl, int(product), torch.get_num_threads(),
+        b, ch, h * w, cl, mode, torch.get_num_threads(),
     )  # fmt: skip
     return y
 
 
 def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.Tensor, product):
-    x, c, s, a, bb, cl = _prep(lib, x, c, s, product)
+    x, c, s, a, bb, cl, mode = _prep(lib, x, c, s, product)
     b, ch, h, w = x.shape
     hw = h * w
     dy = dy.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
     nt = torch.get_num_threads()
     # Enough chunks per image that small batches still keep every thread busy.
-    nchunk = max(1, min(ch if not cl else hw, -(-4 * nt // b)))
+    nchunk = max(1, min(ch if not cl else hw, -(-4 * nt // max(b, 1))))  # b = 0: no tasks
     part = torch.empty(b * nchunk, hw if not cl else ch)
     dx = torch.empty_like(x)
     dc = torch.empty(b, ch)
@@ -145,9 +151,9 @@ def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.T
     lib.bam_gate_bwd(
         dy.data_ptr(), x.data_ptr(), a.data_ptr(), bb.data_ptr(), c.data_ptr(), s.data_ptr(),
         dx.data_ptr(), dc.data_ptr(), ds.data_ptr(), part.data_ptr(),
-        b, ch, hw, nchunk, cl, int(product), nt,
+        b, ch, hw, nchunk, cl, mode, nt,
     )  # fmt: skip
-    part = part.view(b, nchunk, -1).sum(1)
+    part = part.view(b, nchunk, ch if cl else hw).sum(1)
     if cl:
         dc = part
     else:
