@@ -31,7 +31,7 @@ import importlib.util
 import torch
 from torch import Tensor, nn
 
-from . import block_autograd as cpu_block  # TODO(move): torch_bam.cpu.block
+from .cpu import block as cpu_block
 from .cuda import block as cuda_block
 from .functional import get_backend
 
