@@ -100,7 +100,7 @@ def _structure(block: nn.Module):
     mlp, sp = list(channel.gate_c), list(spatial.gate_s)
     if not all(_plain_layer(m) for m in mlp + sp):
         return None
-    if len(mlp) % 3 != 1 or len(sp) % 3 != 1 or len(sp) < 4:
+    if len(mlp) % 3 != 1 or len(sp) % 3 != 1 or len(sp) < 7:  # >= 1 dilated conv
         return None
     for i in range(0, len(mlp) - 1, 3):
         lin, bn, relu = mlp[i : i + 3]
@@ -407,9 +407,12 @@ def _(dy, x, *args):
 
 def _no_none(x: Tensor, grads):
     """The op's schema has no optional tensors: an empty tensor for a grad not computed."""
-    empty = x.new_empty((0,))
     dx, *lists = grads
-    return (empty if dx is None else dx, *[[empty if g is None else g for g in gs] for gs in lists])
+
+    def fill(g):
+        return x.new_empty((0,)) if g is None else g  # one each: an op's outputs may not alias
+
+    return (fill(dx), *[[fill(g) for g in gs] for gs in lists])
 
 
 def _forward_any(*args):
