@@ -1,19 +1,24 @@
-"""The BAM block on CUDA: two registered ops, forward and backward, for the whole block.
+"""The BAM block on CUDA: one autograd node per block over two registered ops.
 
-Why two ops and not autograd over the layers: on a GPU the block's time was host time. The
-CPU room's memory-saving autograd (torch_bam.cpu.block) recomputes layers with nested
-``autograd.grad`` calls, and the plain module path launches ~60 small kernels plus autograd
-bookkeeping per block (../shared/docs/GPU_BASELINE.md). Here the block is
+Why not autograd over the layers: on a GPU the block's time was host time. The CPU room's
+memory-saving autograd (torch_bam.cpu.block) recomputes layers with nested ``autograd.grad``
+calls, and the plain module path launches ~60 small kernels plus autograd bookkeeping per
+block (the GPU baseline measured on an H100 before this path). Here the block is
 
-* ``torch_bam::bam_block_cuda`` -- the forward, registered with ``torch.library`` with a fake
-  implementation and ``register_autograd``, so ``torch.compile(fullgraph=True)`` traces
-  through it (one opaque node) and autograd keeps one node per block;
+* ``torch_bam::bam_block_cuda`` -- the forward, a ``torch.library`` op with a fake
+  implementation, so ``torch.compile(fullgraph=True)`` traces through it as one opaque node;
 * ``torch_bam::bam_block_cuda_backward`` -- its backward, another opaque op, which calls the
   ATen backward ops of the narrow branch directly (``native_batch_norm_backward``,
   ``convolution_backward``, ``threshold_backward``, ``mm``) and the Triton kernels of
-  ``torch_bam.cuda.kernels`` for the work on ``x``-sized maps.
+  ``torch_bam.cuda.kernels`` for the work on ``x``-sized maps;
+* ``_BlockFunction`` -- the autograd node joining them. Under torch.compile it calls the ops;
+  in eager mode it calls their implementations directly (a custom op's Python dispatch costs
+  host time). Not ``register_autograd`` on the forward op: that wraps each of the op's ~20
+  tensor inputs and outputs in extra ``detach`` calls, forward and backward, would make every
+  saved tensor an output of the op, and an op that updates BatchNorm buffers in place could
+  not have one at all.
 
-The passes over ``x``-sized maps, per training step (the floor is two forward, three backward):
+The passes over ``x``-sized maps, per training step:
 
     forward   pool_reduce           reads x: the global pool and the 1x1 reduce in one pass
               gate_forward          reads x, writes y
@@ -21,17 +26,20 @@ The passes over ``x``-sized maps, per training step (the floor is two forward, t
               reduce_weight_grad    reads x (and the narrow dr): the reduce conv's weight grad
               gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
 
-Everything else works on the narrow branch: ``C // r`` channels (1/16 of ``x``) or ``[B, C]``.
+Everything else works on the narrow branch: ``C // r`` channels (1/16 of ``x``) or ``[B, C]``,
+channels_last (``pool_reduce`` writes ``r`` so; cuDNN's 3x3 convolutions prefer it on a GPU --
+a choice not yet measured against NCHW there). Weights are cast to the compute dtype (autocast's,
+else x's) once per forward, and backward reuses the casts.
 
 Saved for backward: ``x``, the reduce conv's output ``r`` and the last dilated conv's output
-(two ``C // r``-channel maps), ``M_c``, ``M_s`` and the [B, C]-sized channel-MLP values:
-about 1.13x the input's bytes at r = 16. Backward recomputes the layers between the two kept
-maps (a BatchNorm-apply + ReLU and one narrow dilated conv) from the saved batch statistics.
+(two ``C // r``-channel maps), ``M_c``, ``M_s``, the [B, C]-sized channel-MLP values and the
+batch statistics: about 1.13x the input's bytes at r = 16 (tests/cuda/test_block.py bounds it
+at 1.15x). Backward recomputes the layers between the two kept maps (BatchNorm + ReLU, one
+narrow dilated conv).
 
-BatchNorm running statistics: the forward op returns the updated running mean and variance of
-each BatchNorm in training mode (computed by ``native_batch_norm`` on copies, so they equal the
-plain path's), and :func:`block_forward` copies them into the buffers with one
-``_foreach_copy_``. (An op that mutates its inputs cannot have an autograd formula.)
+BatchNorm running statistics: in eager mode ``native_batch_norm`` updates the buffers in place,
+as the plain path does; under torch.compile the (functional) forward op returns updated copies,
+which :func:`block_forward` copies into the buffers with one ``_foreach_copy_``.
 
 Second-order gradients are not supported: backward with ``create_graph=True`` raises a
 RuntimeError that names the fix.
