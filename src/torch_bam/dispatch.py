@@ -3,25 +3,25 @@
 :meth:`torch_bam.BAM.forward` calls :func:`run_block`; it returns the block's output, or None
 for the plain path (the modules' own forward: ATen layers and the ``bam_gate`` op).
 
-=====================================  ====================  =================================
-situation                              path                  code
-=====================================  ====================  =================================
-backend "reference" or "aten"          plain                 bam.py modules + functional.py
-TorchScript, jit.trace, FX, ONNX, meta plain                 bam.py modules + functional.py
-CUDA tensor, backend "auto"            CUDA room             cuda/block.py (ops) on
-                                                             cuda/kernels.py (Triton)
-any device, backend "triton"           CUDA room             same; on CPU through the Triton
-                                                             interpreter (TRITON_INTERPRET=1)
-CPU, backend "auto", autograd          CPU room              cpu/block.py (memory-saving
-recording, eager                                             autograd), cpu/gate.py (C kernel)
-CPU, backend "auto", otherwise         plain, CPU tricks     bam.py modules; cpu/layers.py
-(inference, torch.compile)                                   (1x1 convs as matmuls, NCHW rule)
-=====================================  ====================  =================================
+======================================  =================  =================================
+situation                               path               code
+======================================  =================  =================================
+backend "reference" or "aten"           plain              bam.py modules + functional.py
+TorchScript, jit.trace, FX, ONNX, meta  plain              bam.py modules + functional.py
+CUDA tensor, backend "auto"             CUDA room          cuda/block.py (ops) on
+                                                           cuda/kernels.py (Triton)
+any device, backend "triton"            CUDA room          same; on CPU through the Triton
+                                                           interpreter (TRITON_INTERPRET=1)
+CPU, backend "auto", autograd           CPU room           cpu/block.py (memory-saving
+recording, eager                                           autograd), cpu/gate.py (C kernel)
+CPU, backend "auto", otherwise          plain, CPU tricks  bam.py modules; cpu/layers.py
+(inference, torch.compile)                                 (1x1 convs as matmuls, NCHW rule)
+======================================  =================  =================================
 
 A room declines a block it does not support (hooks inside the gates, layers BAM does not
-build, a gate narrower than the CPU room's ``MIN_HIDDEN``, ...) and the block takes the plain
-path; every path gives the same results to rounding (tests/test_dispatch.py,
-tests/cuda/test_block.py, tests/test_block_autograd.py).
+build, a gate narrower than the CPU room's ``MIN_HIDDEN``, ``inplace=True`` in inference on the
+CUDA room, ...) and the block takes the plain path; every path gives the same results to
+rounding (tests/test_dispatch.py, tests/cuda/test_block.py, tests/test_block_autograd.py).
 """
 
 from __future__ import annotations
@@ -49,6 +49,8 @@ def block_path(block: nn.Module, x: Tensor) -> str:
     backend = get_backend()
     device = x.device.type
     if backend == "triton" or (backend == "auto" and device == "cuda" and _TRITON):
+        if getattr(block, "inplace", False) and not torch.is_grad_enabled():
+            return "plain"  # BAM(inplace=True) in inference writes into x: the plain gate op
         return "cuda" if cuda_block.supports(block, x) else "plain"
     if backend == "auto" and device == "cpu" and cpu_block.can_use(block, x):
         return "cpu"

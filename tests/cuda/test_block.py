@@ -147,6 +147,10 @@ def test_blocks_it_does_not_take_use_the_plain_path():
     folded = BAM(32).eval().fuse_for_inference()  # Identity where the BNs were
     assert dispatch.block_path(folded, x) == "plain"
     assert dispatch.block_path(BAM(32), x.double()) == "plain"  # the kernels take fp16-fp32
+    inplace, x = BAM(32, inplace=True).eval(), _x(requires_grad=False)
+    with torch.no_grad():  # inference in place: the plain path's in-place gate
+        assert dispatch.block_path(inplace, x) == "plain"
+        assert inplace(x) is x
 
 
 # ---------------------------------------------------------------------------------------------

@@ -280,7 +280,9 @@ def _block_op(
     y, saved, packed, _ = _forward(_kernels(), x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b,
                                    bn_rm, bn_rv, bn_train, bn_momentum, bn_eps, dilations,
                                    product, dtype)  # fmt: skip
-    return y, saved, packed  # (the casts alias the weights: an op may not return them)
+    # (The casts alias the weights: an op may not return them.) y in x's layout, as the fake
+    # says (the kernels write it so; a no-op).
+    return y.contiguous(memory_format=_format(x)), saved, packed
 
 
 @_block_op.register_fake
@@ -414,13 +416,17 @@ def _(dy, x, *args):
 
 
 def _no_none(x: Tensor, grads):
-    """The op's schema has no optional tensors: an empty tensor for a grad not computed."""
+    """The op's outputs: an empty tensor for a grad not computed (the schema has no optional
+    tensors), and fixed layouts -- the compiler takes the fake implementation's strides for
+    the real ones (cuDNN may give a channels_last weight grad where the meta function says
+    contiguous)."""
     dx, *lists = grads
 
     def fill(g):
-        return x.new_empty((0,)) if g is None else g  # one each: an op's outputs may not alias
+        return x.new_empty((0,)) if g is None else g.contiguous()  # one each: no aliasing
 
-    return (fill(dx), *[[fill(g) for g in gs] for gs in lists])
+    dx = x.new_empty((0,)) if dx is None else dx.contiguous(memory_format=_format(x))
+    return (dx, *[[fill(g) for g in gs] for gs in lists])
 
 
 def _forward_any(*args):
