@@ -321,3 +321,27 @@ def test_compiled_network_trains_without_graph_breaks():
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
     for (name, b), c in zip(model.named_buffers(), eager.buffers(), strict=True):
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("precision", "layout"), [("fp32", "nchw"), ("bf16", "channels_last")])
+def test_fake_implementations_match_the_ops(monkeypatch, precision, layout):
+    """What torch.compile assumes of the ops' outputs (shapes, dtypes, strides) is what they
+    return (a bf16 BatchNorm's statistics: float32 from the kernel, bf16 by its meta function)."""
+    from torch_bam.cuda import block as cuda_block
+
+    args = {}
+    for name in ("_forward_any", "_backward_any"):
+        real = getattr(cuda_block, name)
+        monkeypatch.setattr(cuda_block, name, lambda *a, _n=name, _r=real: (
+            args.__setitem__(_n, a), _r(*a))[1])  # fmt: skip
+    block = randomize_(BAM(32)).train()
+    block.spatial_att.gate_s.gate_s_bn_di_1.eval()  # a frozen BN too
+    x = _x(layout=layout)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = block(x)
+    y.sum().backward()
+    checks = ("test_schema", "test_faketensor")
+    for op, name in ((cuda_block._block_op, "_forward_any"),
+                     (cuda_block._block_backward_op, "_backward_any")):  # fmt: skip
+        result = torch.library.opcheck(op, args[name], test_utils=checks)
+        assert set(result.values()) == {"SUCCESS"}, result

@@ -194,7 +194,8 @@ def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float, in_pl
         if not in_place:
             rm, rv = rm.clone(), rv.clone()
         out, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, momentum, eps)
-        return out, mean, invstd, rm, rv
+        # float32 statistics (the CPU kernel gives them so in bf16, its meta function says bf16)
+        return out, _cast(mean, torch.float32), _cast(invstd, torch.float32), rm, rv
     out = _aten.native_batch_norm(z, w, b, rm, rv, False, momentum, eps)[0]
     return out, _empty_stats(z), _empty_stats(z), rm, rv
 
