@@ -9,9 +9,14 @@ this order, as far as ``report.time_left()`` allows (what does not fit is report
 2. ResNet-50 against BAM-ResNet-50 (``create_model``, paper layout): B=64, 224x224, bf16
    autocast, channels_last, an SGD step: eager step, inference, peak training memory;
 3. one block against the seed's block (benchmarks/seed_bam.py) at 256@56, 512@28, 1024@14,
-   B 32 and 64: forward+backward and inference, eager;
+   B 32 and 64: forward+backward and inference, eager; then kernel time against wall time
+   (torch.profiler) for both at 256@56, B=64;
 4. the same compiled (``torch.compile``, default mode; B=64), then both networks compiled,
    then a compiled block step in a CUDA graph (``mode="reduce-overhead"``).
+
+With gpu.py's default budget (``--total-s 285``, of which the kernels take up to 170 s) the
+compiled rows may not fit: ``python benchmarks/gpu.py --total-s 540`` leaves them room (a
+compile of each ResNet-50 takes about a minute).
 
 Times are medians of CUDA-event timings after warm-up, each event pair around one call with
 the GPU idle before it, so host time (launches, Python) counts as it does in training. Ratios
@@ -307,6 +312,34 @@ def compiled_networks(report: Report, device: str, smoke: bool, bench, eager: di
         _ratio(report, "compiled BAM-ResNet-50: seed blocks / ours", r, 1.0, smoke, at_most=False)
 
 
+def profile(report: Report, device: str, bench) -> None:
+    """Where a block's training step spends its time: kernel time (torch.profiler) against
+    wall time, ours and the seed's, at 256@56, B=64 (the baseline: 1.6 of 6.5 ms in kernels)."""
+    if device != "cuda" or report.time_left() < 30:
+        return
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    rows = []
+    x, dy, ours, seed = _block_pair(256, 56, 64, device)
+    for name, block in (("seed", seed), ("ours", ours)):
+        step = _block_train(block, x, dy, device)
+        wall = bench(step)
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        events = prof.key_averages()
+        kernel_us = sum(
+            getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+            for e in events
+        )
+        aten = sum(e.count for e in events if e.key.startswith("aten::")) / 5
+        rows.append([name, wall, kernel_us / 5 / 1e3, aten])
+    report.table("One block at 256@56, B=64, bf16, fwd+bwd: wall time against kernel time",
+                 ["block", "wall ms", "kernel ms (profiler)", "aten calls"], rows)  # fmt: skip
+
+
 def cuda_graph(report: Report, device: str, smoke: bool) -> None:
     target = "compiled block training step in a CUDA graph (mode='reduce-overhead')"
     if device != "cuda" or report.time_left() < 40:
@@ -336,6 +369,7 @@ def run(report: Report) -> None:
             set_backend("triton")
         eager = network(report, device, smoke, bench)
         blocks(report, device, smoke, bench, compiled=False)
+        profile(report, device, bench)
         if not smoke:
             blocks(report, device, smoke, bench, compiled=True)
         compiled_networks(report, device, smoke, bench, eager)
