@@ -2,7 +2,7 @@
 
 Run from the repository root:  PYTHONPATH=src:. python benchmarks/block_autograd_width.py
 Writes benchmarks/RESULTS_block_autograd.md. It is the evidence for
-``torch_bam.block_autograd.MIN_HIDDEN``: below that width ``C // r`` the block keeps plain
+``torch_bam.cpu.block.MIN_HIDDEN``: below that width ``C // r`` the block keeps plain
 autograd. Both paths are timed here whatever the rule says, in turns, in the same run.
 """
 
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
 
-import torch_bam.block_autograd as block_autograd  # noqa: E402
+import torch_bam.cpu.block as block_autograd  # noqa: E402
 from torch_bam import BAM  # noqa: E402
 
 OUT = Path(__file__).with_name("RESULTS_block_autograd.md")

@@ -1,8 +1,8 @@
 """Narrow gates (C // r < 16) and the channels_last layout on CPU.
 
 Run from the repository root:  PYTHONPATH=src:. python benchmarks/narrow_gate.py
-Writes benchmarks/RESULTS_narrow_gate.md, the evidence for ``torch_bam.bam._narrow`` and for
-``torch_bam.bam._final_1x1``:
+Writes benchmarks/RESULTS_narrow_gate.md, the evidence for ``torch_bam.cpu.layers.narrow`` and for
+``torch_bam.cpu.layers.final_1x1``:
 
 1. PyTorch's own BatchNorm2d, forward+backward in training and forward in eval, on NCHW and on
    channels_last maps, by channel count: the channels_last kernel is several times slower
@@ -29,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
 
-import torch_bam.bam as bam_module  # noqa: E402
+import torch_bam.cpu.layers as bam_module  # noqa: E402
 from torch_bam import BAM  # noqa: E402
 
 OUT = Path(__file__).with_name("RESULTS_narrow_gate.md")
@@ -69,7 +69,7 @@ def batchnorm_rows(reps: int) -> list[str]:
 
 def final_conv_rows(reps: int) -> list[str]:
     """The spatial gate's last layer, a 1x1 conv from h channels to one: F.conv2d against
-    ``torch_bam.bam._final_1x1`` (a matmul), forward+backward."""
+    ``torch_bam.cpu.layers.final_1x1`` (a matmul), forward+backward."""
     rows = []
     for b, width, s in ((64, 2, 32), (32, 8, 28), (8, 16, 56), (8, 32, 28), (8, 64, 14)):
         conv = nn.Conv2d(width, 1, 1)
@@ -78,7 +78,7 @@ def final_conv_rows(reps: int) -> list[str]:
             y = torch.randn(b, width, s, s).contiguous(memory_format=mf).requires_grad_()
             g = torch.randn(b, 1, s, s)
             fns[f"conv {name}"] = lambda y=y, g=g: conv(y).backward(g)
-            fns[f"matmul {name}"] = lambda y=y, g=g: bam_module._final_1x1(
+            fns[f"matmul {name}"] = lambda y=y, g=g: bam_module.final_1x1(
                 y, conv.weight, conv.bias
             ).backward(g)
         r = _interleaved(fns, reps)
@@ -103,7 +103,7 @@ def block_rows(reps: int) -> list[str]:
 
             def timed(rule: bool, mode: str):
                 def run():
-                    off = mock.patch.object(bam_module, "_narrow", lambda w: False)
+                    off = mock.patch.object(bam_module, "narrow", lambda w: False)
                     with off if not rule else contextlib.nullcontext():
                         if mode == "train":
                             block.train()

@@ -112,7 +112,7 @@ class ConvsAlone(nn.Module):
         self.convs = [m for m in block.spatial_att.gate_s if isinstance(m, nn.Conv2d)]
 
     def forward(self, x):
-        from torch_bam.bam import _reduce_1x1
+        from torch_bam.cpu.layers import reduce_1x1 as _reduce_1x1
 
         first, *rest = self.convs
         y = _reduce_1x1(x, first.weight, first.bias)

@@ -2,7 +2,7 @@
 
 Run from the repository root:  PYTHONPATH=src python benchmarks/saved_weights_check.py
 
-``torch_bam.block_autograd`` saves the block's parameters with ``ctx.save_for_backward`` (they
+``torch_bam.cpu.block`` saves the block's parameters with ``ctx.save_for_backward`` (they
 are the module's own tensors: no copy) so that autograd's version check raises if one is
 changed in place between forward and backward. This times the same autograd.Function forward
 and backward saving the six tensors it needs, and saving those plus a BAM(256)'s parameters,

@@ -10,7 +10,7 @@ from tests.helpers import assert_close, bam_param_count, randomize_
 from tests.reference import official_bam, seed_bam
 from torch_bam import BAM, ChannelGate, SpatialGate, functional
 
-block_autograd_off = mock.patch("torch_bam.block_autograd.can_use", lambda *a: False)
+block_autograd_off = mock.patch("torch_bam.cpu.block.can_use", lambda *a: False)
 
 
 def _pair(channels=64, seed=0):
@@ -230,7 +230,7 @@ def test_narrow_gates_keep_batchnorm_inputs_nchw_in_training(channels, channels_
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("width", [4, 8])  # channels_last below 8 channels keeps the conv
 def test_final_1x1_as_matmul_equals_the_conv(layout, bias, width):
-    from torch_bam.bam import _final_1x1
+    from torch_bam.cpu.layers import final_1x1 as _final_1x1
 
     conv = torch.nn.Conv2d(width, 1, 1, bias=bias).double()
     y = torch.randn(3, width, 5, 7, dtype=torch.float64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-import torch_bam.block_autograd as block_autograd
+import torch_bam.cpu.block as block_autograd
 from tests.helpers import assert_close, randomize_
 from torch_bam import BAM, record_attention
 from torch_bam.functional import set_backend

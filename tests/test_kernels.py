@@ -7,8 +7,8 @@ import torch
 
 from tests.helpers import assert_close
 from torch_bam import functional
+from torch_bam.cpu import gate as _cpu
 from torch_bam.functional import bam_gate, bam_gate_ref
-from torch_bam.kernels import _cpu
 
 
 @pytest.fixture

@@ -18,17 +18,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import dispatch
 from ._validate import (
     check_combine,
     check_factory_dtype,
     check_hidden_width,
     check_positive_int,
 )
+from .cpu.layers import final_1x1, narrow_layout, reduce_1x1
+from .fold import fold_bam, folds
 from .functional import bam_gate
+
+# Leaves for FX: they branch on the input's device and strides.
+torch.fx.wrap("final_1x1")
+torch.fx.wrap("narrow_layout")
+torch.fx.wrap("reduce_1x1")
 
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 
 
+@folds("gate_c")
 class ChannelGate(nn.Module):
     """Channel attention ``M_c``: global average pool, then a bottleneck MLP.
 
@@ -73,6 +82,7 @@ class ChannelGate(nn.Module):
         return self.gate_c(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+@folds("gate_s")
 class SpatialGate(nn.Module):
     """Spatial attention ``M_s``: 1x1 reduce, dilated 3x3 convs, 1x1 to one map.
 
@@ -120,85 +130,23 @@ class SpatialGate(nn.Module):
         self.gate_s = nn.Sequential(layers)
 
     def forward(self, x: Tensor) -> Tensor:
+        # The first and last layers (1x1 convs) and the maps' layout as the CPU room runs them
+        # on CPU (torch_bam.cpu.layers); on other devices these are the plain layers.
         last = len(self.gate_s) - 1
         i = 0
         y = x
         for layer in self.gate_s:
             if i == 0:
-                # The 1x1 reduce, as a batched matmul on NCHW: several times faster on CPU than
-                # the NCHW conv path (benchmarks/RESULTS.md). Same weights, same maths.
                 conv = self.gate_s.gate_s_conv_reduce0
-                y = _reduce_1x1(x, conv.weight, conv.bias)
+                y = reduce_1x1(x, conv.weight, conv.bias)
             elif i == last:
-                # The final 1x1 conv to one map, as a matmul: the conv is slower on CPU.
                 final = self.gate_s.gate_s_conv_final
-                y = _final_1x1(y, final.weight, final.bias)
+                y = final_1x1(y, final.weight, final.bias)
             else:
                 y = layer(y)
-            y = _narrow_layout(y, self.training)
+            y = narrow_layout(y, self.training)
             i += 1
         return y
-
-
-# PyTorch's CPU BatchNorm is several times slower on channels_last maps of fewer than 16
-# channels than on NCHW ones, in training (batch statistics) above all
-# (benchmarks/RESULTS_narrow_gate.md). Gates this narrow compute their reduced map in NCHW,
-# and in training keep their maps NCHW even in a channels_last model (whose conv weights would
-# make conv outputs channels_last).
-def _narrow(width: int) -> bool:
-    return width < 16  # a literal: TorchScript cannot read a module-level int
-
-
-@torch.fx.wrap  # a leaf for FX: it branches on the map's shape
-def _narrow_layout(y: Tensor, training: bool) -> Tensor:
-    if training and y.device.type == "cpu" and y.dim() == 4 and _narrow(y.shape[1]):
-        return y.contiguous()  # a no-op when already NCHW
-    return y
-
-
-@torch.fx.wrap  # a leaf for FX: it branches on the input's strides
-def _reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
-    if not x.is_contiguous() or x.dim() != 4 or torch.jit.is_tracing():
-        # channels_last (already a fast conv), odd strides, or a trace: the plain conv.
-        return F.conv2d(x, weight, bias)
-    b, c, h, w = x.shape
-    hidden = weight.shape[0]
-    if _narrow(hidden) and x.device.type == "cpu":
-        # [h, C] @ [B, C, HW] -> [B, h, HW]: the reduced map in NCHW layout.
-        weight_b = weight.reshape(hidden, c).expand(b, hidden, c)
-        x3 = x.reshape(b, c, h * w)
-        if bias is None:
-            y = torch.bmm(weight_b, x3)
-        else:
-            y = torch.baddbmm(bias.reshape(1, hidden, 1), weight_b, x3)
-        return y.reshape(b, hidden, h, w)
-    # NCHW: one batched matmul [B, HW, C] @ [C, h] -> [B, HW, h], which *is* the reduced map in
-    # channels_last layout; the dilated 3x3 convs after it also run faster on channels_last.
-    flat_t = x.reshape(b, c, h * w).transpose(1, 2)
-    weight_t = weight.reshape(hidden, c).t().expand(b, c, hidden)
-    if bias is None:
-        y = torch.bmm(flat_t, weight_t)
-    else:
-        y = torch.baddbmm(bias.reshape(1, 1, hidden), flat_t, weight_t)
-    return y.reshape(b, h, w, hidden).permute(0, 3, 1, 2)
-
-
-@torch.fx.wrap  # a leaf for FX: it branches on the input's strides
-def _final_1x1(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
-    """A 1x1 conv from ``h`` channels to one: ``[1, h] @ [B, h, HW]`` (NCHW) or
-    ``[B, HW, h] @ [h, 1]`` (channels_last, from 8 channels); about 2x faster on CPU than the
-    conv, forward and backward (benchmarks/RESULTS_narrow_gate.md)."""
-    if y.dim() != 4 or torch.jit.is_tracing():
-        return F.conv2d(y, weight, bias)
-    b, h, hh, ww = y.shape
-    w = weight.reshape(1, h)
-    if y.is_contiguous():
-        out = torch.matmul(w, y.reshape(b, h, hh * ww)).reshape(b, 1, hh, ww)
-    elif h >= 8 and y.is_contiguous(memory_format=torch.channels_last):
-        out = torch.matmul(y.permute(0, 2, 3, 1), w.t()).permute(0, 3, 1, 2)
-    else:
-        return F.conv2d(y, weight, bias)
-    return out if bias is None else out + bias.reshape(1, 1, 1, 1)
 
 
 @torch.fx.wrap  # a leaf for FX: the checks read shapes, which a Proxy cannot branch on
@@ -303,7 +251,7 @@ class BAM(nn.Module):
         weight_dtype = self.spatial_att.gate_s.gate_s_conv_final.weight.dtype
         _check_input(x, self.channels, self.training, weight_dtype)
         if not torch.jit.is_scripting():
-            y = self._memory_saving_forward(x)
+            y = self._dispatched_forward(x)
             if y is not None:
                 return y
         channel_logits = self.channel_att(x)
@@ -312,20 +260,16 @@ class BAM(nn.Module):
         return bam_gate(x, channel_logits, spatial_logits, self.combine, inplace)
 
     @torch.jit.unused
-    def _memory_saving_forward(self, x: Tensor) -> Optional[Tensor]:  # noqa: UP045 (TorchScript)
-        # With autograd recording: keep only x and the two gates for backward, not the spatial
-        # gate's intermediates (torch_bam.block_autograd). None: take the plain path.
-        from .block_autograd import bam_block_train, can_use
-
-        return bam_block_train(self, x) if can_use(self, x) else None
+    def _dispatched_forward(self, x: Tensor) -> Optional[Tensor]:  # noqa: UP045 (TorchScript)
+        # The CPU or CUDA room's path for this block, or None: the plain path below
+        # (torch_bam.dispatch has the table).
+        return dispatch.run_block(self, x)
 
     def fuse_for_inference(self) -> "BAM":
         """Fold each gate's BatchNorms into the conv/linear before them (eval mode, in place).
 
         See :func:`torch_bam.fold.fold_bam`. Returns ``self``.
         """
-        from .fold import fold_bam
-
         return fold_bam(self)  # type: ignore[return-value]
 
     def extra_repr(self) -> str:

@@ -3,6 +3,9 @@
 In eval mode a BatchNorm is an affine map per channel, so ``bn(conv(x))`` equals one conv with
 rescaled weights and a new bias. Folding removes a pass over each gate's activations. The
 folding maths is torch's own (``torch.nn.utils.fusion``); this module only finds the pairs.
+
+It imports no BAM module (bam.py imports it): the gates declare their folding Sequential with
+the :func:`folds` class decorator.
 """
 
 from __future__ import annotations
@@ -10,9 +13,20 @@ from __future__ import annotations
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from .bam import ChannelGate, SpatialGate
+__all__ = ["fold_bam", "folds"]
 
-__all__ = ["fold_bam"]
+# Module type -> the name of its Sequential whose (layer, BatchNorm) pairs fold_bam folds.
+_FOLDABLE: dict[type, str] = {}
+
+
+def folds(sequential: str):
+    """Class decorator: ``fold_bam`` folds the pairs in this module's ``sequential`` child."""
+
+    def register(cls):
+        _FOLDABLE[cls] = sequential
+        return cls
+
+    return register
 
 _FUSERS = (
     (nn.Conv2d, nn.BatchNorm2d, fuse_conv_bn_eval),
@@ -55,10 +69,9 @@ def fold_bam(module: nn.Module, everywhere: bool = False) -> nn.Module:
             "Call module.eval() first."
         )
     for m in module.modules():
-        if isinstance(m, ChannelGate):
-            _fold_sequential(m.gate_c)
-        elif isinstance(m, SpatialGate):
-            _fold_sequential(m.gate_s)
+        name = next((n for t, n in _FOLDABLE.items() if isinstance(m, t)), None)
+        if name is not None:
+            _fold_sequential(getattr(m, name))
         elif everywhere and isinstance(m, nn.Sequential):
             _fold_sequential(m)
     return module

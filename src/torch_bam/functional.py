@@ -134,7 +134,7 @@ def _cpu_lib(x: Tensor):
     """The compiled C kernel if it applies to x, else None."""
     if x.device.type != "cpu" or x.dtype != torch.float32 or get_backend() != "auto":
         return None
-    from .kernels import _cpu
+    from .cpu import gate as _cpu
 
     lib = _cpu.load()
     if lib is None:
@@ -204,7 +204,7 @@ def _bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, comb
     product = combine == "product"
     lib = _cpu_lib(x)
     if lib is not None:
-        from .kernels import _cpu
+        from .cpu import gate as _cpu
 
         y = _cpu.forward(lib, x, channel_logits, spatial_logits, product)
     elif _triton_ok(x):
@@ -234,7 +234,7 @@ def _bam_gate_backward_op(
     xx, cc, ss = _common(x, channel_logits, spatial_logits)
     lib = _cpu_lib(xx)
     if lib is not None:
-        from .kernels import _cpu
+        from .cpu import gate as _cpu
 
         dx, dc, ds = _cpu.backward(lib, grad, xx, cc, ss, product)
     elif _triton_ok(xx):
@@ -294,7 +294,7 @@ def _bam_gate_inplace_op(
     _check_shapes(x, channel_logits, spatial_logits, combine)
     lib = _cpu_lib(x)
     if lib is not None and (x.is_contiguous() or _out_format(x) == torch.channels_last):
-        from .kernels import _cpu
+        from .cpu import gate as _cpu
 
         _cpu.forward(lib, x, channel_logits, spatial_logits, combine == "product", out=x)
     else:

@@ -83,7 +83,7 @@ def test_channels_last_trains_bam_in_that_format():
 
 def test_sync_batchnorm_converts_every_bn_and_bam_takes_plain_autograd():
     from torch_bam import BAM
-    from torch_bam.block_autograd import MIN_HIDDEN, can_use
+    from torch_bam.cpu.block import MIN_HIDDEN, can_use
 
     plain = ImageClassifier("bam_resnet18", num_classes=10)
     synced = ImageClassifier("bam_resnet18", num_classes=10, sync_batchnorm=True)

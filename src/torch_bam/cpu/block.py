@@ -25,17 +25,15 @@ results. Double backward (``create_graph=True``) recomputes the block with plain
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bam import _final_1x1, _narrow_layout
-from .functional import _bam_gate_backward_op, bam_gate, get_backend
+from ..functional import _bam_gate_backward_op, bam_gate, get_backend
+from .layers import final_1x1, narrow_layout
 
-if TYPE_CHECKING:
-    from .bam import BAM
+# ``block`` below is a torch_bam.BAM; not imported, as bam.py imports this room (via dispatch).
+BAM = nn.Module
 
 __all__ = ["bam_block_train", "can_use"]
 
@@ -97,12 +95,12 @@ def _run(layers, t: Tensor) -> Tensor:
     """The layers' maths without their module calls: no hooks, no running-statistics update.
     Narrow maps keep the NCHW layout in training, as in :class:`torch_bam.SpatialGate`."""
     for layer in layers:
-        t = _narrow_layout(t, layer.training)
+        t = narrow_layout(t, layer.training)
         kind = type(layer)
         if kind is nn.Linear:
             t = F.linear(t, layer.weight, layer.bias)
         elif kind is nn.Conv2d and layer.out_channels == 1 and layer.kernel_size == (1, 1):
-            t = _final_1x1(t, layer.weight, layer.bias)  # as SpatialGate runs it
+            t = final_1x1(t, layer.weight, layer.bias)  # as SpatialGate runs it
         elif kind is nn.Conv2d:
             t = layer._conv_forward(t, layer.weight, layer.bias)
         elif kind is nn.BatchNorm1d or kind is nn.BatchNorm2d:

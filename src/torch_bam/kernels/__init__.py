@@ -1,1 +1,0 @@
-"""Private fused kernels for :func:`torch_bam.functional.bam_gate`; imported lazily."""

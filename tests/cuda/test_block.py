@@ -1,0 +1,354 @@
+"""The block's CUDA path (torch_bam.cuda.block) on CPU, under the Triton interpreter.
+
+With ``set_backend("triton")`` a BAM block takes the CUDA path on CPU tensors: the same ops,
+autograd and kernels as on a GPU. Checked against the plain path (backend "reference"):
+outputs, every gradient and the BatchNorm statistics, both layouts, float32 and bfloat16
+autocast; then the ATen op count against the seed's block, host syncs, saved memory,
+second-order gradients and torch.compile. Tiny shapes: the interpreter is slow.
+"""
+
+import collections
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from benchmarks.seed_bam import BAM as SeedBAM
+from tests.cuda.conftest import IN_PROCESS
+from tests.helpers import randomize_
+from torch_bam import BAM, dispatch
+from torch_bam.functional import set_backend
+
+CL = torch.channels_last
+
+
+@pytest.fixture(autouse=True)
+def _triton_backend():
+    if not IN_PROCESS:
+        pytest.skip("triton was imported without the interpreter: see test_in_a_subprocess")
+    set_backend("triton")
+    yield
+    set_backend("auto")
+
+
+def _plain():
+    """The plain module path: what every other test checks against the seed."""
+
+    class Plain:
+        def __enter__(self):
+            set_backend("reference")
+
+        def __exit__(self, *exc):
+            set_backend("triton")
+
+    return Plain()
+
+
+def _step(block, x, grad, precision):
+    """One training forward + backward; (y, dx, param grads, buffers)."""
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = block(x)
+    y.backward(grad.to(y.dtype))
+    grads = {n: p.grad for n, p in block.named_parameters()}
+    buffers = {n: b.clone() for n, b in block.named_buffers()}
+    return y, x.grad, grads, buffers
+
+
+def _max_err(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def _compare(block, x, precision="fp32"):
+    """The CUDA path against the plain path: in float32 closely; in bf16 autocast each error
+    against a float64 run of the plain path is at most about twice the plain path's own."""
+    assert dispatch.block_path(block, x) == "cuda"
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    plain = copy.deepcopy(block)
+    ours = _step(block, x, grad, precision)
+    with _plain():
+        theirs = _step(plain, x, grad, precision)
+        ref = _step(copy.deepcopy(plain).double(), x.double(), grad.double(), "fp32")
+    names = ["y", "dx"]
+    values = [(ours[0], theirs[0], ref[0]), (ours[1], theirs[1], ref[1])]
+    if x.requires_grad is False:
+        assert ours[1] is None and theirs[1] is None
+        names, values = names[:1], values[:1]
+    for n in ours[2]:
+        if theirs[2][n] is None:
+            assert ours[2][n] is None, n
+            continue
+        names.append(n)
+        values.append((ours[2][n], theirs[2][n], ref[2][n]))
+    for n in ours[3]:
+        if n.endswith("num_batches_tracked"):
+            assert torch.equal(ours[3][n], theirs[3][n]), n
+            continue
+        names.append(n)
+        values.append((ours[3][n], theirs[3][n], ref[3][n]))
+    for name, (a, b, r) in zip(names, values, strict=True):
+        assert torch.isfinite(a).all(), name
+        if precision == "fp32":
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+        else:
+            # (+ a few bf16 ulps: some grads are zero in exact maths, the biases before a BN)
+            scale = max(1.0, r.abs().max().item())
+            assert _max_err(a, r) <= 2 * _max_err(b, r) + 1e-2 * scale, name
+
+
+def _x(shape=(3, 32, 6, 5), layout="nchw", requires_grad=True, seed=0):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CL)
+    return x.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_training_matches_plain_path(layout, precision):
+    _compare(randomize_(BAM(32)).train(), _x(layout=layout), precision)
+
+
+def test_product_and_a_wider_gate_match_plain_path():
+    block = randomize_(BAM(32, reduction_ratio=4, combine="product", channel_mlp_layers=2))
+    _compare(block.train(), _x(layout="channels_last"))
+
+
+def test_frozen_parameters_frozen_batchnorm_and_input_without_grad():
+    block = randomize_(BAM(32)).train()
+    block.spatial_att.gate_s.gate_s_bn_di_0.eval()  # frozen BN: running statistics
+    block.channel_att.gate_c[1].eval()
+    for p in block.spatial_att.gate_s.gate_s_conv_reduce0.parameters():
+        p.requires_grad_(False)
+    _compare(block, _x(requires_grad=False))
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_inference_matches_plain_path(layout):
+    block = randomize_(BAM(32)).eval()
+    x = _x(layout=layout, requires_grad=False)
+    with torch.no_grad():
+        assert dispatch.block_path(block, x) == "cuda"
+        y = block(x)
+        with _plain():
+            expected = block(x)
+    fmt = CL if layout == "channels_last" else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_it_does_not_take_use_the_plain_path():
+    block = BAM(32)
+    x = _x()
+    block.spatial_att.register_forward_hook(lambda *a: None)  # the plain path calls the gates
+    assert dispatch.block_path(block, x) == "plain"
+    folded = BAM(32).eval().fuse_for_inference()  # Identity where the BNs were
+    assert dispatch.block_path(folded, x) == "plain"
+    assert dispatch.block_path(BAM(32), x.double()) == "plain"  # the kernels take fp16-fp32
+    inplace, x = BAM(32, inplace=True).eval(), _x(requires_grad=False)
+    with torch.no_grad():  # inference in place: the plain path's in-place gate
+        assert dispatch.block_path(inplace, x) == "plain"
+        assert inplace(x) is x
+
+
+# ---------------------------------------------------------------------------------------------
+# What the path dispatches: ATen ops (with the kernel launches counted as one op each) and
+# host synchronisations, for one block's training forward + backward.
+
+_LAUNCH: dict = {}
+SYNCS = {
+    "aten._local_scalar_dense.default",  # .item(), .tolist(), float(t), if t: ...
+    "aten.item.default",
+    "aten.is_nonzero.default",
+    "aten.equal.default",
+    "aten.allclose.default",
+    "aten.nonzero.default",
+    "aten.masked_select.default",
+    "aten.unique.default",
+}
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+        self.counting = self.in_launch = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_launch:  # the interpreter's own tensor work is no GPU op
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _count(block, x, precision, monkeypatch):
+    """ATen ops of one training step of ``block`` (warm: a step ran before)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    mode = _Ops()
+    launch = _LAUNCH.setdefault("run", InterpretedFunction.run)  # unpatched, once
+
+    def run(self, *args, **kwargs):
+        if not mode.counting:
+            return launch(self, *args, **kwargs)
+        mode.ops.append("triton kernel launch")
+        mode.in_launch = True
+        try:
+            return launch(self, *args, **kwargs)
+        finally:
+            mode.in_launch = False
+
+    monkeypatch.setattr(InterpretedFunction, "run", run)
+    grad = torch.randn(x.shape, dtype=x.dtype)
+    for counted in (False, True):
+        block.zero_grad(set_to_none=True)
+        xx = x.detach().clone().requires_grad_()
+        # A fresh autocast region per step, as in training (autocast caches weight casts
+        # within one region).
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if counted:
+                mode.counting = True
+                with mode:
+                    block(xx).backward(grad)
+                mode.counting = False
+            else:
+                block(xx).backward(grad)
+    return mode.ops
+
+
+@pytest.fixture(scope="module")
+def op_counts():
+    """{precision: (ours, seed's)} for one block at 64@8x8; computed once for the tests below."""
+    if not IN_PROCESS:
+        pytest.skip("triton was imported without the interpreter: see test_in_a_subprocess")
+    mp = pytest.MonkeyPatch()
+    set_backend("triton")
+    out = {}
+    try:
+        for precision in ("fp32", "bf16"):
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            x = _x((4, 64, 8, 8), "channels_last").to(dtype)
+            ours = BAM(64).to(memory_format=CL).train()
+            seed = SeedBAM(64).to(memory_format=CL).train()
+            out[precision] = (_count(ours, x, precision, mp), _count(seed, x, precision, mp))
+    finally:
+        mp.undo()
+        set_backend("auto")
+    return out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_dispatches_fewer_aten_ops_than_the_seed_block(op_counts, precision):
+    ours, seed = op_counts[precision]
+    assert "aten.convolution_backward.default" in seed  # both really ran forward + backward
+    assert ours.count("triton kernel launch") == 4  # pool+reduce, gate, 2 gate backward
+    assert len(ours) < len(seed), (
+        f"{len(ours)} ops vs the seed's {len(seed)}:\n{collections.Counter(ours)}"
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_host_synchronisation(op_counts, precision):
+    ours, _ = op_counts[precision]
+    assert len(ours) > 20
+    assert not SYNCS & set(ours), sorted(SYNCS & set(ours))
+
+
+def test_the_sync_check_sees_a_sync(monkeypatch):
+    block, x = BAM(32).train(), _x()
+
+    def item_in_forward(block, x, _real=dispatch.cuda_block.block_forward):
+        float(x.detach().sum())  # a host read
+        return _real(block, x)
+
+    monkeypatch.setattr(dispatch.cuda_block, "block_forward", item_in_forward)
+    ops = _count(block, x, "fp32", monkeypatch)
+    assert SYNCS & set(ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory, second order, compiler
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_saves_at_most_1_15x_the_input_for_backward(precision):
+    """Activation memory: what autograd keeps of this block, parameters and their bf16 casts
+    (a few KB per block, whatever the batch) aside."""
+    block = BAM(128).train()
+    x = _x((2, 128, 16, 16), "channels_last")
+    if precision == "bf16":
+        x = x.detach().bfloat16().requires_grad_()
+    params = {p.data_ptr() for p in block.parameters()}
+    shapes = {tuple(p.shape) for p in block.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t):
+        if t.data_ptr() not in params and tuple(t.shape) not in shapes:
+            saved[t.data_ptr()] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = block(x)
+    assert y.grad_fn is not None and saved
+    ratio = sum(saved.values()) / (x.numel() * x.element_size())
+    assert 1.0 <= ratio <= 1.15, ratio
+
+
+def test_second_order_gradients_raise_a_clear_error():
+    block, x = BAM(32).train(), _x()
+    (dx,) = torch.autograd.grad(block(x).sum(), x)  # first order works
+    assert dx.shape == x.shape
+    with pytest.raises(RuntimeError, match="second-order gradients"):
+        torch.autograd.grad(block(x).sum(), x, create_graph=True)
+
+
+def test_compiled_network_trains_without_graph_breaks():
+    torch._dynamo.reset()
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1), BAM(32), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Linear(32, 5),
+        )  # fmt: skip
+
+    eager, model = net(), net()
+    for m in (eager, model):  # a frozen reduce conv: backward skips its weight grad
+        m[1].spatial_att.gate_s.gate_s_conv_reduce0.weight.requires_grad_(False)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # breaks would raise
+    x = torch.randn(3, 3, 6, 5)
+    for m in (compiled, eager):
+        m(x).square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters(), strict=True):
+        if not q.requires_grad:
+            assert p.grad is None and q.grad is None, name
+            continue
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for (name, b), c in zip(model.named_buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("precision", "layout"), [("fp32", "nchw"), ("bf16", "channels_last")])
+def test_fake_implementations_match_the_ops(monkeypatch, precision, layout):
+    """What torch.compile assumes of the ops' outputs (shapes, dtypes, strides) is what they
+    return (a bf16 BatchNorm's statistics: float32 from the kernel, bf16 by its meta function)."""
+    from torch_bam.cuda import block as cuda_block
+
+    args = {}
+    for name in ("_forward_any", "_backward_any"):
+        real = getattr(cuda_block, name)
+        monkeypatch.setattr(cuda_block, name, lambda *a, _n=name, _r=real: (
+            args.__setitem__(_n, a), _r(*a))[1])  # fmt: skip
+    block = randomize_(BAM(32)).train()
+    block.spatial_att.gate_s.gate_s_bn_di_1.eval()  # a frozen BN too
+    x = _x(layout=layout)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = block(x)
+    y.sum().backward()
+    checks = ("test_schema", "test_faketensor")
+    for op, name in ((cuda_block._block_op, "_forward_any"),
+                     (cuda_block._block_backward_op, "_backward_any")):  # fmt: skip
+        result = torch.library.opcheck(op, args[name], test_utils=checks)
+        assert set(result.values()) == {"SUCCESS"}, result
