@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a small CNN with and without BAM on offline data, report and plot"
     )
-    p.add_argument("--epochs", type=int, default=6, help="epochs per run (default 6)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run (default 4)")
     p.add_argument("--seed", type=int, default=0, help="first seed and data seed (default 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")

@@ -234,7 +234,7 @@ def _timing(records: dict[int, dict[str, object]], order: list[tuple[int, str]])
 
 
 def run(
-    epochs: int = 6,
+    epochs: int = 4,
     seed: int = 0,
     out: str = "runs/demo",
     dataset: str = "cluttered-digits",
@@ -307,7 +307,7 @@ def run(
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
     import json
 
-    from ..profile import count_macs
+    from ..flops import count_macs
     from ..viz.curves import plot_learning_curves
     from .report import markdown
 
@@ -338,7 +338,7 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
     per_model = {}
     for name in MODELS:
         model = models[seeds[0]][name]
-        macs, _ = count_macs(model, test_x[:1])
+        macs = count_macs(model, tuple(test_x[:1].shape))
         per_model[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "gflops": macs / 1e9,

@@ -25,7 +25,7 @@ from ..errors import UsageError
 # centre nor the brightest patch tells where the digit is (tests/demo/test_task.py measures it).
 DIGIT_SCALE = 1
 NUM_FRAGMENTS = 8
-FRAGMENT_SIZE = 3
+FRAGMENT_SIZE = 4
 NUM_BLOTS = 1
 MIN_CANVAS = 16
 

@@ -6,8 +6,8 @@ from .._io import atomic_write
 
 # Axis labels for the metrics torch-bam records; any other metric is labelled by its name.
 LABELS = {
-    "train_loss": "training loss (cross-entropy, mean over the epoch)",
-    "val_top1_error": "validation top-1 error",
+    "train_loss": "training loss (epoch mean)",
+    "val_top1_error": "top-1 error, validation split",
     "val_error": "validation error",
 }
 
@@ -25,6 +25,7 @@ def plot_learning_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     runs = {k: v if isinstance(v, list) else [v] for k, v in histories.items()}
     metrics = sorted({m for seeds in runs.values() for h in seeds for m in h})
@@ -45,6 +46,7 @@ def plot_learning_curves(
                 low, high = [min(col) for col in columns], [max(col) for col in columns]
                 ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(LABELS.get(metric, metric), fontsize=8)
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3)
