@@ -29,6 +29,6 @@ def test_centre_prior_and_intensity_score_low_on_the_demo_task():
     assert intensity < chance
     # Sanity: a map that knows the box hits every time.
     known = torch.zeros(len(d), 1, canvas, canvas)
-    for i, (x0, y0, x1, y1) in enumerate(d.boxes.tolist()):
+    for i, (x0, y0, _, _) in enumerate(d.boxes.tolist()):
         known[i, 0, y0, x0] = 1
     assert pointing_game(known, d.boxes, size)[0] == 1.0
