@@ -11,6 +11,7 @@ from torch_bam.cli import main
 from torch_bam.demo import MODELS
 from torch_bam.demo.claims import summarize
 from torch_bam.viz import load_checkpoint
+from torch_bam.viz.demo_figures import figure_size_px
 
 TINY = ["--epochs", "2", "--seeds", "2", "--train-size", "64", "--val-size", "32"]
 TINY += ["--test-size", "48", "--canvas", "24", "--batch-size", "32", "--no-progress"]
@@ -71,9 +72,12 @@ def test_writes_every_file_and_nothing_stale(traced_run, report):
     assert not [n for n in names if n.endswith(".tmp")]
     assert (out / "notes.txt").read_text() == "mine"  # not the demo's: kept
     assert (out / "attention.png").read_bytes() != b"old"
-    for name in ("attention.png", "learning_curves.png"):
-        with Image.open(out / name) as im:
-            im.verify()
+    # Four test images; five maps (intensity, feature norm, Grad-CAM, untrained BAM, BAM) and
+    # the channel panel; two learning-curve panels.
+    with Image.open(out / "attention.png") as im:
+        assert im.size == figure_size_px(num_images=4, num_maps=5, channels=True)
+    with Image.open(out / "learning_curves.png") as im:
+        assert im.size == (800, 320)
 
 
 def test_checkpoints_load_and_are_the_tested_models(traced_run, report):

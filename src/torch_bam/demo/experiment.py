@@ -20,7 +20,7 @@ import os
 import torch
 from torch import nn
 
-from .._io import RunDirLock, atomic_write, atomic_write_text, remove_stale_temporaries
+from .._io import RunDirLock, atomic_write_text, remove_stale_temporaries
 from ..errors import UsageError
 from . import options
 
@@ -51,13 +51,6 @@ def _clear_earlier_run(out: str) -> None:
     for path in names:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-
-
-def _save_checkpoint(path: str, name: str, model: nn.Module, **meta) -> None:
-    from ..viz.checkpoint import FORMAT
-
-    payload = {"format": FORMAT, "model": name, **meta, "state_dict": model.state_dict()}
-    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def _fit(name, splits, seed, epochs, batch_size, lr, progress):
@@ -308,6 +301,7 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
     import json
 
     from ..flops import count_macs
+    from ..viz.checkpoint import save_checkpoint
     from ..viz.curves import plot_learning_curves
     from .report import markdown
 
@@ -348,7 +342,7 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
         }
     for s in seeds:
         for name in MODELS:
-            _save_checkpoint(
+            save_checkpoint(  # written whole or not at all
                 os.path.join(out, _checkpoint_name(name, s)),
                 name,
                 models[s][name],

@@ -55,7 +55,7 @@ def feature_norm_and_grad_cam(
     handle = model.get_submodule(layer).register_forward_hook(keep)
     try:
         with torch.enable_grad():
-            logits = model(x.detach().requires_grad_(True))
+            logits = model(x)
             f = seen["f"]
             score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
             (grad,) = torch.autograd.grad(score, f)
