@@ -225,3 +225,15 @@ def test_a_second_demo_on_the_same_out_is_refused(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "in use" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):
+    import torch_bam.demo.experiment as experiment
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while training")
+
+    monkeypatch.setattr(experiment, "_run_locked", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["demo", *TINY, "--out", str(tmp_path / "a" / "run")])
+    assert list(tmp_path.iterdir()) == []

@@ -281,7 +281,7 @@ def run(
         batch_size=batch_size,
         lr=lr,
     )
-    created = not os.path.isdir(out)
+    created = _missing_dirs(out)  # made by this run: removed again if it fails
     lock = RunDirLock(out, what="torch-bam demo")
     lock.acquire()
     try:
@@ -291,10 +291,21 @@ def run(
         if created:  # leave no empty run directory behind
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(out, ".lock"))
-                os.rmdir(out)
+                for d in created:
+                    os.rmdir(d)  # fails (and stops) at the first one that is not empty
         raise
     finally:
         lock.release()
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """The directories on the way to ``path`` that do not exist yet, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
