@@ -197,13 +197,23 @@ def markdown(report: dict) -> tuple[str, dict]:
             "",
         ]
     lines += _timing_section(report["timing"])
-    lines += ["", "## Pictures", "", "![learning curves](learning_curves.png)", ""]
+    lines += [
+        "",
+        "## Pictures",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "Training loss (training split) and top-1 error on the validation split, per epoch: "
+        "the line is the mean over seeds, the band runs from the lowest to the highest seed.",
+        "",
+    ]
     if "attention" in report["files"]:
         lines += [
             f"![attention maps, seed {seeds[0]}](attention.png)",
             "",
-            f"Attention maps of the seed-{seeds[0]} models on the first test images. Green and "
-            "white: the true box; red cross: each map's peak.",
+            f"Maps of the seed-{seeds[0]} models on the first test images (test split). Green "
+            "and white: the true box; red cross: each map's peak; each map has its own colour "
+            "bar. Last panel: the channels BAM's channel gate weights most.",
             "",
         ]
     lines += [
