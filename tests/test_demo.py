@@ -1,82 +1,239 @@
+"""``torch-bam demo`` end to end on tiny data: files, controls, splits, claims, bad input."""
+
 import json
-import re
+import os
 
 import pytest
 from PIL import Image
 
-from torch_bam.demo import MODELS, ROWS
+from torch_bam._io import RunDirLock
+from torch_bam.cli import main
+from torch_bam.demo import MODELS
+from torch_bam.demo.claims import summarize
 from torch_bam.viz import load_checkpoint
-from torch_bam.viz.attention import figure_size_px
+from torch_bam.viz.demo_figures import figure_size_px
+
+TINY = ["--epochs", "2", "--seeds", "2", "--train-size", "64", "--val-size", "32"]
+TINY += ["--test-size", "48", "--canvas", "24", "--batch-size", "32", "--no-progress"]
+CONTROLS = {
+    "chance (box area / image area)",
+    "centre prior",
+    "image intensity",
+    "small_cnn feature norm",
+    "small_cnn Grad-CAM",
+    "untrained bam_small_cnn BAM",
+}
+STALE = ["small_cnn.pt", "bam_small_cnn-seed9.pt", "attention.png", ".torch-bam-tmp-x.tmp"]
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from torch_bam.cli import main
+def traced_run(tmp_path_factory):
+    """One tiny demo, recording when each split is built and when each model is trained."""
+    import lightning as L
+
+    import torch_bam.data
 
     out = tmp_path_factory.mktemp("demo")
-    args = ["demo", "--epochs", "1", "--train-size", "64", "--test-size", "32", "--canvas", "24"]
-    assert main(args + ["--batch-size", "32", "--no-progress", "--out", str(out)]) == 0
-    return out
+    for name in STALE:  # an earlier run's files, and a file of the user's
+        (out / name).write_bytes(b"old")
+    (out / "notes.txt").write_text("mine")
+    events, sets = [], {}
+    real_cd, real_fit = torch_bam.data.ClutteredDigits, L.Trainer.fit
+
+    def cluttered(split, *args, **kwargs):
+        events.append(("data", split))
+        sets.setdefault(split, []).append(real_cd(split, *args, **kwargs))
+        return sets[split][-1]
+
+    def fit(self, module, *args, **kwargs):
+        events.append(("fit", type(module.model).__name__))
+        return real_fit(self, module, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch_bam.data, "ClutteredDigits", cluttered)
+        mp.setattr(L.Trainer, "fit", fit)
+        assert main(["demo", *TINY, "--out", str(out)]) == 0
+    return out, events, sets
 
 
-def test_demo_writes_every_file(run_dir):
+@pytest.fixture(scope="module")
+def report(traced_run):
+    return json.loads((traced_run[0] / "report.json").read_text())
+
+
+def test_writes_every_file_and_nothing_stale(traced_run, report):
+    out = traced_run[0]
+    names = {p.name for p in out.iterdir()}
     expected = {"report.md", "report.json", "learning_curves.png", "attention.png"}
-    expected |= {f"{m}.pt" for m in MODELS}
-    assert expected <= {p.name for p in run_dir.iterdir()}
-    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+    expected |= {f"{m}-seed{s}.pt" for m in MODELS for s in (0, 1)}
+    assert expected <= names
+    assert set(report["checkpoints"]) == {n for n in names if n.endswith(".pt")}
+    assert not {"small_cnn.pt", "bam_small_cnn-seed9.pt"} & names  # the earlier run's files
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (out / "notes.txt").read_text() == "mine"  # not the demo's: kept
+    assert (out / "attention.png").read_bytes() != b"old"
+    # Four test images; five maps (intensity, feature norm, Grad-CAM, untrained BAM, BAM) and
+    # the channel panel; two learning-curve panels.
+    with Image.open(out / "attention.png") as im:
+        assert im.size == figure_size_px(num_images=4, num_maps=5, channels=True)
+    with Image.open(out / "learning_curves.png") as im:
+        assert im.size == (800, 320)
 
 
-def test_demo_pngs_open_with_expected_size(run_dir):
-    with Image.open(run_dir / "attention.png") as im:
-        assert im.size == figure_size_px(num_images=4, num_bams=2)
-    with Image.open(run_dir / "learning_curves.png") as im:
-        assert im.size == (800, 320)  # two metrics, 4 x 3.2 inches each at 100 dpi
-
-
-def test_report_markdown_agrees_with_json(run_dir):
-    report = json.loads((run_dir / "report.json").read_text())
-    md = (run_dir / "report.md").read_text()
-    table = {}
-    for line in md.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] not in ("metric", "---"):
-            table[cells[0]] = cells[1:]
-    for key, label in ROWS:
-        for name, cell in zip(MODELS, table[label], strict=True):
-            value = report["results"][name].get(key)
-            if value is None:
-                assert cell == "n/a"
-                continue
-            number = float(re.sub(r"[,%]", "", cell))
-            if cell.endswith("%"):
-                number /= 100
-            decimals = len(cell.rstrip("%").split(".")[1]) if "." in cell else 0
-            tol = 0.5 * 10 ** (-decimals) / (100 if cell.endswith("%") else 1)
-            assert abs(number - value) <= tol * 1.0001, (label, name, cell, value)
-    for name in MODELS:  # one epoch: one point per curve
-        assert len(report["history"][name]["train_loss"]) == 1
-        assert len(report["history"][name]["val_top1_error"]) == 1
-    bam = report["results"]["bam_small_cnn"]
-    assert 0 <= bam["pointing_hit_rate"] <= 1 and 0 < bam["pointing_chance"] < 1
-    assert bam["parameters"] > report["results"]["small_cnn"]["parameters"]
-
-
-def test_demo_checkpoint_loads(run_dir):
-    model, meta = load_checkpoint(str(run_dir / "bam_small_cnn.pt"))
+def test_checkpoints_load_and_are_the_tested_models(traced_run, report):
+    model, meta = load_checkpoint(str(traced_run[0] / "bam_small_cnn-seed1.pt"))
     assert meta["model"] == "bam_small_cnn" and meta["image_size"] == 24
+    assert meta["extra"]["seed"] == 1
 
 
-def test_unknown_dataset_names_the_choices(tmp_path):
-    from torch_bam.cli import main
+def test_test_split_is_built_once_after_all_training(traced_run):
+    _, events, sets = traced_run
+    fits = [i for i, e in enumerate(events) if e[0] == "fit"]
+    tests = [i for i, e in enumerate(events) if e == ("data", "test")]
+    assert len(fits) == 2 * len(MODELS) and len(tests) == 1
+    assert tests[0] > fits[-1]
+    # Validation comes before training, from other source digits than the test split.
+    assert events.index(("data", "val")) < fits[0]
+    val, test = sets["val"][0], sets["test"][0]
+    assert not set(val.sources.tolist()) & set(test.sources.tolist())
+    assert not set(sets["train"][0].sources.tolist()) & set(test.sources.tolist())
 
-    with pytest.raises(SystemExit, match="cluttered-digits, cifar10, cifar100"):
-        main(["demo", "--dataset", "mnist", "--out", str(tmp_path)])
+
+def test_report_has_every_control_and_models_alternate(traced_run, report):
+    pointing = report["pointing"]
+    assert set(pointing) == CONTROLS | {"bam_small_cnn BAM"}
+    assert all(len(v) == 2 and all(0 <= x <= 1 for x in v) for v in pointing.values())
+    md = (traced_run[0] / "report.md").read_text()
+    for name in pointing:
+        assert f"| {name} |" in md
+    # The timed turns alternate: baseline first for seed 0, BAM first for seed 1.
+    assert report["timing"]["order"] == [
+        "small_cnn (seed 0)",
+        "bam_small_cnn (seed 0)",
+        "bam_small_cnn (seed 1)",
+        "small_cnn (seed 1)",
+    ]
+    for m in MODELS:
+        t = report["timing"]["models"][m]
+        assert t["p25_s"] <= t["median_s"] <= t["p75_s"] and len(t["per_turn_median_s"]) == 2
+    assert "bam_small_cnn / small_cnn" in md
 
 
-def test_missing_cifar_names_the_demo_flag(tmp_path):
-    from torch_bam.cli import main
+def test_claims_in_the_report_follow_from_its_numbers(traced_run, report):
+    pointing = report["pointing"]
+    bam = summarize(pointing.pop("bam_small_cnn BAM"))
+    best = max(pointing, key=lambda k: summarize(pointing[k])["mean"])
+    spread = max(bam["std"], summarize(pointing[best])["std"])
+    claimed = bam["mean"] - summarize(pointing[best])["mean"] > spread
+    loc = report["claims"]["localisation"]
+    assert loc["claimed"] == claimed and loc["best_control"] == best
+    md = (traced_run[0] / "report.md").read_text()
+    assert loc["verdict"] in md and report["claims"]["error"]["sentence"] in md
+    errors = [report["models"][m]["test_top1_error"] for m in MODELS]
+    diff = summarize(errors[1])["mean"] - summarize(errors[0])["mean"]
+    spread = max(summarize(e)["std"] for e in errors)
+    assert report["claims"]["error"]["exceeds"] == (abs(diff) > spread)
 
-    with pytest.raises(SystemExit) as info:
-        main(["demo", "--dataset", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path)])
-    msg = str(info.value)
-    assert "--data-root" in msg and "--data." not in msg and str(tmp_path) in msg
+
+def test_report_tables_agree_with_json(traced_run, report):
+    md = (traced_run[0] / "report.md").read_text()
+    for m in MODELS:
+        per_seed = ", ".join(f"{100 * v:.1f}%" for v in report["models"][m]["test_top1_error"])
+        assert per_seed in md
+        assert f"{report['models'][m]['parameters']:,}" in md
+    for name, values in report["pointing"].items():
+        assert f"| {name} | " in md and ", ".join(f"{100 * v:.1f}%" for v in values) in md
+    assert len(report["history"]["small_cnn"]) == 2  # one curve per seed
+    assert all(len(h["val_top1_error"]) == 2 for h in report["history"]["small_cnn"])
+
+
+# Bad input: one line on stderr, exit status 2, nothing written.
+
+
+def _fails_cleanly(capsys, tmp_path, args, *needles):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["demo", *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("torch-bam demo: error: ")
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no run directory left
+    return err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--train-size", "2"], "--train-size 2 is smaller than --batch-size 64"),
+        (["--batch-size", "0"], "--batch-size must be positive"),
+        (["--batch-size", "1", "--train-size", "8"], "--batch-size 1"),
+        (["--epochs", "0"], "--epochs must be positive"),
+        (["--seeds", "-1"], "--seeds must be positive"),
+        (["--train-size", "0"], "--train-size must be positive"),
+        (["--val-size", "0"], "--val-size must be positive"),
+        (["--test-size", "0"], "--test-size must be positive"),
+        (["--canvas", "0"], "--canvas must be positive"),
+        (["--canvas", "8"], "--canvas 8 is too small"),
+        (["--seed", "-3"], "--seed must be 0 or more"),
+        (["--dataset", "mnist"], "cluttered-digits, cifar10, cifar100"),
+    ],
+)
+def test_bad_options_fail_cleanly(capsys, tmp_path, args, needle):
+    _fails_cleanly(capsys, tmp_path, [*args, "--out", str(tmp_path / "run")], needle)
+
+
+def test_out_that_is_a_file_or_below_one(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    _fails_cleanly(capsys, tmp_path, ["--out", str(tmp_path / "f")], "is a file")
+    _fails_cleanly(capsys, tmp_path, ["--out", str(tmp_path / "f" / "run")], "is a file")
+    assert (tmp_path / "f").read_text() == "x"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_out_in_a_read_only_directory(capsys, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o500)
+    _fails_cleanly(capsys, ro, ["--out", str(ro / "run")], "not writable")
+
+
+def test_missing_cifar_names_the_demo_flag(capsys, tmp_path):
+    err = _fails_cleanly(
+        capsys,
+        tmp_path,
+        ["--dataset", "cifar10", "--data-root", str(tmp_path), "--out", str(tmp_path / "r")],
+        "--data-root",
+        str(tmp_path),
+    )
+    assert "--data." not in err
+
+
+def test_missing_imagefolder_names_the_dataset_flag(capsys, tmp_path):
+    err = _fails_cleanly(
+        capsys,
+        tmp_path,
+        ["--dataset", f"imagefolder:{tmp_path / 'nope'}", "--out", str(tmp_path / "r")],
+        "--dataset imagefolder:PATH",
+    )
+    assert "--data-root" not in err and "--data." not in err
+
+
+def test_a_second_demo_on_the_same_out_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    with RunDirLock(out):
+        assert main(["demo", *TINY, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "in use" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):
+    import torch_bam.demo.experiment as experiment
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("killed while training")
+
+    monkeypatch.setattr(experiment, "_run_locked", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        main(["demo", *TINY, "--out", str(tmp_path / "a" / "run")])
+    assert list(tmp_path.iterdir()) == []

@@ -52,3 +52,28 @@ def test_bad_shapes_name_the_fix():
         pointing_hits(torch.rand(2, 1, 4, 4), torch.zeros(3, 4), (8, 8))
     with pytest.raises(ValueError, match="spatial_logits"):
         pointing_hits(torch.rand(2, 3, 4, 4), torch.zeros(2, 4), (8, 8))
+
+
+def test_centre_prior_peaks_at_the_centre():
+    from torch_bam.pointing import centre_prior
+
+    maps = centre_prior(3, (9, 12))
+    assert maps.shape == (3, 1, 9, 12)
+    centre = torch.tensor([[5, 3, 7, 6]]).expand(3, 4)  # holds pixel (x=6, y=4)
+    assert pointing_hits(maps, centre, (9, 12)).all()
+    assert not pointing_hits(maps, torch.tensor([[0, 0, 6, 4]]).expand(3, 4), (9, 12)).any()
+
+
+def test_intensity_map_finds_the_brightest_patch():
+    from torch_bam.pointing import intensity_map
+
+    images = torch.zeros(2, 3, 20, 20)
+    images[0, :, 2:6, 12:16] = 1.0  # a 4x4 bright square
+    images[0, :, 15, 3] = 1.0  # one brighter-looking pixel, but less ink over 4x4
+    images[1, :, 10:14, 5:9] = 0.5
+    boxes = torch.tensor([[12, 2, 16, 6], [5, 10, 9, 14]])
+    maps = intensity_map(images, window=4)
+    assert maps.shape == (2, 1, 20, 20)
+    assert pointing_hits(maps, boxes, (20, 20)).all()
+    with pytest.raises(ValueError, match="window"):
+        intensity_map(images, window=0)

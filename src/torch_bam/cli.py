@@ -56,6 +56,8 @@ def _demo(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
         data_root=args.data_root,
+        seeds=args.seeds,
+        val_size=args.val_size,
     )
     return 0
 
@@ -73,16 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="train a small CNN with and without BAM on offline data, report and plot"
     )
-    p.add_argument("--epochs", type=int, default=8, help="epochs per model (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="first seed and data seed (default 0)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
     p.add_argument(
         "--dataset",
         default="cluttered-digits",
         help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
     )
-    p.add_argument("--train-size", type=int, default=4000, help="training images (default 4000)")
-    p.add_argument("--test-size", type=int, default=500, help="test images (default 500)")
+    p.add_argument("--train-size", type=int, default=2560, help="training images (default 2560)")
+    p.add_argument("--val-size", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
     p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
     p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")

@@ -2,14 +2,20 @@
 
 A hit is an image whose attention maximum, upsampled to the image, falls inside its box. Chance
 is the box area over the image area: a uniformly random peak lands in the box that often.
+
+A hit rate means little on its own: where objects sit near the centre, or are the brightest
+thing in the image, a map that knows nothing about the network scores high. :func:`centre_prior`
+and :func:`intensity_map` build those two maps, so that a reported hit rate can be set beside
+them on the same images.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["chance_rate", "pointing_hits", "pointing_game"]
+__all__ = ["centre_prior", "chance_rate", "intensity_map", "pointing_game", "pointing_hits"]
 
 
 def _check_boxes(boxes: Tensor, batch: int) -> None:
@@ -66,3 +72,27 @@ def pointing_game(
     """Mean hit rate and mean chance rate over a batch, as ``(hit_rate, chance)``."""
     hits = pointing_hits(attention, boxes, image_size)
     return hits.float().mean().item(), chance_rate(boxes, image_size).mean().item()
+
+
+def centre_prior(batch: int, image_size: tuple[int, int]) -> Tensor:
+    """``[B, 1, H, W]`` maps that peak at the centre pixel of every image, whatever it shows."""
+    height, width = image_size
+    maps = torch.zeros(batch, 1, height, width)
+    maps[:, :, height // 2, width // 2] = 1.0
+    return maps
+
+
+def intensity_map(images: Tensor, window: int) -> Tensor:
+    """``[B, 1, H, W]``: the image's mean intensity over channels, box-blurred over ``window``.
+
+    Its peak is the brightest ``window x window`` patch: the hit rate of a "look where the ink
+    is" rule that needs no network. Use the object's size as ``window``.
+    """
+    if images.dim() != 4:
+        raise ValueError(f"intensity_map: images must be [B, C, H, W], got {tuple(images.shape)}.")
+    if window < 1:
+        raise ValueError(f"intensity_map: window must be at least 1 pixel, got {window}.")
+    height, width = images.shape[-2:]
+    gray = images.float().mean(dim=1, keepdim=True)
+    blurred = F.avg_pool2d(gray, window, stride=1, padding=window // 2, count_include_pad=False)
+    return blurred[..., :height, :width]

@@ -32,4 +32,32 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="canvas_size"):
         ClutteredDigits(canvas_size=16, scale=3)
     with pytest.raises(ValueError, match="split"):
-        ClutteredDigits(split="val")
+        ClutteredDigits(split="validation")
+    with pytest.raises(ValueError, match="num_blots"):
+        ClutteredDigits(num_blots=-1)
+
+
+def test_three_splits_share_no_source_digit_and_no_clutter():
+    kw = dict(num_samples=400, canvas_size=32, scale=1, seed=0)
+    train, val, test = (ClutteredDigits(s, **kw) for s in ("train", "val", "test"))
+    sources = [set(d.sources.tolist()) for d in (train, val, test)]
+    assert not sources[0] & sources[1] and not sources[0] & sources[2]
+    assert not sources[1] & sources[2]
+    assert not torch.equal(val.boxes, test.boxes)  # their own random streams
+    # Each image shows the digit its label and source name.
+    from sklearn.datasets import load_digits
+
+    target = torch.as_tensor(load_digits().target)
+    assert torch.equal(test.labels, target[test.sources])
+
+
+def test_blots_outshine_the_digit_and_stay_off_it():
+    from sklearn.datasets import load_digits
+
+    d = ClutteredDigits("val", 200, canvas_size=32, scale=1, num_fragments=0, num_blots=1)
+    digits = torch.as_tensor(load_digits().images, dtype=torch.float32)[d.sources] / 16
+    blot_wins = 0
+    for img, digit, (x0, y0, x1, y1) in zip(d.images[:, 0], digits, d.boxes.tolist(), strict=True):
+        assert torch.equal(img[y0:y1, x0:x1], digit)  # the digit is whole, no blot on it
+        blot_wins += bool(img.sum() - digit.sum() > digit.sum())
+    assert blot_wins / len(d) > 0.9  # the blot holds more ink than the digit

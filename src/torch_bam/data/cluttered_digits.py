@@ -13,7 +13,18 @@ from torch.utils.data import Dataset
 
 __all__ = ["ClutteredDigits"]
 
-_NUM_TEST = 297  # the last 297 of the 1797 digits are held out; the rest train
+# The 1797 source digits are split once: the last 297 are the test split's, the 297 before them
+# the validation split's, the rest (1203) train. No source digit is shared between two splits.
+_NUM_HELD = 297
+SPLITS = ("train", "val", "test")
+
+
+def _source_indices(split: str, total: int) -> torch.Tensor:
+    if split == "train":
+        return torch.arange(0, total - 2 * _NUM_HELD)
+    if split == "val":
+        return torch.arange(total - 2 * _NUM_HELD, total - _NUM_HELD)
+    return torch.arange(total - _NUM_HELD, total)
 
 
 def _load_digits() -> torch.Tensor:
@@ -24,21 +35,40 @@ def _load_digits() -> torch.Tensor:
     return images, torch.as_tensor(d.target, dtype=torch.long)
 
 
+def _blot(canvas: torch.Tensor, box: tuple[int, int, int, int], side: int, g) -> None:
+    """Paint a filled square somewhere it does not touch ``box`` (gives up after 20 tries)."""
+    size = canvas.shape[-1]
+    b = int(torch.randint(max(1, 3 * side // 4), side + 1, (1,), generator=g))
+    value = 0.6 + 0.4 * float(torch.rand((), generator=g))
+    for _ in range(20):
+        y, x = torch.randint(size - b + 1, (2,), generator=g).tolist()
+        x0, y0, x1, y1 = box
+        if x + b <= x0 or x >= x1 or y + b <= y0 or y >= y1:
+            patch = canvas[y : y + b, x : x + b]
+            patch.copy_(torch.clamp(patch, min=value))
+            return
+
+
 class ClutteredDigits(Dataset):
     """Deterministic cluttered digits: ``dataset[i] -> (image [1, S, S], label)``.
 
     Args:
-        split: ``"train"`` (1500 source digits) or ``"test"`` (297 other digits).
+        split: ``"train"`` (1203 source digits), ``"val"`` (297 others) or ``"test"`` (297
+            others again): the three splits share no source digit and no clutter stream.
         num_samples: images to generate (sources are reused with new positions and clutter).
         canvas_size: side ``S`` of the square canvas.
         scale: integer upscaling of each 8x8 digit (digit side ``8 * scale``).
         num_fragments: clutter pieces per image, each a random crop of another digit.
         fragment_size: side of a fragment, in source (8x8) pixels, before upscaling.
+        num_blots: ink blots per image: filled squares of 3/4 to 1 digit side, of intensity 0.6
+            to 1, placed off the digit. They hold more ink than the digit, so the brightest
+            patch of the image is rarely the digit.
         seed: everything (positions, clutter, which digit) follows from it.
         return_box: if true, items are dicts ``{"image", "label", "box"}``.
 
     ``dataset.images`` ``[N, 1, S, S]``, ``dataset.labels`` ``[N]`` and ``dataset.boxes``
-    ``[N, 4]`` (``x0, y0, x1, y1``) hold everything.
+    ``[N, 4]`` (``x0, y0, x1, y1``) hold everything; ``dataset.sources`` ``[N]`` says which of
+    scikit-learn's 1797 digits each image shows.
     """
 
     num_classes = 10
@@ -51,11 +81,14 @@ class ClutteredDigits(Dataset):
         scale: int = 3,
         num_fragments: int = 6,
         fragment_size: int = 3,
+        num_blots: int = 0,
         seed: int = 0,
         return_box: bool = False,
     ):
-        if split not in ("train", "test"):
-            raise ValueError(f"ClutteredDigits: split must be 'train' or 'test', got {split!r}.")
+        if split not in SPLITS:
+            raise ValueError(
+                f"ClutteredDigits: split must be 'train', 'val' or 'test', got {split!r}."
+            )
         side = 8 * scale
         if scale < 1 or canvas_size < side:
             raise ValueError(
@@ -66,16 +99,19 @@ class ClutteredDigits(Dataset):
             raise ValueError(
                 f"ClutteredDigits: fragment_size must be in 1..8, got {fragment_size}."
             )
-        src_images, src_labels = _load_digits()
-        if split == "train":
-            src_images, src_labels = src_images[:-_NUM_TEST], src_labels[:-_NUM_TEST]
-        else:
-            src_images, src_labels = src_images[-_NUM_TEST:], src_labels[-_NUM_TEST:]
+        if num_fragments < 0 or num_blots < 0:
+            raise ValueError(
+                f"ClutteredDigits: num_fragments and num_blots must be 0 or more, got "
+                f"{num_fragments} and {num_blots}."
+            )
+        all_images, all_labels = _load_digits()
+        indices = _source_indices(split, len(all_images))
+        src_images, src_labels = all_images[indices], all_labels[indices]
         n = len(src_images) if num_samples is None else int(num_samples)
         if n < 1:
             raise ValueError(f"ClutteredDigits: num_samples must be positive, got {num_samples}.")
-        # Different streams for train and test, so the two splits never share clutter.
-        g = torch.Generator().manual_seed(seed * 2 + (split == "test"))
+        # One random stream per (seed, split): no two splits or seeds share clutter.
+        g = torch.Generator().manual_seed(seed * len(SPLITS) + SPLITS.index(split))
         which = torch.randint(len(src_images), (n,), generator=g)
         up = torch.nn.functional.interpolate(
             src_images[:, None], scale_factor=scale, mode="nearest"
@@ -85,6 +121,9 @@ class ClutteredDigits(Dataset):
         boxes = torch.empty(n, 4, dtype=torch.long)
         for i in range(n):
             canvas = images[i, 0]
+            y0, x0 = torch.randint(canvas_size - side + 1, (2,), generator=g).tolist()
+            for _ in range(num_blots):
+                _blot(canvas, (x0, y0, x0 + side, y0 + side), side, g)
             for _ in range(num_fragments):  # clutter first, the digit on top
                 j = int(torch.randint(len(src_images), (1,), generator=g))
                 sy, sx = torch.randint(side - frag + 1, (2,), generator=g).tolist()
@@ -93,12 +132,12 @@ class ClutteredDigits(Dataset):
                 canvas[y : y + frag, x : x + frag].copy_(
                     torch.maximum(canvas[y : y + frag, x : x + frag], piece)
                 )
-            y0, x0 = torch.randint(canvas_size - side + 1, (2,), generator=g).tolist()
             region = canvas[y0 : y0 + side, x0 : x0 + side]
             region.copy_(torch.maximum(region, up[which[i], 0]))
             boxes[i] = torch.tensor([x0, y0, x0 + side, y0 + side])
         self.images = images
         self.labels = src_labels[which]
+        self.sources = indices[which]
         self.boxes = boxes
         self.return_box = return_box
 

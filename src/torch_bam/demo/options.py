@@ -1,0 +1,73 @@
+"""The demo's options, checked before anything is read or written.
+
+Every bad value ends in one :class:`~torch_bam.errors.UsageError` naming the option, the cause
+and the fix; the ``torch-bam`` command prints it as one line and exits with status 2. Nothing
+is created on disk before these checks pass.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UsageError
+
+DATASETS = "cluttered-digits, cifar10, cifar100 or imagefolder:PATH"
+
+
+def check_positive(**values: int | float) -> None:
+    """``--name`` must be positive, for each keyword (``train_size`` names ``--train-size``)."""
+    for name, value in values.items():
+        if value <= 0:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be positive, got {value}. Pass {flag} 1 or more.")
+
+
+def check_dataset(dataset: str) -> None:
+    if dataset in ("cluttered-digits", "cifar10", "cifar100"):
+        return
+    if dataset.startswith("imagefolder:") and dataset.split(":", 1)[1]:
+        return
+    raise UsageError(f"unknown --dataset {dataset!r}; use {DATASETS}.")
+
+
+def check_out(out: str) -> None:
+    """``--out`` must be a directory, or a path where one can be created and written."""
+    path = os.path.abspath(out)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise UsageError(
+                f"--out {out} is a file, not a directory. Pass a directory (it is created if "
+                f"missing), e.g. --out runs/demo."
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {out} is not writable. Pass a directory you can write to.")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(
+            f"--out {out} cannot be created: {parent} is a file, not a directory. Pass an --out "
+            f"outside it."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--out {out} cannot be created: {parent} is not writable. Pass a directory you "
+            f"can write to."
+        )
+
+
+def check_sizes(train_size: int, batch_size: int) -> None:
+    # Training drops the last incomplete batch (BatchNorm needs more than one image), so a
+    # training split smaller than a batch would train nothing.
+    if train_size < batch_size:
+        raise UsageError(
+            f"--train-size {train_size} is smaller than --batch-size {batch_size}: no full batch, "
+            f"so nothing would be trained. Pass --train-size {batch_size} or more, or a smaller "
+            f"--batch-size."
+        )
+    if batch_size < 2:
+        raise UsageError(
+            f"--batch-size {batch_size} is too small: BatchNorm needs at least 2 images per "
+            f"batch. Pass --batch-size 2 or more."
+        )

@@ -1,0 +1,225 @@
+"""The demo's report in Markdown: tables of the measured numbers, and the claims in words.
+
+Every number comes from the report dict that :mod:`torch_bam.demo.experiment` builds; every
+sentence that says one thing beats another follows :mod:`torch_bam.demo.claims`.
+"""
+
+from __future__ import annotations
+
+from .claims import compare, describe, localisation_claim, summarize
+
+BAM_KEY_SUFFIX = " BAM"
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def spread_cell(values: list[float]) -> str:
+    """``"12.3% ± 1.2 (10.9-13.5%)"``; one value: ``"12.3%"``."""
+    s = summarize(values)
+    if s["std"] is None:
+        return pct(s["mean"])
+    if s["min"] == s["max"]:
+        return f"{pct(s['mean'])} ± 0.0"
+    return f"{pct(s['mean'])} ± {100 * s['std']:.1f} ({100 * s['min']:.1f}-{100 * s['max']:.1f}%)"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def claims_of(report: dict) -> dict:
+    """The report's claims: error of BAM against the baseline; localisation against controls."""
+    models = report["models"]
+    names = list(models)
+    base, bam = names
+    c = compare(models[bam]["test_top1_error"], models[base]["test_top1_error"])
+    claims: dict = {
+        "error": {
+            "difference": c.difference,
+            "spread": c.spread,
+            "exceeds": c.exceeds,
+            "sentence": (
+                f"Test top-1 error: {describe(c, bam, 'higher', 'lower', base)}. "
+                + (
+                    f"{'BAM lowers' if c.difference < 0 else 'BAM raises'} the error here."
+                    if c.exceeds
+                    else "The demo does not claim that either network has the lower error."
+                )
+            ),
+        }
+    }
+    pointing = report.get("pointing")
+    if pointing:
+        bam_key = next(k for k in pointing if k == f"{bam}{BAM_KEY_SUFFIX}")
+        controls = {k: v for k, v in pointing.items() if k != bam_key}
+        claimed, best, sentences = localisation_claim(pointing[bam_key], controls)
+        if claimed:
+            verdict = (
+                f"BAM localises the digit better than every control: its hit rate beats the "
+                f"best control ({best}) by more than the seed-to-seed spread."
+            )
+        else:
+            verdict = (
+                f"No claim that BAM localises the digit: its hit rate does not beat the best "
+                f"control ({best}) by more than the seed-to-seed spread."
+            )
+        claims["localisation"] = {
+            "claimed": claimed,
+            "best_control": best,
+            "verdict": verdict,
+            "against_each_control": sentences,
+        }
+    return claims
+
+
+def _timing_section(timing: dict) -> list[str]:
+    rows = []
+    for name, t in timing["models"].items():
+        if t is None:
+            rows.append([name, "n/a", "n/a", "n/a", "0", "n/a"])
+            continue
+        per_turn = ", ".join(f"{1000 * v:.0f}" for v in t["per_turn_median_s"])
+        rows.append(
+            [
+                name,
+                f"{1000 * t['median_s']:.1f}",
+                f"{1000 * t['p25_s']:.1f}-{1000 * t['p75_s']:.1f}",
+                str(t["steps_timed"]),
+                per_turn,
+            ]
+        )
+    lines = [
+        "## Training speed",
+        "",
+        "Wall time of one training step (forward, backward, optimizer step), measured during the "
+        "training runs above. The two models were trained in alternating turns ("
+        + ", ".join(timing["order"])
+        + "), so a machine that gets busier or quieter affects both alike. The first "
+        "steps of each run are not timed.",
+        "",
+        _table(
+            ["model", "median ms/step", "middle half (ms)", "steps timed", "per-seed medians (ms)"],
+            rows,
+        ),
+    ]
+    ratio = timing.get("ratio")
+    if ratio:
+        per_seed = ratio["per_seed"]
+        slower = all(r > 1 for r in per_seed)
+        faster = all(r < 1 for r in per_seed)
+        verdict = (
+            "BAM's steps were slower in every seed."
+            if slower
+            else "BAM's steps were faster in every seed."
+            if faster
+            else "The direction changed between seeds: no claim about which trains faster."
+        )
+        lines += [
+            "",
+            f"Ratio {ratio['direction']}: {ratio['median_ratio']:.2f} (median step times); per "
+            f"seed {', '.join(f'{r:.2f}' for r in per_seed)}. {verdict}",
+        ]
+    return lines
+
+
+def markdown(report: dict) -> tuple[str, dict]:
+    """``(report.md text, claims dict)``."""
+    cfg, sp, models = report["config"], report["splits"], report["models"]
+    names = list(models)
+    claims = claims_of(report)
+    seeds = report["seeds"]
+    lines = [
+        "# torch-bam demo",
+        "",
+        f"Dataset {cfg['dataset']}: {sp['train']} training, {sp['val']} validation and "
+        f"{sp['test']} test images of {sp['image_size']}x{sp['image_size']} pixels. "
+        f"{cfg['epochs']} epoch(s) per training run, batch {cfg['batch_size']}, seeds "
+        f"{', '.join(map(str, seeds))}: each seed is a new initialisation and batch order on "
+        f"the same data. CPU with {report['threads']} threads, torch {report['torch']}. "
+        "Every number below was measured in this run.",
+        "",
+        "Where each number comes from: the training loss from the training split; the learning "
+        "curves, the validation error and the choice of epoch (each run keeps the weights of "
+        "its epoch with the lowest validation error) from the validation split; every other "
+        "error and every hit rate from the test split, which the demo reads once, after all "
+        "training. A difference is called real only if the difference of the means is larger "
+        "than the seed-to-seed spread (the larger of the two standard deviations over seeds).",
+        "",
+        "## Classification",
+        "",
+    ]
+    rows = [
+        ["parameters"] + [f"{models[n]['parameters']:,}" for n in names],
+        ["GFLOPs (MACs, 1 image)"] + [f"{models[n]['gflops']:.4f}" for n in names],
+        ["validation top-1 error, chosen epoch (validation)"]
+        + [spread_cell(models[n]["val_top1_error_best"]) for n in names],
+        ["chosen epoch per seed"] + [", ".join(map(str, models[n]["best_epoch"])) for n in names],
+        ["test top-1 error, mean ± std (min-max) (test)"]
+        + [spread_cell(models[n]["test_top1_error"]) for n in names],
+        ["test top-1 error per seed (test)"]
+        + [", ".join(pct(v) for v in models[n]["test_top1_error"]) for n in names],
+    ]
+    lines += [_table(["metric"] + names, rows), "", claims["error"]["sentence"], ""]
+    pointing = report.get("pointing")
+    if pointing:
+        lines += [
+            "## Pointing game",
+            "",
+            f"On the {sp['test']} test images: how often a map's peak (upsampled to the image) "
+            f"falls inside the digit's box. BAM's map is the spatial attention of "
+            f"`{report['pointing_layer']}`, the deepest BAM with a spatial map larger than 1x1; "
+            f"the baseline's maps are read at the same depth. The controls: chance (a uniformly "
+            f"random peak), the centre prior (always the centre pixel), image intensity (the "
+            f"brightest box-sized patch), the trained baseline's own feature norm and Grad-CAM "
+            f"(for its predicted class), and the same BAM network before training.",
+            "",
+            _table(
+                ["map", "hit rate, mean ± std over seeds (min-max)", "per seed"],
+                [[k, spread_cell(v), ", ".join(pct(x) for x in v)] for k, v in pointing.items()],
+            ),
+            "",
+            claims["localisation"]["verdict"],
+            "",
+            "BAM against each control, best control first:",
+            "",
+        ]
+        lines += [f"- {s}" for s in claims["localisation"]["against_each_control"]]
+        lines.append("")
+    else:
+        lines += [
+            "## Pointing game",
+            "",
+            "Not measured: this dataset has no object boxes.",
+            "",
+        ]
+    lines += _timing_section(report["timing"])
+    lines += [
+        "",
+        "## Pictures",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "Training loss (training split) and top-1 error on the validation split, per epoch: "
+        "the line is the mean over seeds, the band runs from the lowest to the highest seed.",
+        "",
+    ]
+    if "attention" in report["files"]:
+        lines += [
+            f"![attention maps, seed {seeds[0]}](attention.png)",
+            "",
+            f"Maps of the seed-{seeds[0]} models on the first test images (test split). Green "
+            "and white: the true box; red cross: each map's peak; each map has its own colour "
+            "bar. Last panel: the channels BAM's channel gate weights most.",
+            "",
+        ]
+    lines += [
+        "Checkpoints (weights of each run's chosen epoch): "
+        + ", ".join(f"`{c}`" for c in report["checkpoints"])
+        + ".",
+        "",
+    ]
+    return "\n".join(lines), claims

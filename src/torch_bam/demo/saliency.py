@@ -1,0 +1,67 @@
+"""The maps the pointing game scores: BAM's spatial attention and the controls beside it.
+
+A control answers "would a map that owes nothing to BAM point as well?". Besides the maps of
+:mod:`torch_bam.pointing` (centre prior, image intensity), these read the trained baseline
+network at the same depth as BAM: the norm of its features there, and Grad-CAM (the features
+weighted by the gradient of the predicted class, Selvaraju et al. 2017).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..attention import record_attention
+from ..bam import BAM
+
+__all__ = ["bam_spatial", "deepest_spatial_bam", "feature_norm_and_grad_cam"]
+
+
+def deepest_spatial_bam(model: nn.Module, x: Tensor) -> str | None:
+    """Name of the last BAM (in forward order) whose spatial map is larger than 1x1."""
+    if not any(isinstance(m, BAM) for m in model.modules()):
+        return None
+    with record_attention(model) as maps, torch.no_grad():
+        model(x[:2])
+    names = [
+        n for n, m in maps.items() if m.spatial_logits.shape[-1] * m.spatial_logits.shape[-2] > 1
+    ]
+    return names[-1] if names else None
+
+
+def bam_spatial(model: nn.Module, name: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(spatial_logits [B, 1, h, w], channel_logits [B, C], logits [B, K])`` of BAM ``name``."""
+    model.eval()
+    with record_attention(model) as maps, torch.no_grad():
+        logits = model(x)
+    return maps[name].spatial_logits, maps[name].channel_logits, logits
+
+
+def feature_norm_and_grad_cam(
+    model: nn.Module, layer: str, x: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(feature_norm, grad_cam, logits)`` of ``model`` at the output of module ``layer``.
+
+    Both maps are ``[B, 1, h, w]``. Grad-CAM explains the predicted class: ``relu(sum_c w_c
+    F_c)`` with ``w_c`` the spatial mean of ``d logit / d F_c``. The model runs in eval mode,
+    so every image's map depends on that image alone.
+    """
+    model.eval()
+    seen: dict[str, Tensor] = {}
+
+    def keep(module, inputs, output):
+        seen["f"] = output
+
+    handle = model.get_submodule(layer).register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            f = seen["f"]
+            score = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+            (grad,) = torch.autograd.grad(score, f)
+    finally:
+        handle.remove()
+    f = f.detach()
+    norm = f.norm(dim=1, keepdim=True)
+    cam = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * f).sum(dim=1, keepdim=True))
+    return norm, cam, logits.detach()
