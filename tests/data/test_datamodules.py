@@ -69,6 +69,14 @@ def test_digits_test_split_differs_from_validation():
     assert not torch.equal(dm.test_set.images, dm.val_set.images)
 
 
+def test_digits_splits_share_no_source_digit():
+    # A test image of a digit seen in validation (moved, other clutter) is not an unseen digit.
+    dm = ClutteredDigitsDataModule(num_train=64, num_val=64, num_test=64, canvas_size=24, scale=2)
+    dm.setup("fit")
+    train, val, test = (set(d.sources.tolist()) for d in (dm.train_set, dm.val_set, dm.test_set))
+    assert not (train & val) and not (train & test) and not (val & test)
+
+
 def test_workers_are_capped_at_the_available_cores():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     dm = ImageFolderDataModule(num_workers=cores + 64)

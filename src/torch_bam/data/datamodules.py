@@ -133,9 +133,8 @@ class ClutteredDigitsDataModule(_Base):
     """Cluttered digits (see ``ClutteredDigits``): 10 classes, 1 channel, no download; batches
     of 64, no worker processes by default.
 
-    Training images draw on 1500 source digits; validation (``num_val``) and test
-    (``num_test``) images on the 297 others, placed among clutter drawn from separate seeds, so
-    the test images are not the validation images.
+    Training, validation (``num_val``) and test (``num_test``) images come from the dataset's
+    three splits, which share no source digit and no clutter stream (see ``ClutteredDigits``).
     """
 
     num_classes = 10
@@ -162,13 +161,8 @@ class ClutteredDigitsDataModule(_Base):
     def setup(self, stage: str | None = None):
         if self.train_set is None:
             self.train_set = ClutteredDigits("train", self.num_train, **self.kwargs)
-            self.val_set = ClutteredDigits("test", self.num_val, **self.kwargs)
-            test_kwargs = {**self.kwargs, "seed": self.kwargs["seed"] + _TEST_SEED_OFFSET}
-            self.test_set = ClutteredDigits("test", self.num_test, **test_kwargs)
-
-
-# The test images' positions and clutter come from a seed no validation set of a nearby seed uses.
-_TEST_SEED_OFFSET = 1_000_003
+            self.val_set = ClutteredDigits("val", self.num_val, **self.kwargs)
+            self.test_set = ClutteredDigits("test", self.num_test, **self.kwargs)
 
 
 def _missing(name: str, root: Path, how: str) -> FileNotFoundError:
