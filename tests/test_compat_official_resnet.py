@@ -20,7 +20,7 @@ def test_official_resnet_checkpoint_round_trip(depth):
     buffer = io.BytesIO()
     torch.save({"epoch": 90, "state_dict": nn.DataParallel(official).state_dict()}, buffer)
     buffer.seek(0)
-    checkpoint = torch.load(buffer, map_location="cpu")
+    checkpoint = torch.load(buffer, map_location="cpu", weights_only=True)
     assert all(k.startswith("module.") for k in checkpoint["state_dict"])
 
     ours = official_bam_resnet(depth, num_classes=10, checkpoint=checkpoint).eval()

@@ -37,7 +37,8 @@ def convert_official_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, T
     if not isinstance(state_dict, Mapping):
         raise TypeError(
             f"convert_official_state_dict expects a state_dict mapping, got "
-            f"{type(state_dict).__name__}. Pass torch.load(path)['state_dict'] or similar."
+            f"{type(state_dict).__name__}. Pass "
+            f"torch.load(path, weights_only=True)['state_dict'] or similar."
         )
     items = {k.removeprefix("module."): v for k, v in state_dict.items()}
     # Hidden layers per channel gate: the final Linear's index depends on it.
@@ -99,7 +100,7 @@ def _state_dict_of(checkpoint: Mapping) -> Mapping[str, Tensor]:
     if not isinstance(checkpoint, Mapping):
         raise TypeError(
             f"expected a checkpoint or state_dict mapping, got {type(checkpoint).__name__}. "
-            f"Pass torch.load(path, map_location='cpu')."
+            f"Pass torch.load(path, map_location='cpu', weights_only=True)."
         )
     inner = checkpoint.get("state_dict")
     return inner if isinstance(inner, Mapping) else checkpoint
