@@ -237,3 +237,25 @@ def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="killed"):
         main(["demo", *TINY, "--out", str(tmp_path / "a" / "run")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_piped_output_is_a_line_per_epoch_without_tips(tmp_path):
+    # A log file or a pipe (not a terminal): no progress-bar redraws, no Lightning tips, no
+    # per-run hardware banner; one plain line per epoch instead.
+    import subprocess
+    import sys
+
+    args = [a for a in TINY if a != "--no-progress"]
+    args[args.index("--seeds") + 1] = "1"
+    code = "import sys; from torch_bam.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "demo", *args, "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "it/s" not in out and "\r" not in out
+    assert "Tip:" not in out and "GPU available" not in out
+    assert out.count("epoch 2/2") == 2  # one line for each model's last epoch

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import logging
 import os
 
 import torch
@@ -53,12 +54,26 @@ def _clear_earlier_run(out: str) -> None:
             os.unlink(path)
 
 
+@contextlib.contextmanager
+def _quiet_banner():
+    """Lightning's hardware banner ("GPU available: ...") once per run is noise in a demo that
+    trains six models on the CPU and says so in its report: keep its info lines out."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 def _fit(name, splits, seed, epochs, batch_size, lr, progress):
     """Train one model with Lightning; returns ``(model with best-val weights, Record)``."""
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
     from ..train import ImageClassifier
+    from ..train.progress import EpochLines, hide_tips, wants_lines
     from .callbacks import Record
 
     L.seed_everything(seed, verbose=False)  # same init draw order and same batches per seed
@@ -73,20 +88,25 @@ def _fit(name, splits, seed, epochs, batch_size, lr, progress):
         max_epochs=epochs,
     )
     record = Record()
+    callbacks = [record]
+    if progress and wants_lines():
+        callbacks.append(EpochLines())  # a log file or pipe: a line per epoch, not a bar
+    hide_tips()
     train_loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        callbacks=[record],
-    )
-    trainer.fit(module, train_loader, val_loader)
+    with _quiet_banner():
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            callbacks=callbacks,
+        )
+        trainer.fit(module, train_loader, val_loader)
     model = module.model
     if record.best_state is not None:
         model.load_state_dict(record.best_state)

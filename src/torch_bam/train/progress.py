@@ -50,7 +50,9 @@ class EpochLines(ProgressBar):
         self._print(f"epoch {trainer.current_epoch + 1}/{total}")
 
     def on_validation_start(self, trainer, pl_module):
-        if not trainer.training:
+        # Only a `validate` run starts its own clock; validation inside fit is part of the
+        # epoch (trainer.training is already False there, so it cannot tell the two apart).
+        if trainer.state.fn == "validate":
             self._start = time.monotonic()
 
     def on_validation_end(self, trainer, pl_module):
