@@ -21,7 +21,7 @@ class _Slow(L.LightningModule):
     def training_step(self, batch, _):
         time.sleep(0.05)
         loss = self.layer(batch[0]).pow(2).mean()
-        self.log("train/loss", loss)
+        self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch, _):

@@ -40,7 +40,8 @@ class EpochLines(ProgressBar):
             for k, v in sorted(metrics.items())
         )
         seconds = time.monotonic() - self._start
-        print(f"{head}: {values} ({seconds:.1f} s)" if values else head, flush=True)
+        line = f"{head}: {values}" if values else head
+        print(f"{line} ({seconds:.1f} s)", flush=True)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._start = time.monotonic()
