@@ -93,3 +93,20 @@ def test_run_dir_in_use_is_refused(tmp_path, capsys):
         rc, err = _run(capsys, "fit", *TINY, f"--run_dir={run}", "--trainer.max_epochs=1")
     _assert_one_line_error(rc, err, "fit", "in use")
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--config=/nonexistent/recipe.yaml"], "recipe.yaml"),
+        (["--bogus_option=1"], "--bogus_option"),
+        (["--trainer.max_epochs=abc"], "max_epochs"),
+    ],
+)
+def test_parser_errors_are_one_line(tmp_path, capsys, args, needle):
+    # The option parser's own errors: one line and the way to the help, not its 60-line usage.
+    run = tmp_path / "run"
+    rc, err = _run(capsys, "fit", f"--run_dir={run}", *args)
+    _assert_one_line_error(rc, err, "fit", needle)
+    assert "torch-bam fit --help" in err and "usage:" not in err
+    assert not run.exists()

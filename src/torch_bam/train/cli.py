@@ -11,6 +11,7 @@ A run owns its run directory while it runs (:class:`torch_bam._io.RunDirLock`). 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -64,7 +65,9 @@ class BamCLI(LightningCLI):
         # removed in jsonargparse 5; ImageClassifier saves its own hyperparameters instead.
         kwargs.setdefault("load_from_checkpoint_support", False)
         kwargs.setdefault("save_config_callback", SaveRunConfig)
-        kwargs.setdefault("parser_kwargs", {"prog": "torch-bam"})
+        # Parser errors raise (main turns them into one line) instead of printing the usage of
+        # every option, some sixty lines.
+        kwargs.setdefault("parser_kwargs", {"prog": "torch-bam", "exit_on_error": False})
         self._checkpoint = None
         super().__init__(*args, **kwargs)
 
@@ -256,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except UsageError:
         raise  # torch_bam.cli.main prints it
+    except argparse.ArgumentError as e:  # the option parser's (exit_on_error=False in BamCLI)
+        raise UsageError(f"{e}. See torch-bam {argv[0]} --help for the options.") from e
     except (ValueError, OSError) as e:  # bad model name, missing data, unreadable image, ...
         raise UsageError(str(e)) from e
     return 0
