@@ -76,3 +76,17 @@ def test_run_dir_lock_refuses_another_process(tmp_path):
         proc.kill()
         proc.wait()
     RunDirLock(tmp_path).acquire().release()  # a killed holder leaves no stale lock
+
+
+def test_check_output_dir(tmp_path):
+    from torch_bam._io import check_output_dir
+
+    assert check_output_dir(tmp_path) == []  # exists: nothing to create
+    new = tmp_path / "a" / "b"
+    assert check_output_dir(new) == [str(new), str(tmp_path / "a")]  # deepest first
+    assert not (tmp_path / "a").exists()  # checking creates nothing
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="--out .* is a file"):
+        check_output_dir(tmp_path / "f")
+    with pytest.raises(UsageError, match="--dir .*f is a file, not a directory"):
+        check_output_dir(tmp_path / "f" / "sub", flag="--dir")

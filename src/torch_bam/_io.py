@@ -21,7 +21,7 @@ from typing import IO
 
 from .errors import UsageError
 
-__all__ = ["RunDirLock", "atomic_write", "atomic_write_text"]
+__all__ = ["RunDirLock", "atomic_write", "atomic_write_text", "check_output_dir"]
 
 _TMP_PREFIX = ".torch-bam-tmp-"
 
@@ -145,3 +145,31 @@ class RunDirLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> list[str]:
+    """Refuse an output directory that cannot be used, before anything is written.
+
+    ``out`` must be a writable directory, or a path where one can be created. Returns the
+    directories that would have to be created, deepest first, so that a run that fails later
+    can remove exactly those. Raises :class:`UsageError` naming ``flag``, the cause and the
+    fix.
+    """
+    out = os.fspath(out)
+    target = os.path.abspath(out)
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise UsageError(f"{flag} {out} is a file, not a directory. Choose a directory.")
+    to_create = []
+    while not os.path.lexists(target):
+        to_create.append(target)
+        target = os.path.dirname(target)
+    if not os.path.isdir(target):
+        raise UsageError(
+            f"{flag} {out} cannot be created: {target} is a file, not a directory. Choose "
+            f"another {flag}."
+        )
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"{flag} {out}: {target} is not writable. Choose a directory you can write to."
+        )
+    return to_create

@@ -7,8 +7,7 @@ is created on disk before these checks pass.
 
 from __future__ import annotations
 
-import os
-
+from .._io import check_output_dir
 from ..errors import UsageError
 
 DATASETS = "cluttered-digits, cifar10, cifar100 or imagefolder:PATH"
@@ -32,29 +31,7 @@ def check_dataset(dataset: str) -> None:
 
 def check_out(out: str) -> None:
     """``--out`` must be a directory, or a path where one can be created and written."""
-    path = os.path.abspath(out)
-    if os.path.exists(path):
-        if not os.path.isdir(path):
-            raise UsageError(
-                f"--out {out} is a file, not a directory. Pass a directory (it is created if "
-                f"missing), e.g. --out runs/demo."
-            )
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {out} is not writable. Pass a directory you can write to.")
-        return
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(
-            f"--out {out} cannot be created: {parent} is a file, not a directory. Pass an --out "
-            f"outside it."
-        )
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"--out {out} cannot be created: {parent} is not writable. Pass a directory you "
-            f"can write to."
-        )
+    check_output_dir(out, "--out")
 
 
 def check_sizes(train_size: int, batch_size: int) -> None:

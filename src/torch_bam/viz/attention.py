@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_write
+from .._io import atomic_write, check_output_dir
 from ..attention import AttentionMaps, record_attention
 from ..bam import BAM
 from ..errors import UsageError
@@ -203,24 +203,9 @@ def visualize(checkpoint: str, images: list[str], out: str, top_k: int = 8) -> l
 
 
 def _check_out(out: str, path: str) -> list[str]:
-    """Refuse an ``out`` that cannot become a directory; return the ones to create, deepest
-    first, so that a failed write can remove them again."""
-    target = os.path.abspath(out)
-    if os.path.lexists(target) and not os.path.isdir(target):
-        raise UsageError(f"--out {out} is a file, not a directory. Choose a directory.")
+    """Refuse an ``out`` that cannot become a directory (or whose picture path is a directory);
+    return the directories to create, deepest first, so that a failed write can remove them."""
+    to_create = check_output_dir(out, "--out")
     if os.path.isdir(path):
         raise UsageError(f"{path} is a directory. Remove it, or choose another --out.")
-    to_create = []
-    while not os.path.lexists(target):
-        to_create.append(target)
-        target = os.path.dirname(target)
-    if not os.path.isdir(target):
-        raise UsageError(
-            f"--out {out} cannot be created: {target} is a file, not a directory. Choose "
-            f"another --out."
-        )
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"--out {out}: {target} is not writable. Choose a directory you can write to."
-        )
     return to_create
