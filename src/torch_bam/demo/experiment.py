@@ -284,7 +284,7 @@ def run(
         raise UsageError(f"--seed must be 0 or more, got {seed}.")
     options.check_sizes(train_size, batch_size)
     options.check_dataset(dataset)
-    options.check_out(out)
+    created = options.check_out(out)  # made by this run: removed again if it fails
     from .splits import make_splits
 
     splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
@@ -301,7 +301,6 @@ def run(
         batch_size=batch_size,
         lr=lr,
     )
-    created = _missing_dirs(out)  # made by this run: removed again if it fails
     lock = RunDirLock(out, what="torch-bam demo")
     lock.acquire()
     try:
@@ -316,16 +315,6 @@ def run(
         raise
     finally:
         lock.release()
-
-
-def _missing_dirs(path: str) -> list[str]:
-    """The directories on the way to ``path`` that do not exist yet, deepest first."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
 
 
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:

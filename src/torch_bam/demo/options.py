@@ -29,9 +29,10 @@ def check_dataset(dataset: str) -> None:
     raise UsageError(f"unknown --dataset {dataset!r}; use {DATASETS}.")
 
 
-def check_out(out: str) -> None:
-    """``--out`` must be a directory, or a path where one can be created and written."""
-    check_output_dir(out, "--out")
+def check_out(out: str) -> list[str]:
+    """``--out`` must be a directory, or a path where one can be created and written; returns
+    the directories still to create, deepest first."""
+    return check_output_dir(out, "--out")
 
 
 def check_sizes(train_size: int, batch_size: int) -> None:
