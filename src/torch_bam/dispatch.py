@@ -42,26 +42,33 @@ __all__ = ["block_path", "run_block"]
 _TRITON = importlib.util.find_spec("triton") is not None
 
 
-def block_path(block: nn.Module, x: Tensor) -> str:
-    """``"plain"``, ``"cpu"`` or ``"cuda"``: the path ``block(x)`` takes (see the table)."""
+def _choose(block: nn.Module, x: Tensor):
+    """``(path, plan)``: the path (see the table) and, for the CUDA room, the block's layers as
+    it checked them, so that running the block does not walk them a second time."""
     if not isinstance(x, Tensor) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return "plain"  # FX proxies, traces and exports record the plain ops
+        return "plain", None  # FX proxies, traces and exports record the plain ops
     backend = get_backend()
     device = x.device.type
     if backend == "triton" or (backend == "auto" and device == "cuda" and _TRITON):
         if getattr(block, "inplace", False) and not torch.is_grad_enabled():
-            return "plain"  # BAM(inplace=True) in inference writes into x: the plain gate op
-        return "cuda" if cuda_block.supports(block, x) else "plain"
+            return "plain", None  # BAM(inplace=True) in inference writes into x: plain gate op
+        plan = cuda_block.plan(block, x)
+        return ("plain", None) if plan is None else ("cuda", plan)
     if backend == "auto" and device == "cpu" and cpu_block.can_use(block, x):
-        return "cpu"
-    return "plain"
+        return "cpu", None
+    return "plain", None
+
+
+def block_path(block: nn.Module, x: Tensor) -> str:
+    """``"plain"``, ``"cpu"`` or ``"cuda"``: the path ``block(x)`` takes (see the table)."""
+    return _choose(block, x)[0]
 
 
 def run_block(block: nn.Module, x: Tensor) -> Tensor | None:
     """The block's output through its room, or None: take the plain path."""
-    path = block_path(block, x)
+    path, plan = _choose(block, x)
     if path == "cuda":
-        return cuda_block.block_forward(block, x)
+        return cuda_block.block_forward(block, x, plan)
     if path == "cpu":
         return cpu_block.bam_block_train(block, x)
     return None

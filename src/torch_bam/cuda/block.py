@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["block_forward", "supports"]
+__all__ = ["block_forward", "plan"]
 
 _aten = torch.ops.aten
 # What dispatch accepts in the gates: the layers BAM builds, nothing else.
@@ -129,15 +129,16 @@ def _structure(block: nn.Module):
     return mlp, sp
 
 
-def supports(block: nn.Module, x: Tensor) -> bool:
-    """Whether :func:`block_forward` takes ``block(x)``: the kernels take x, and the gates hold
-    exactly the layers BAM builds (no hooks, biases present, affine BatchNorms with running
-    statistics and a momentum)."""
+def plan(block: nn.Module, x: Tensor):
+    """The gates' layers ``(mlp, spatial)`` for :func:`block_forward` if it takes ``block(x)``,
+    else None: it takes it when the kernels take x and the gates hold exactly the layers BAM
+    builds (no hooks, biases present, affine BatchNorms with running statistics and a
+    momentum)."""
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
-        return False
+        return None
     if not _kernels().supported(x):
-        return False
-    return _structure(block) is not None
+        return None
+    return _structure(block)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,10 +518,10 @@ class _BlockFunction(torch.autograd.Function):
 # The block
 
 
-def block_forward(block: nn.Module, x: Tensor) -> Tensor:
-    """``block(x)`` through the CUDA ops (training or inference); the caller checked
-    :func:`supports`."""
-    mlp, sp = _structure(block)
+def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
+    """``block(x)`` through the CUDA ops (training or inference); ``layers`` is what
+    :func:`plan` returned for it (not None)."""
+    mlp, sp = layers
     lins, convs = mlp[0::3], sp[0::3]
     bns = mlp[1::3] + sp[1::3]
     dev = x.device.type
