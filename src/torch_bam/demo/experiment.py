@@ -270,25 +270,6 @@ def run(
             f"{e.name} is not installed. The demo needs the train and viz extras: "
             f'pip install "torch-bam[train,viz]" (or pip install ".[train,viz]" in a clone).'
         ) from None
-    options.check_positive(
-        epochs=epochs,
-        seeds=seeds,
-        train_size=train_size,
-        val_size=val_size,
-        test_size=test_size,
-        canvas=canvas,
-        batch_size=batch_size,
-        lr=lr,
-    )
-    if seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {seed}.")
-    options.check_sizes(train_size, batch_size)
-    options.check_dataset(dataset)
-    created = options.check_out(out)  # made by this run: removed again if it fails
-    from .splits import make_splits
-
-    splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
-
     config = dict(
         epochs=epochs,
         seed=seed,
@@ -301,6 +282,17 @@ def run(
         batch_size=batch_size,
         lr=lr,
     )
+    # Every option but the seed (0 is fine) and the dataset's name must be positive.
+    options.check_positive(**{k: v for k, v in config.items() if k not in ("seed", "dataset")})
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {seed}.")
+    options.check_sizes(train_size, batch_size)
+    options.check_dataset(dataset)
+    created = options.check_out(out)  # made by this run: removed again if it fails
+    from .splits import make_splits
+
+    splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
+
     lock = RunDirLock(out, what="torch-bam demo")
     lock.acquire()
     try:
