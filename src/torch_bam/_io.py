@@ -15,13 +15,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
 from .errors import UsageError
 
-__all__ = ["RunDirLock", "atomic_write", "atomic_write_text", "check_output_dir"]
+__all__ = [
+    "RunDirLock",
+    "atomic_write",
+    "atomic_write_text",
+    "check_output_dir",
+    "load_weights_only",
+]
 
 _TMP_PREFIX = ".torch-bam-tmp-"
 
@@ -173,3 +180,54 @@ def check_output_dir(out: str | os.PathLike, flag: str = "--out") -> list[str]:
             f"{flag} {out}: {target} is not writable. Choose a directory you can write to."
         )
     return to_create
+
+
+def unsafe_global(error: BaseException) -> str | None:
+    """The object a weights-only load refused (``io.open``), from torch's message."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return found.group(1) if found else None
+
+
+def load_weights_only(path: str | os.PathLike, fix: str, mmap: bool = False):
+    """``torch.load(path, map_location="cpu", weights_only=True)``; every failure a one-line
+    :class:`UsageError` naming ``path``, the cause and ``fix`` (what the user should pass).
+
+    A file holding a pickled object (which a full load would run) is refused by name. ``mmap``
+    reads only the record index up front, a cheap check that a file is whole.
+    """
+    import pickle
+
+    import torch
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise UsageError(f"no such checkpoint file: {path}. {fix}")
+    if os.path.isdir(path):
+        raise UsageError(f"checkpoint {path} is a directory. {fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        unsafe = unsafe_global(e)
+        if unsafe:
+            raise UsageError(
+                f"checkpoint {path} holds a pickled {unsafe}, not only tensors and plain "
+                f"values; loading it could run code, so torch-bam, which loads checkpoints with "
+                f"torch.load(weights_only=True), refuses it. If you trust the file, load it in "
+                f"Python with weights_only=False and save only its tensors and plain values."
+            ) from None
+        raise _unreadable(path, e, fix) from None
+    except OSError as e:
+        raise UsageError(f"cannot read checkpoint {path} ({e.strerror or e}). {fix}") from None
+    except Exception as e:  # torch's zip reader, EOF, a stray pickle opcode: a damaged file
+        raise _unreadable(path, e, fix) from None
+
+
+def _unreadable(path: str, error: BaseException, fix: str) -> UsageError:
+    # torch's own messages run to paragraphs: keep the part that says what is wrong.
+    detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    reason = detail.group(1) if detail else str(error).split("\n")[0].split(". ")[0]
+    reason = reason.strip()[:160] or "the file ends early"
+    return UsageError(
+        f"cannot read checkpoint {path}: it is truncated, empty or not a checkpoint "
+        f"({type(error).__name__}: {reason}). {fix}"
+    )

@@ -18,7 +18,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .._io import atomic_write
+from .._io import atomic_write, load_weights_only
 from ..errors import UsageError
 
 __all__ = ["AtomicCheckpointIO", "check_weights", "read_checkpoint", "resume_checkpoint"]
@@ -35,19 +35,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def read_checkpoint(path: str | os.PathLike, fix: str) -> dict:
-    """Load ``path`` (tensors only, lazily) or raise :class:`UsageError` naming it and ``fix``."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise UsageError(f"No checkpoint file {path!r}. {fix}")
-    try:
-        # mmap: only the record index is read; a truncated file has lost it (it is at the end).
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a broken file
-        detail = " ".join(str(e).split())[:200] or type(e).__name__
-        raise UsageError(
-            f"Cannot read checkpoint {path!r}: it is truncated, empty or not a checkpoint "
-            f"({type(e).__name__}: {detail}). {fix}"
-        ) from None
+    """Load ``path`` (tensors only) or raise :class:`UsageError` naming it and ``fix``."""
+    # mmap: only the record index is read; a truncated file has lost it (it is at the end).
+    return load_weights_only(path, fix, mmap=True)
 
 
 def resume_checkpoint(checkpoint_dir: str | os.PathLike) -> str:

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import pickle
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._io import atomic_write
+from .._io import atomic_write, load_weights_only, unsafe_global
 from ..errors import UsageError
 
 FORMAT = "torch-bam/1"
@@ -52,59 +50,22 @@ def save_checkpoint(path: str, model_name: str, model: nn.Module, **meta: Any) -
         torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
-            f"save_checkpoint: {_unsafe_global(e) or 'a value'} in the metadata could not be "
+            f"save_checkpoint: {unsafe_global(e) or 'a value'} in the metadata could not be "
             f"read back with torch.load(weights_only=True). Pass only tensors and plain Python "
             f"values (int, float, str, list, dict), e.g. float(x) for a NumPy number."
         ) from None
     atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def _unsafe_global(error: BaseException) -> str | None:
-    """The object a weights-only load refused (``io.open``), from torch's message."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-    return found.group(1) if found else None
-
-
 def read_checkpoint(path: str) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)``, every failure a one-line :class:`UsageError`."""
-    if not os.path.exists(path):
-        raise UsageError(f"no such checkpoint file: {path}. Pass a .ckpt or .pt file.")
-    if os.path.isdir(path):
-        raise UsageError(f"checkpoint {path} is a directory. Pass a .ckpt or .pt file.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = _unsafe_global(e)
-        if unsafe:
-            raise UsageError(
-                f"checkpoint {path} holds a pickled {unsafe}, not only tensors and plain "
-                f"values; loading it could run code, so torch-bam, which loads checkpoints with "
-                f"torch.load(weights_only=True), refuses it. If you trust the file, load it in "
-                f"Python with weights_only=False and save the weights again with "
-                f"torch_bam.viz.save_checkpoint."
-            ) from None
-        raise _unreadable(path, e) from None
-    except OSError as e:
-        raise UsageError(f"cannot read checkpoint {path} ({e.strerror or e}).") from None
-    except Exception as e:  # torch's zip reader, EOF, a stray pickle opcode: a damaged file
-        raise _unreadable(path, e) from None
+    ckpt = load_weights_only(path, "Pass the .ckpt or .pt file training wrote.")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise UsageError(
             f"{path} is not a torch-bam or Lightning checkpoint (no 'state_dict'). Save one with "
             f"torch_bam.viz.save_checkpoint or train with torch-bam fit."
         )
     return ckpt
-
-
-def _unreadable(path: str, error: BaseException) -> UsageError:
-    # torch's own messages run to paragraphs: keep the part that says what is wrong.
-    detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    reason = detail.group(1) if detail else str(error).split("\n")[0].split(". ")[0]
-    reason = reason.strip()[:160] or "the file ends early"
-    return UsageError(
-        f"cannot read checkpoint {path}: it is empty, truncated, corrupt or not a torch.save "
-        f"file ({type(error).__name__}: {reason}). Pass the .ckpt or .pt file training wrote."
-    )
 
 
 def _positive_int(value: Any, name: str, where: str) -> int:
