@@ -107,3 +107,31 @@ def test_compile_option_compiles_the_model_in_place():
     assert not any("_orig_mod" in k for k in module.state_dict())
     out = module.model.forward(torch.randn(2, 1, 24, 24))  # the uncompiled maths still runs
     assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_cosine_with_only_max_steps_spans_those_steps():
+    # No max_epochs: Lightning sets trainer.max_epochs to -1; the schedule's length is the
+    # steps the trainer will take (estimated_stepping_batches), not "-1 epochs".
+    module = ImageClassifier("small_cnn", in_chans=1, lr=0.1, schedule="cosine")
+    dm = ClutteredDigitsDataModule(batch_size=16, num_train=64, num_val=32, canvas_size=24, scale=2)
+    seen = []
+
+    class LR(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = L.Trainer(
+        max_steps=8,  # 4 steps per epoch: two epochs
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[LR()],
+    )
+    trainer.fit(module, dm)
+    assert trainer.max_epochs == -1 and trainer.global_step == 8
+    import math
+
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
+    assert seen == pytest.approx(expected)

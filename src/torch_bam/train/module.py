@@ -27,6 +27,8 @@ class ImageClassifier(L.LightningModule):
         no_decay_bn_bias: skip weight decay for BatchNorm weights and all biases.
         schedule: ``"step"`` (``lr * gamma`` at each of ``milestones``), ``"cosine"`` or
             ``"constant"``; epochs, counted as fractions of an epoch (updated every step).
+        max_epochs: the cosine schedule's length; default: the steps the trainer will take
+            (``max_epochs`` or ``max_steps``, whichever ends the run first).
         warmup_epochs: linear warm-up from 0 before the schedule.
         label_smoothing: cross-entropy label smoothing.
         channels_last, compile, sync_batchnorm: speed and DDP options.
@@ -136,6 +138,17 @@ class ImageClassifier(L.LightningModule):
         batches = self.trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:
             self._steps_per_epoch = batches / self.trainer.accumulate_grad_batches
+        if self.hparams.schedule == "cosine" and not self.hparams.max_epochs:
+            # The loader exists now, so this builds nothing. With only --trainer.max_steps
+            # Lightning's max_epochs is -1: the steps it will take are the schedule's length.
+            steps = self.trainer.estimated_stepping_batches
+            if not math.isfinite(steps):
+                raise ValueError(
+                    "ImageClassifier: the cosine schedule needs a length, and this run has "
+                    "neither max_epochs nor max_steps. Set --trainer.max_epochs, "
+                    "--trainer.max_steps or --model.max_epochs."
+                )
+            self._total_epochs = steps / self._steps_per_epoch
         for config in self.trainer.lr_scheduler_configs:  # the learning rate for this step
             sched = config.scheduler  # our LambdaLR: its factor needs the steps per epoch
             lrs = [
@@ -170,7 +183,7 @@ class ImageClassifier(L.LightningModule):
         # Steps per epoch are known only once the train loader exists (on_train_start); asking
         # Lightning earlier (estimated_stepping_batches) would build the loader before a resumed
         # run restores the loader's position.
-        total_epochs = hp.max_epochs or self.trainer.max_epochs or 1
+        self._total_epochs = float(hp.max_epochs or 1)  # without max_epochs: on_train_start
         warmup, milestones, gamma, kind = (
             hp.warmup_epochs,
             list(hp.milestones),
@@ -187,7 +200,7 @@ class ImageClassifier(L.LightningModule):
             if kind == "step":
                 return gamma ** sum(epoch >= m for m in milestones)
             if kind == "cosine":
-                t = min(1.0, (epoch - warmup) / max(1e-8, total_epochs - warmup))
+                t = min(1.0, (epoch - warmup) / max(1e-8, self._total_epochs - warmup))
                 return 0.5 * (1 + math.cos(math.pi * t))
             return 1.0
 
