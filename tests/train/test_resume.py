@@ -48,3 +48,62 @@ def test_no_intact_checkpoint_is_a_usage_error(tmp_path):
 def test_nothing_to_resume_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="nothing to resume"):
         resume_checkpoint(tmp_path / "checkpoints")
+
+
+def test_resume_picks_the_most_trained_checkpoint_not_the_newest_file(tmp_path):
+    # A run directory copied without timestamps: file times say nothing about progress.
+    last = _ckpt(tmp_path / "last.ckpt", 12, age=30)
+    _ckpt(tmp_path / "epoch=0-step=3.ckpt", 3, age=0)
+    _ckpt(tmp_path / "epoch=1-step=12.ckpt", 12, age=10)  # as far as last.ckpt: last wins ties
+    assert resume_checkpoint(tmp_path) == str(last)
+
+
+def _run(tmp_path, *args):
+    from torch_bam.cli import main
+
+    from .test_cli_fit import TINY
+
+    return main(["fit", *TINY, *args])
+
+
+def _step(path):
+    return torch.load(path, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_sigterm_before_the_first_epoch_end_then_resume_leaves_one_current_last(tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    kill = tmp_path / "kill.yaml"
+    sigterm = {"class_path": "tests.train._callbacks.SigtermAt", "init_args": {"step": 3}}
+    kill.write_text(yaml.safe_dump({"trainer": {"callbacks": [sigterm]}}))
+    assert _run(tmp_path, f"--run_dir={run}", "--trainer.max_steps=10", f"--config={kill}") == 143
+    assert _step(run / "checkpoints" / "last.ckpt") == 3
+    assert _run(tmp_path, f"--run_dir={run}", "--trainer.max_steps=10", "--resume") == 0
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert "last-v1.ckpt" not in names, names
+    assert _step(run / "checkpoints" / "last.ckpt") == 10
+
+
+def test_resume_of_a_run_directory_copied_without_timestamps(tmp_path):
+    import csv
+    import shutil
+
+    first = tmp_path / "first"
+    keep = "--keep_last=2"
+    assert _run(tmp_path, f"--run_dir={first}", "--trainer.max_epochs=2", keep) == 0  # 6 a time
+    run = tmp_path / "copy"
+    shutil.copytree(first, run, copy_function=shutil.copyfile)  # cp -r: no times kept
+    ckpts = run / "checkpoints"
+    for age, name in enumerate(["epoch=0-step=6.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]):
+        t = 1_700_000_000 - 100 * age  # last.ckpt the oldest file, step 6 the newest
+        os.utime(ckpts / name, (t, t))
+    assert _run(tmp_path, f"--run_dir={run}", "--trainer.max_epochs=3", "--resume", keep) == 0
+    assert _step(ckpts / "last.ckpt") == 18
+    # The moved directory's files are still the run's own: the oldest is pruned (keep 2).
+    names = sorted(p.name for p in ckpts.iterdir())
+    assert names == ["epoch=1-step=12.ckpt", "epoch=2-step=18.ckpt", "last.ckpt"], names
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert sorted(set(steps)) == list(range(18)), steps  # every step once, none repeated
+    assert len(steps) == len(set(steps))

@@ -4,7 +4,6 @@ and a final metrics JSON."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -19,10 +18,11 @@ __all__ = ["MetricsJSON", "RNGState", "SaveOnSIGTERM"]
 
 
 class SaveOnSIGTERM(L.Callback):
-    """On SIGTERM (a scheduler's pre-emption, ``kill``), write ``last.ckpt`` before stopping.
+    """On SIGTERM (a scheduler's pre-emption, ``kill``), save ``last.ckpt`` before stopping.
 
     Lightning's own handler notes the signal and, after the current batch (a step boundary),
-    raises ``SIGTERMException``; this writes the checkpoint then, so ``--resume`` continues from
+    raises ``SIGTERMException``; then this has the run's ``ModelCheckpoint(save_last=True)``
+    save its last checkpoint (the file stays that callback's), so ``--resume`` continues from
     exactly that step. Under DDP the signal reaches the ranks at different moments (or only
     one), and Lightning's handler runs collectives inside the handler that then pair with the
     wrong ones and hang the run; so here the handler only notes the signal, and after every
@@ -51,12 +51,22 @@ class SaveOnSIGTERM(L.Callback):
             trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer, pl_module, exception):
+        from lightning.pytorch.callbacks import ModelCheckpoint
+        from lightning.pytorch.utilities import rank_zero_warn
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        if isinstance(exception, SIGTERMException):
-            cb = trainer.checkpoint_callback
-            d = cb.dirpath if cb is not None and cb.dirpath else trainer.default_root_dir
-            trainer.save_checkpoint(os.path.join(d, "last.ckpt"))
+        if not isinstance(exception, SIGTERMException):
+            return
+        # Through ModelCheckpoint's own "last" save: it records last.ckpt as its own file, so
+        # the resumed run replaces it rather than writing last-v1.ckpt beside a stale one.
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.save_last:
+                cb._save_last_checkpoint(trainer, cb._monitor_candidates(trainer))
+                return
+        rank_zero_warn(
+            "SaveOnSIGTERM: no ModelCheckpoint(save_last=True) in this run, so nothing was "
+            "saved on SIGTERM. Add one to keep the run's place."
+        )
 
 
 class RNGState(L.Callback):

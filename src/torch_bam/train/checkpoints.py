@@ -16,12 +16,20 @@ import torch
 from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from .._io import atomic_write, load_weights_only
 from ..errors import UsageError
 
-__all__ = ["AtomicCheckpointIO", "check_weights", "read_checkpoint", "resume_checkpoint"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "RunCheckpoint",
+    "check_weights",
+    "progress",
+    "read_checkpoint",
+    "resume_checkpoint",
+]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,8 +49,11 @@ def read_checkpoint(path: str | os.PathLike, fix: str) -> dict:
 
 
 def resume_checkpoint(checkpoint_dir: str | os.PathLike) -> str:
-    """The newest intact checkpoint in ``checkpoint_dir`` (``last.ckpt`` when it is whole).
+    """The intact checkpoint in ``checkpoint_dir`` that has trained furthest.
 
+    Progress is the ``global_step`` (then ``epoch``) each checkpoint records, read weights-only,
+    never file times: a run directory copied without them (``cp -r``, a restore) resumes from
+    the same place. Among equals ``last.ckpt`` wins (it holds the same step as the epoch's file).
     A truncated or corrupt one (a run killed while writing on a filesystem without atomic
     renames, a full disk) is skipped with a warning that names it.
     """
@@ -53,26 +64,71 @@ def resume_checkpoint(checkpoint_dir: str | os.PathLike) -> str:
             f"--resume: nothing to resume in {d!r} (no .ckpt files). Start the run without "
             "--resume, or set --run_dir to the directory of the run to continue."
         )
-    paths = [os.path.join(d, n) for n in names]
-    # Newest first; last.ckpt first among equals (it is written just after the epoch file).
-    paths.sort(key=lambda p: (os.path.getmtime(p), os.path.basename(p) == "last.ckpt"))
-    broken = []
-    for path in reversed(paths):
+    intact, broken = [], []
+    for name in sorted(names):
+        path = os.path.join(d, name)
         try:
-            read_checkpoint(path, "")
+            ckpt = read_checkpoint(path, "")
         except UsageError:
-            broken.append(os.path.basename(path))
+            broken.append(name)
             continue
+        intact.append((*progress(ckpt), name == "last.ckpt", path))
+    if intact:
+        path = max(intact)[-1]
         if broken:
             rank_zero_warn(
                 f"--resume: {', '.join(broken)} truncated or corrupt; resuming from "
-                f"{os.path.basename(path)}, the newest intact checkpoint."
+                f"{os.path.basename(path)}, the intact checkpoint that trained furthest."
             )
         return path
     raise UsageError(
         f"--resume: no intact checkpoint in {d!r} ({', '.join(broken)} are truncated or "
         "corrupt). Delete them and start without --resume, or pass --ckpt_path to a good copy."
     )
+
+
+def progress(checkpoint: dict) -> tuple[int, int]:
+    """``(global_step, epoch)`` a Lightning checkpoint records (0 where it records none)."""
+
+    def whole(key: str) -> int:
+        value = checkpoint.get(key, 0) if isinstance(checkpoint, dict) else 0
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    return whole("global_step"), whole("epoch")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` for a run directory that one run owns and a resumed run continues.
+
+    - A file of the same name in it is this run's own (a resumed run reaching a step the
+      stopped one had saved): it is replaced, not kept beside a ``-v1`` copy.
+    - A run directory moved or copied elsewhere is still the same run: the paths the
+      checkpoint recorded are read as paths in the new directory, so ``last.ckpt`` and the
+      kept checkpoints stay managed (Lightning would otherwise forget them, with a warning).
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("enable_version_counter", False)
+        super().__init__(**kwargs)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if isinstance(old, str) and self.dirpath and old != self.dirpath:
+
+            def moved(path):
+                if isinstance(path, str) and path and os.path.dirname(path) == old:
+                    return os.path.join(self.dirpath, os.path.basename(path))
+                return path
+
+            state_dict = dict(state_dict, dirpath=self.dirpath)
+            for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+                if key in state_dict:
+                    state_dict[key] = moved(state_dict[key])
+            if isinstance(state_dict.get("best_k_models"), dict):
+                state_dict["best_k_models"] = {
+                    moved(k): v for k, v in state_dict["best_k_models"].items()
+                }
+        super().load_state_dict(state_dict)
 
 
 def check_weights(model: torch.nn.Module, checkpoint: dict, path: str) -> None:

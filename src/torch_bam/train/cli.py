@@ -18,14 +18,20 @@ import sys
 import lightning as L
 import yaml
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .._io import RunDirLock, atomic_write_text, remove_stale_temporaries
 from ..errors import UsageError
 from .callbacks import MetricsJSON, RNGState, SaveOnSIGTERM
-from .checkpoints import AtomicCheckpointIO, check_weights, read_checkpoint, resume_checkpoint
+from .checkpoints import (
+    AtomicCheckpointIO,
+    RunCheckpoint,
+    check_weights,
+    read_checkpoint,
+    resume_checkpoint,
+)
 from .loggers import RunCSVLogger
 from .module import ImageClassifier, NonFiniteLossError
 from .progress import EpochLines, hide_tips, wants_lines
@@ -139,7 +145,7 @@ class BamCLI(LightningCLI):
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(run_dir)
         ours = [
-            ModelCheckpoint(
+            RunCheckpoint(
                 dirpath=os.path.join(run_dir, "checkpoints"),
                 save_last=True,
                 save_top_k=cfg.keep_last,
