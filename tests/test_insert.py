@@ -370,3 +370,58 @@ def test_every_accepted_add_bam_round_trips_through_the_state_dict():
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
+
+
+class _HasChildNamedModule(nn.Module):
+    """A block with its own child called ``module`` (as many wrappers have)."""
+
+    def __init__(self):
+        super().__init__()
+        self.module = nn.Conv2d(16, 32, 3, padding=1)
+        self.other = nn.BatchNorm2d(32)
+
+    def forward(self, x):
+        return self.other(self.module(x))
+
+
+class _NetWithWrappedBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.block = _HasChildNamedModule()
+        self.head = nn.Conv2d(32, 4, 3, stride=2)
+
+    def forward(self, x):
+        return self.head(self.block(self.stem(x))).mean((2, 3))
+
+
+def test_a_wrapped_module_with_a_child_named_module_loads_its_own_state_back():
+    torch.manual_seed(0)
+    baseline = _NetWithWrappedBlock()
+    net = add_bam(_NetWithWrappedBlock(), torch.randn(2, 3, 16, 16), at=["block"])
+    assert type(net.block).__name__ == "BAMAfter"
+    assert "block.module.weight" in net.state_dict()  # the block's own child, keys unchanged
+    # strict=True: its own state_dict back
+    net.load_state_dict({k: v.clone() for k, v in net.state_dict().items()}, strict=True)
+    # strict=False: a baseline checkpoint loads every baseline weight, the BAM keys missing
+    result = net.load_state_dict(baseline.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(k.startswith("block.bam.") for k in result.missing_keys)
+    for k, v in baseline.state_dict().items():
+        torch.testing.assert_close(net.state_dict()[k], v, msg=k)
+
+
+@pytest.mark.parametrize("name, at, calls", [("resnet18", "layer1.0.relu", 2),
+                                             ("resnet50", "layer1.0.relu", 3)])  # fmt: skip
+def test_at_a_module_called_more_than_once_per_forward_is_refused(name, at, calls):
+    net = getattr(torchvision.models, name)()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"{at} runs {calls} times in one forward"):
+        add_bam(net, torch.randn(2, 3, 64, 64), at=[at])
+    assert net.state_dict().keys() == before.keys()  # nothing inserted
+    net(torch.randn(1, 3, 64, 64))
+
+
+def test_reduction_ratio_zero_is_a_clear_value_error():
+    with pytest.raises(ValueError, match="reduction_ratio must be a positive integer, got 0"):
+        add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), reduction_ratio=0)

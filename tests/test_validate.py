@@ -95,3 +95,9 @@ def test_dtype_mismatch_between_input_and_weights():
         TypeError, match=r"weights are torch.float32 but the input is torch.float64"
     ):
         BAM(64).eval()(torch.randn(2, 64, 4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", ["float32", float, None.__class__])
+def test_dtype_that_is_not_a_torch_dtype_names_torch_float32(dtype):
+    with pytest.raises(TypeError, match=r"not a torch\.dtype.*dtype=torch\.float32"):
+        BAM(64, dtype=dtype)

@@ -43,6 +43,11 @@ def check_combine(combine: object, owner: str) -> str:
 
 
 def check_factory_dtype(dtype: torch.dtype | None, owner: str) -> None:
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(
+            f"{owner}: dtype={dtype!r} is not a torch.dtype. Pass a torch dtype object, e.g. "
+            f"dtype=torch.float32, not a string or a Python type."
+        )
     if dtype is not None and not dtype.is_floating_point:
         raise TypeError(
             f"{owner}: dtype={dtype} is not a floating-point type; BAM's weights must be "

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ._validate import check_positive_int
 from .bam import BAM
 
 __all__ = ["BAMAfter", "BAMInsertion", "BAMReport", "add_bam"]
@@ -94,9 +95,12 @@ def _drop_module_level(module, state_dict, prefix, local_metadata):
 
 
 def _add_module_level(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    # Every key but the BAM's is the wrapped module's, even one that starts with "module."
+    # (its own child of that name): the state_dict hook dropped exactly one level from each.
+    # (A child named "bam" cannot occur: add_bam refuses to wrap such a module.)
     for key in [k for k in state_dict if k.startswith(prefix)]:
         rest = key[len(prefix) :]
-        if not rest.startswith(("bam.", "module.")):
+        if not rest.startswith("bam."):
             state_dict[prefix + "module." + rest] = state_dict.pop(key)
 
 
@@ -423,7 +427,8 @@ def add_bam(
             )
     else:
         at = [at] if isinstance(at, str) else list(at)
-        calls = {c.path: c for c in _trace_calls(model, example_input) if c.output is not None}
+        traced = _trace_calls(model, example_input)
+        calls = {c.path: c for c in traced if c.output is not None}
         unknown = [name for name in at if name not in calls]
         if unknown:
             raise ValueError(
@@ -436,6 +441,16 @@ def add_bam(
                 f"add_bam: at names {twice} more than once; that would stack BAMs on one map. "
                 f"Name each module once."
             )
+        runs = {name: sum(c.path == name for c in traced) for name in at}
+        reused = [f"{name} runs {n} times in one forward" for name, n in runs.items() if n > 1]
+        if reused:
+            # As the automatic placement requires: a BAM after a module that runs more than
+            # once would run at every call, on other maps, and its report would name one.
+            raise ValueError(
+                f"add_bam: {'; '.join(reused)} (one module object reused, as torchvision's "
+                f"blocks reuse their relu), so a BAM after it would run at every call. Name a "
+                f"module that runs once, such as the block that contains it."
+            )
         points = [calls[name] for name in at]
         for name in at:  # every check before the first change: all of at, or nothing
             _placement(model, name)
@@ -443,7 +458,7 @@ def add_bam(
     if p is not None:
         bam_kwargs.setdefault("device", p.device)
         bam_kwargs.setdefault("dtype", p.dtype)
-    r = bam_kwargs.get("reduction_ratio", 16)
+    r = check_positive_int("reduction_ratio", bam_kwargs.get("reduction_ratio", 16), "add_bam")
     too_small = [(c.path, c.output.shape[1]) for c in points if c.output.shape[1] // r < 1]
     if too_small:
         least = min(ch for _, ch in too_small)
