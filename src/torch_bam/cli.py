@@ -37,7 +37,7 @@ def _profile(args: argparse.Namespace) -> int:
 def _visualize(args: argparse.Namespace) -> int:
     from .viz.attention import visualize
 
-    for path in visualize(args.checkpoint, args.images, args.out, top_k=args.top_k):
+    for path in visualize(args.checkpoint, args.images, args.out, top_k=args.top_k, echo=print):
         print(path)
     return 0
 

@@ -95,6 +95,8 @@ def _bad_checkpoint(kind):
             _raw_checkpoint(bad, in_chans=3, mean=[0.1] * 3, std=[0.3] * 3)
         elif kind == "zero_classes":
             _raw_checkpoint(bad, num_classes=0)
+        elif kind == "absurd_classes":  # a head of 10^13 x 64 floats: named, never allocated
+            _raw_checkpoint(bad, num_classes=10**13)
         elif kind == "no_bam":
             _raw_checkpoint(bad, model_name="small_cnn")
         return [str(bad), str(img), "--out", str(out)], [str(bad)]
@@ -156,6 +158,7 @@ CASES = {
             "wrong_classes",
             "wrong_in_chans",
             "zero_classes",
+            "absurd_classes",
             "no_bam",
         )
     },

@@ -17,6 +17,7 @@ from .seeded import SeededSamples
 
 __all__ = [
     "CIFAR10DataModule",
+    "preprocessing_for",
     "CIFAR100DataModule",
     "ClutteredDigitsDataModule",
     "ImageFolderDataModule",
@@ -96,6 +97,25 @@ class _Base(L.LightningDataModule):
             with_epoch=True,
         )
 
+    @property
+    def preprocessing(self) -> dict:
+        """What a model trained on this data expects of an image, as checkpoints record it:
+        the shorter side resized to ``resize_size`` (``interpolation``), centre-cropped to
+        ``image_size``, scaled to [0, 1], then ``(x - mean) / std`` per channel."""
+        (mean, std), size, resize = self._normalization(), self._image_size(), self._resize()
+        return {
+            "dataset": self._dataset_name(),
+            "in_chans": len(mean),
+            "image_size": size,
+            "resize_size": resize,
+            "interpolation": "bilinear",
+            "mean": [float(m) for m in mean],
+            "std": [float(v) for v in std],
+        }
+
+    def _resize(self) -> int:
+        return self._image_size()  # data that is the model's size: nothing resized in training
+
     def train_dataloader(self):
         return self._loader(self.train_set, True)
 
@@ -158,6 +178,15 @@ class ClutteredDigitsDataModule(_Base):
         )
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
 
+    def _dataset_name(self) -> str:
+        return "cluttered-digits"
+
+    def _image_size(self) -> int:
+        return self.kwargs["canvas_size"]
+
+    def _normalization(self):
+        return (0.0,), (1.0,)  # the model sees the digits' [0, 1] pixels as they are
+
     def setup(self, stage: str | None = None):
         if self.train_set is None:
             self.train_set = ClutteredDigits("train", self.num_train, **self.kwargs)
@@ -194,6 +223,15 @@ class _CIFAR(_Base):
 
     def _dataset_cls(self):
         raise NotImplementedError
+
+    def _dataset_name(self) -> str:
+        return self._dataset_cls().__name__.lower()
+
+    def _image_size(self) -> int:
+        return 32
+
+    def _normalization(self):
+        return self._mean_std
 
     def prepare_data(self):
         cls = self._dataset_cls()
@@ -293,6 +331,20 @@ class ImageFolderDataModule(_Base):
         self.image_size, self.resize_size = image_size, resize_size
         self.test_split = "test" if (self.root / "test").is_dir() else "val"
 
+    _mean_std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # ImageNet's
+
+    def _dataset_name(self) -> str:
+        return f"imagefolder:{self.root}"
+
+    def _image_size(self) -> int:
+        return self.image_size
+
+    def _resize(self) -> int:
+        return self.resize_size
+
+    def _normalization(self):
+        return self._mean_std
+
     def _check(self):
         for split in ("train", "val"):
             d = self.root / split
@@ -347,7 +399,7 @@ class ImageFolderDataModule(_Base):
         if self.train_set is not None:
             return
         classes = self._classes()
-        norm = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        norm = T.Normalize(*self._mean_std)
         train_tf = T.Compose(
             [T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip(), T.ToTensor(), norm]
         )
@@ -376,3 +428,20 @@ def _split_folder(root: Path, classes: list[str], transform):
 
 class ImageNetDataModule(ImageFolderDataModule):
     """ImageNet-1K as an image folder (``train/`` and ``val/`` with 1000 class folders each)."""
+
+
+def preprocessing_for(dataset: str, image_size: int) -> dict:
+    """The :attr:`preprocessing` of data named as ``torch-bam demo --dataset`` names it
+    (``cluttered-digits``, ``cifar10``, ``cifar100``, ``imagefolder:PATH``), at ``image_size``
+    (the canvas; CIFAR's is 32). Reads no data."""
+    if dataset == "cluttered-digits":
+        return ClutteredDigitsDataModule(canvas_size=image_size).preprocessing
+    if dataset in ("cifar10", "cifar100"):
+        cls = CIFAR10DataModule if dataset == "cifar10" else CIFAR100DataModule
+        return cls().preprocessing
+    if dataset.startswith("imagefolder:"):
+        root = dataset.split(":", 1)[1]
+        return ImageFolderDataModule(
+            root, image_size=image_size, resize_size=image_size
+        ).preprocessing
+    raise ValueError(f"preprocessing_for: unknown dataset {dataset!r}.")

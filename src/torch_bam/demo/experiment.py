@@ -312,6 +312,7 @@ def run(
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
     import json
 
+    from ..data.datamodules import preprocessing_for
     from ..flops import count_macs
     from ..viz.checkpoint import save_checkpoint
     from ..viz.curves import plot_learning_curves
@@ -359,10 +360,8 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
                 name,
                 models[s][name],
                 num_classes=splits.num_classes,
-                in_chans=splits.in_chans,
-                image_size=splits.image_size,
-                mean=[0.0] * splits.in_chans,  # the demo feeds images as the splits hold them
-                std=[1.0] * splits.in_chans,
+                # What the model saw: the data module's size, resize, crop, mean and std.
+                **preprocessing_for(config["dataset"], splits.image_size),
                 extra={"dataset": config["dataset"], "seed": s, "epochs": config["epochs"]},
             )
     histories = {m: [records[s][m].history for s in seeds] for m in MODELS}

@@ -134,6 +134,14 @@ class ImageClassifier(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # How the training images were preprocessed (input size, resize and crop, mean, std,
+        # the data set), from the data module: what visualize and evaluation must feed it.
+        data = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        recorded = getattr(data, "preprocessing", None)
+        if isinstance(recorded, dict):
+            checkpoint["preprocessing"] = dict(recorded)
+
     def on_train_start(self):
         batches = self.trainer.num_training_batches
         if math.isfinite(batches) and batches > 0:

@@ -1,8 +1,11 @@
 """The hierarchical attention figure: for each BAM stage, where the network looks.
 
-Per image (a row) and per BAM stage (a group of three columns): the spatial attention
-``sigmoid(M_s)`` upsampled over the image, the combined 3-D gate averaged over channels, and a
-bar chart of the channels the channel gate ``sigmoid(M_c)`` weights most.
+Per image (a row): the image as the model saw it, titled with the predicted class and its
+probability; per BAM stage (a group of three columns): the spatial attention ``sigmoid(M_s)``
+upsampled to the image's size, the combined 3-D attention averaged over channels, and a bar
+chart of the channels the channel gate ``sigmoid(M_c)`` weights most. Every map uses one colour map
+(:data:`CMAP`) on one fixed scale, 0 to 1 (every map is a sigmoid), with a colour bar, so maps
+of different images and stages compare by colour.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +27,7 @@ from ..errors import UsageError
 
 PANEL_INCHES = 2.2
 DPI = 100
+CMAP = "viridis"  # perceptually uniform: equal steps of attention look like equal steps
 
 
 def figure_size_px(num_images: int, num_bams: int) -> tuple[int, int]:
@@ -41,19 +47,27 @@ def plot_attention_grid(
     if top_k < 1:
         raise ValueError(f"plot_attention_grid: top_k must be at least 1, got {top_k}.")
     shown = images if display is None else display
-    png = _draw_png(_record(model, images), shown, top_k, stretch=display is None)
+    maps, logits = _record(model, images)
+    png = _draw_png(maps, shown, top_k, stretch=display is None, logits=logits)
     atomic_write(path, lambda f: f.write(png))
     return path
 
 
-def _record(model: nn.Module, images: Tensor) -> dict[str, AttentionMaps]:
+def _record(model: nn.Module, images: Tensor) -> tuple[dict[str, AttentionMaps], Any]:
     model.eval()
     with record_attention(model) as maps, torch.no_grad():
-        model(images)
-    return maps
+        logits = model(images)
+    return maps, logits
 
 
-def _draw_png(maps: dict[str, AttentionMaps], shown: Tensor, top_k: int, stretch: bool) -> bytes:
+def _draw_png(
+    maps: dict[str, AttentionMaps],
+    shown: Tensor,
+    top_k: int,
+    stretch: bool,
+    logits: Any = None,
+    titles: list[str] | None = None,
+) -> bytes:
     """The attention grid as PNG bytes: nothing touches the disk until it is all drawn."""
     import matplotlib
 
@@ -67,6 +81,9 @@ def _draw_png(maps: dict[str, AttentionMaps], shown: Tensor, top_k: int, stretch
         low = shown.amin(dim=(1, 2, 3), keepdim=True)
         shown = (shown - low) / (shown.amax(dim=(1, 2, 3), keepdim=True) - low + 1e-8)
     shown = shown.clamp(0, 1)
+    probs = None
+    if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[0] == n:
+        probs = torch.softmax(logits.detach().float(), dim=1)
 
     def up(x: Tensor) -> Tensor:
         return F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
@@ -79,9 +96,13 @@ def _draw_png(maps: dict[str, AttentionMaps], shown: Tensor, top_k: int, stretch
         for i in range(n):
             img = shown[i].permute(1, 2, 0).numpy()
             img = img[..., 0] if img.shape[-1] == 1 else img[..., :3]
-            cmap = "gray" if img.ndim == 2 else None
-            axes[i, 0].imshow(img, cmap=cmap, vmin=0, vmax=1)
-            axes[i, 0].set_title("image", fontsize=8)
+            grey = "gray" if img.ndim == 2 else None
+            axes[i, 0].imshow(img, cmap=grey, vmin=0, vmax=1)
+            head = [titles[i]] if titles else ["image"]
+            if probs is not None:
+                p, label = probs[i].max(dim=0)
+                head.append(f"predicted {label.item()} (p {p.item():.2f})")
+            axes[i, 0].set_title("\n".join(head), fontsize=8)
             for j, name in enumerate(names):
                 att = maps[name]
                 spatial = up(torch.sigmoid(att.spatial_logits[i : i + 1].float()))[0, 0]
@@ -90,15 +111,17 @@ def _draw_png(maps: dict[str, AttentionMaps], shown: Tensor, top_k: int, stretch
                 k = min(top_k, channel.numel())
                 values, index = channel.topk(k)
                 ax_s, ax_g, ax_c = axes[i, 1 + 3 * j], axes[i, 2 + 3 * j], axes[i, 3 + 3 * j]
-                ax_s.imshow(img, cmap=cmap, vmin=0, vmax=1)
-                ax_s.imshow(spatial.numpy(), cmap="jet", alpha=0.5)
-                ax_s.set_title(f"{name}: spatial", fontsize=8)
-                ax_g.imshow(gate.numpy(), cmap="viridis")
-                ax_g.set_title(f"{name}: 3-D gate, mean", fontsize=8)
-                ax_c.bar(range(k), values.numpy())
+                im_s = ax_s.imshow(spatial.numpy(), cmap=CMAP, vmin=0, vmax=1)
+                ax_s.set_title(f"{name}: spatial\nsigmoid(M_s)", fontsize=8)
+                fig.colorbar(im_s, ax=ax_s, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                im_g = ax_g.imshow(gate.numpy(), cmap=CMAP, vmin=0, vmax=1)
+                ax_g.set_title(f"{name}: 3-D attention\nmean over channels", fontsize=8)
+                fig.colorbar(im_g, ax=ax_g, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                ax_c.bar(range(k), values.numpy(), color=matplotlib.colormaps[CMAP](values.numpy()))
                 ax_c.set_xticks(range(k), [str(c) for c in index.tolist()], fontsize=6, rotation=90)
                 ax_c.set_ylim(0, 1)
-                ax_c.set_title(f"{name}: top-{k} channels", fontsize=8)
+                ax_c.tick_params(axis="y", labelsize=6)
+                ax_c.set_title(f"{name}: top-{k} channels\nsigmoid(M_c)", fontsize=8)
             for ax in axes[i]:
                 if ax.images:
                     ax.set_xticks([])
@@ -111,25 +134,55 @@ def _draw_png(maps: dict[str, AttentionMaps], shown: Tensor, top_k: int, stretch
     return buffer.getvalue()
 
 
-def load_images(paths: list[str], in_chans: int, size: int, mean, std) -> tuple[Tensor, Tensor]:
-    """Read image files, resize to ``size``; return (normalized input, [0, 1] for display).
+def _fit_to(im, pre) -> tuple[Any, str, str]:
+    """``im`` as the model's data were prepared (shorter side resized to ``resize_size``,
+    centre crop ``image_size``, the checkpoint's interpolation); what was done, in words and as
+    a chain of sizes (``64x48 -> 42x32 -> 32x32``)."""
+    from PIL import Image
+
+    filters = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    w, h = im.size
+    done, chain = [], [f"{w}x{h}"]
+    if min(w, h) != pre.resize_size:
+        # As torchvision's Resize(int): the shorter side to the size, the aspect ratio kept.
+        scale = pre.resize_size / min(w, h)
+        nw, nh = (pre.resize_size, int(h * scale)) if w <= h else (int(w * scale), pre.resize_size)
+        im = im.resize((nw, nh), filters[pre.interpolation])
+        done.append(f"resized {w}x{h} to {nw}x{nh} ({pre.interpolation})")
+        chain.append(f"{nw}x{nh}")
+        w, h = nw, nh
+    size = pre.image_size
+    if (w, h) != (size, size):
+        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+        done.append(f"centre-cropped {w}x{h} to {size}x{size}")
+        chain.append(f"{size}x{size}")
+    if not done:
+        return im, f"{size}x{size}, as is", f"{size}x{size}"
+    return im, ", ".join(done), " -> ".join(chain)
+
+
+def load_images(paths: list[str], pre) -> tuple[Tensor, Tensor, list[tuple[str, str]]]:
+    """Read image files as the checkpoint's model saw its data (``pre``, a
+    :class:`~torch_bam.viz.checkpoint.Preprocessing`); return (normalized input, the same in
+    [0, 1] for display, for each what was resized or cropped: ``(in words, chain of sizes)``).
 
     16-bit and float images are scaled by their depth (:func:`torch_bam.data.images.open_image`).
     A file that cannot be read raises :class:`UsageError` naming it.
     """
-    from PIL import Image
-
     from ..data.images import open_image
 
+    in_chans, size = pre.in_chans, pre.image_size
     if in_chans not in (1, 3):
         raise UsageError(
             f"the model takes {in_chans} input channels; visualize reads grey (1) or RGB (3) "
             f"images only."
         )
-    raw = []
+    raw, notes = [], []
     for p in paths:
         try:
             im = open_image(p, "L" if in_chans == 1 else "RGB")
+            im, note, chain = _fit_to(im, pre)
         except FileNotFoundError:
             raise UsageError(f"no such image file: {p}. Check the path.") from None
         except IsADirectoryError:
@@ -139,23 +192,33 @@ def load_images(paths: list[str], in_chans: int, size: int, mean, std) -> tuple[
                 f"cannot read image {p}: it is not an image, or it is empty, truncated or "
                 f"corrupt ({e}). Pass PNG or JPEG files."
             ) from None
-        im = im.resize((size, size), Image.BILINEAR)
         t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
         raw.append(t.view(size, size, in_chans).permute(2, 0, 1).float() / 255)
+        notes.append((note, chain))
     display = torch.stack(raw)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (display - m) / s, display
+    m = torch.tensor(pre.mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(pre.std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (display - m) / s, display, notes
 
 
-def visualize(checkpoint: str, images: list[str], out: str, top_k: int = 8) -> list[str]:
+def visualize(
+    checkpoint: str,
+    images: list[str],
+    out: str,
+    top_k: int = 8,
+    echo: Callable[[str], None] | None = None,
+) -> list[str]:
     """``torch-bam visualize``: one attention grid PNG for the given images, in ``out``.
+
+    The images are prepared as the checkpoint records its model's training data were
+    (:func:`~torch_bam.viz.checkpoint.preprocessing`): what was resized or cropped is said in
+    each image's title and, with ``echo`` (the command passes ``print``), on the console.
 
     Every bad input (checkpoint, images, settings in the checkpoint, ``top_k``, ``out``) raises
     :class:`UsageError` before anything is written; ``out`` is created only for the picture,
     and removed again if the picture cannot be written.
     """
-    from .checkpoint import input_settings, load_checkpoint
+    from .checkpoint import load_checkpoint, preprocessing
 
     try:
         import matplotlib  # noqa: F401
@@ -179,17 +242,29 @@ def visualize(checkpoint: str, images: list[str], out: str, top_k: int = 8) -> l
             f"model {name} in {checkpoint} has no BAM block, so there is no attention to draw. "
             f"Pass a checkpoint of a BAM model (torch_bam.list_models('bam_*'))."
         )
-    in_chans, size, mean, std = input_settings(meta, f"checkpoint {checkpoint}")
-    x, display = load_images(images, in_chans, size, mean, std)
+    pre = preprocessing(meta, f"checkpoint {checkpoint}")
+    x, display, notes = load_images(images, pre)
+    size = pre.image_size
     try:
-        maps = _record(model, x)
+        maps, logits = _record(model, x)
     except RuntimeError as e:
         reason = str(e).split("\n")[0][:200]
         raise UsageError(
             f"the model in {checkpoint} failed on {size}x{size} images ({reason}). Save the "
             f"checkpoint with the image_size it was trained on."
         ) from None
-    png = _draw_png(maps, display, top_k, stretch=False)
+    if echo is not None:
+        trained = f" of {pre.dataset}" if pre.dataset else ""
+        echo(
+            f"preprocessing (the checkpoint's, as its training data{trained}): "
+            f"{pre.in_chans} channel(s), {size}x{size}, mean {pre.mean}, std {pre.std}"
+        )
+        for image, (note, _) in zip(images, notes, strict=True):
+            echo(f"{image}: {note}")
+    titles = [
+        f"{os.path.basename(p)[:28]}\n{chain}" for p, (_, chain) in zip(images, notes, strict=True)
+    ]
+    png = _draw_png(maps, display, top_k, stretch=False, logits=logits, titles=titles)
     try:
         atomic_write(path, lambda f: f.write(png))
     except OSError as e:

@@ -3,11 +3,17 @@
 Format (a ``torch.save`` dict)::
 
     {"format": "torch-bam/1", "model": "bam_small_cnn", "num_classes": 10, "in_chans": 1,
-     "image_size": 48, "mean": [...], "std": [...], "state_dict": {...}, "extra": {...}}
+     "image_size": 48, "resize_size": 48, "interpolation": "bilinear", "mean": [...],
+     "std": [...], "dataset": "cluttered-digits", "state_dict": {...}, "extra": {...}}
+
+The preprocessing its model was trained with: the image's shorter side resized to
+``resize_size`` (``interpolation``; default ``image_size``), centre-cropped to ``image_size``,
+scaled to [0, 1], then ``(x - mean) / std`` per channel.
 
 ``load_checkpoint`` also reads a Lightning ``.ckpt`` whose ``hyper_parameters`` name the model
 (``model`` or ``model_name``) and whose ``state_dict`` keys carry a ``model.`` prefix, as
-``torch-bam fit`` writes them.
+``torch-bam fit`` writes them; ``fit`` records the same preprocessing keys under
+``"preprocessing"`` (from its data module).
 
 Every checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain Python
 values only, so a file cannot run code when it is opened. One that holds anything else is
@@ -21,6 +27,7 @@ import io
 import math
 import pickle
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,19 +38,31 @@ from ..errors import UsageError
 
 FORMAT = "torch-bam/1"
 
-__all__ = ["FORMAT", "input_settings", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "Preprocessing",
+    "input_settings",
+    "load_checkpoint",
+    "preprocessing",
+    "read_checkpoint",
+    "save_checkpoint",
+]
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
 def save_checkpoint(path: str, model_name: str, model: nn.Module, **meta: Any) -> None:
     """Write ``model`` in the torch-bam format, whole or not at all (``atomic_write``).
 
-    ``meta`` holds ``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std`` (checked as
-    :func:`input_settings` checks them) and any ``extra`` plain values. A value that
+    ``meta`` holds ``num_classes``, ``in_chans`` and the preprocessing (``image_size``,
+    ``resize_size``, ``interpolation``, ``mean``, ``std``, ``dataset``; checked as
+    :func:`preprocessing` checks them) and any ``extra`` plain values. A value that
     ``torch.load(weights_only=True)`` could not read back (a NumPy scalar, an object) is refused
     here, before anything is written.
     """
     payload = {"format": FORMAT, "model": model_name, **meta, "state_dict": model.state_dict()}
     input_settings(meta, "save_checkpoint: the checkpoint")
+    _resizing(meta, "save_checkpoint: the checkpoint")
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     try:
@@ -112,6 +131,63 @@ def input_settings(
     return in_chans, size, mean, std
 
 
+def _resizing(meta: Mapping[str, Any], where: str) -> tuple[int | None, str]:
+    size = meta.get("image_size")
+    resize = meta.get("resize_size")
+    if resize is not None:
+        resize = _positive_int(resize, "resize_size", where)
+        if isinstance(size, int) and resize < size:
+            raise UsageError(
+                f"{where} has resize_size={resize} < image_size={size}: the centre crop would "
+                f"be larger than the resized image. Record a resize_size >= image_size."
+            )
+    interpolation = meta.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        raise UsageError(
+            f"{where} has interpolation={interpolation!r}; it must be one of "
+            f"{', '.join(INTERPOLATIONS)}."
+        )
+    return resize, interpolation
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a checkpoint's model saw its images (see the module docstring)."""
+
+    in_chans: int
+    image_size: int
+    resize_size: int
+    interpolation: str
+    mean: list[float]
+    std: list[float]
+    dataset: str | None = None
+
+
+def preprocessing(meta: Mapping[str, Any], where: str) -> Preprocessing:
+    """The preprocessing a checkpoint records, checked; a :class:`UsageError` if it records
+    none (an image fed otherwise would be a different input from the one the model learnt)."""
+    missing = [k for k in ("image_size", "mean", "std") if k not in meta]
+    if missing:
+        raise UsageError(
+            f"{where} does not record the preprocessing its model was trained with (no "
+            f"{', '.join(missing)}), so its images cannot be fed as the model saw them. Use a "
+            f"checkpoint of torch-bam fit or demo, or save one with torch_bam.viz."
+            f"save_checkpoint(..., image_size=, mean=, std=) set as in training."
+        )
+    in_chans, size, mean, std = input_settings(meta, where)
+    resize, interpolation = _resizing(meta, where)
+    dataset = meta.get("dataset")
+    return Preprocessing(
+        in_chans,
+        size,
+        size if resize is None else resize,
+        interpolation,
+        mean,
+        std,
+        dataset if isinstance(dataset, str) else None,
+    )
+
+
 def load_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint names, load its weights, return ``(model.eval(), meta)``.
 
@@ -125,6 +201,8 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
     ckpt = read_checkpoint(path)
     if "hyper_parameters" in ckpt:  # Lightning
         meta = dict(ckpt["hyper_parameters"])
+        if isinstance(ckpt.get("preprocessing"), Mapping):  # what torch-bam fit records
+            meta.update(ckpt["preprocessing"])
         name = meta.get("model", meta.get("model_name"))
         prefix = "model."
         state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -146,10 +224,14 @@ def load_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
     if "in_chans" in meta:
         kwargs["in_chans"] = _positive_int(meta["in_chans"], "in_chans", path)
     try:
-        model = create_model(name, **kwargs)
+        # First without memory (the meta device): settings that do not fit the weights (an
+        # absurd num_classes) are named before anything is allocated.
+        with torch.device("meta"):
+            shapes = create_model(name, **kwargs)
     except ValueError as e:
         raise UsageError(f"{path}: {e}") from None
-    _check_fit(model, state, path, name, kwargs)
+    _check_fit(shapes, state, path, name, kwargs)
+    model = create_model(name, **kwargs)
     model.load_state_dict(state)
     return model.eval(), meta
 
