@@ -142,10 +142,29 @@ def _set_rng_state(state: dict) -> None:
 
 
 class MetricsJSON(L.Callback):
-    """Write ``metrics.json`` (every logged metric, per stage) in the run directory."""
+    """Write ``metrics.json`` (every logged metric, per stage) in the run directory.
+
+    Each stage's entry names the checkpoint its numbers belong to, ``"checkpoint": {"path",
+    "global_step", "epoch"}`` as that file records them: for ``fit`` the last checkpoint
+    (the model at the end of the run), for ``validate`` and ``test`` the one evaluated.
+    """
 
     def __init__(self, path: str):
         self.path = Path(path)
+
+    @staticmethod
+    def _checkpoint(trainer, stage: str) -> dict | None:
+        from .checkpoints import progress, read_checkpoint
+
+        if stage == "fit":
+            cb = trainer.checkpoint_callback
+            path = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+        else:
+            path = trainer.ckpt_path
+        if not path or not Path(path).is_file():
+            return None
+        step, epoch = progress(read_checkpoint(path, ""))  # mmap: only its record index
+        return {"path": str(path), "global_step": step, "epoch": epoch}
 
     def _write(self, trainer, stage: str):
         if not trainer.is_global_zero:
@@ -156,6 +175,7 @@ class MetricsJSON(L.Callback):
         }
         data[stage]["epoch"] = trainer.current_epoch
         data[stage]["global_step"] = trainer.global_step
+        data[stage]["checkpoint"] = self._checkpoint(trainer, stage)
         # A uniquely named temporary file beside it: a reader never sees half a file.
         atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True))
 

@@ -112,6 +112,13 @@ class BamCLI(LightningCLI):
             ckpt = cfg.ckpt_path = resume_checkpoint(checkpoints)
         elif ckpt == "last":
             ckpt = cfg.ckpt_path = resume_checkpoint(checkpoints)
+        elif not ckpt and sub in ("validate", "test"):
+            # Freshly initialised weights, scored into the run's records: refuse.
+            raise UsageError(
+                f"{sub} needs --ckpt_path: without it the model is untrained (freshly "
+                f"initialised weights). Pass --ckpt_path {checkpoints}/last.ckpt, or "
+                f"--ckpt_path last for the run's furthest-trained checkpoint."
+            )
         if ckpt and not _keyword(ckpt):
             fix = (
                 "Pass --ckpt_path a .ckpt written by torch-bam fit (<run_dir>/checkpoints/)."
@@ -135,8 +142,33 @@ class BamCLI(LightningCLI):
 
     def after_instantiate_classes(self):
         if self._checkpoint is not None:
-            check_weights(self.model, self._checkpoint, self.config[self.subcommand].ckpt_path)
+            path = self.config[self.subcommand].ckpt_path
+            check_weights(self.model, self._checkpoint, path)
+            self._check_preprocessing(self._checkpoint.get("preprocessing"), path)
             self._checkpoint = None  # the weights are loaded again by Lightning; free these
+
+    def _check_preprocessing(self, recorded, path: str) -> None:
+        """The data must prepare images as the checkpoint's training data were prepared."""
+        current = getattr(self.datamodule, "preprocessing", None)
+        if not isinstance(recorded, dict) or not isinstance(current, dict):
+            return
+        keys = ("in_chans", "image_size", "resize_size", "interpolation", "mean", "std")
+        differ = [k for k in keys if k in recorded and recorded[k] != current.get(k)]
+        if not differ:
+            return
+        was = ", ".join(f"{k} {recorded[k]}" for k in differ)
+        now = ", ".join(f"{k} {current.get(k)}" for k in differ)
+        message = (
+            f"The checkpoint {path!r} was trained on images with {was}; this data gives {now}."
+        )
+        if self.subcommand != "fit":
+            raise UsageError(
+                f"{message} Evaluate it on data prepared as in training: pass the run's "
+                f"config, --config <run_dir>/logs/config.yaml."
+            )
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(f"{message} Training goes on with this data, as asked.")
 
     def instantiate_trainer(self, **kwargs):
         cfg = self.config[self.subcommand]
