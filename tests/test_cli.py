@@ -126,3 +126,36 @@ def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback():
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_demo_on_a_full_disk_is_one_line_and_leaves_none_of_its_files(
+    tmp_path, capsys, monkeypatch
+):
+    import errno
+    import os
+    import stat
+
+    import torch_bam._io as io
+
+    # The disk fills while the demo writes its third file: the first two were written whole.
+    fsync, written = io.os.fsync, []
+
+    def fsync_until_full(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # a file's data, not a directory entry
+            written.append(fd)
+            if len(written) >= 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return fsync(fd)
+
+    monkeypatch.setattr(io.os, "fsync", fsync_until_full)
+    out = tmp_path / "runs" / "demo"
+    argv = ["demo", "--epochs", "1", "--seeds", "1", "--train-size", "64", "--val-size", "32",
+            "--test-size", "32", "--canvas", "16", "--batch-size", "32", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("torch-bam demo: error: No space left on device writing ")
+    assert str(out) in err and "removed" in err
+    assert len(written) >= 3  # it did fail on a write, after writing two files
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even runs/

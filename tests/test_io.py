@@ -90,3 +90,21 @@ def test_check_output_dir(tmp_path):
         check_output_dir(tmp_path / "f")
     with pytest.raises(UsageError, match="--dir .*f is a file, not a directory"):
         check_output_dir(tmp_path / "f" / "sub", flag="--dir")
+
+
+def test_undo_on_failure_removes_only_what_the_block_made(tmp_path):
+    import pytest
+
+    from torch_bam._io import RunDirLock, atomic_write_text, undo_on_failure
+
+    (tmp_path / "old.txt").write_text("the user's")
+    atomic_write_text(tmp_path / "replaced.txt", "before")
+    with pytest.raises(KeyboardInterrupt), undo_on_failure():
+        with RunDirLock(tmp_path / "run"):
+            atomic_write_text(tmp_path / "run" / "sub" / "a.txt", "new")
+            atomic_write_text(tmp_path / "replaced.txt", "after")  # replaced, not created
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.txt", "replaced.txt"]
+    with undo_on_failure():  # a block that succeeds keeps everything
+        atomic_write_text(tmp_path / "kept.txt", "x")
+    assert (tmp_path / "kept.txt").read_text() == "x"

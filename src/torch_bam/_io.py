@@ -28,15 +28,58 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "load_weights_only",
+    "undo_on_failure",
 ]
 
 _TMP_PREFIX = ".torch-bam-tmp-"
+_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, quota exceeded
+
+# The files and directories made inside each open `undo_on_failure` block, innermost last.
+_made: list[list[str]] = []
+
+
+def _note_made(path: str) -> None:
+    for record in _made:
+        record.append(path)
+
+
+def _makedirs(directory: str) -> None:
+    """``os.makedirs(directory, exist_ok=True)``, noting each directory it creates."""
+    missing = []
+    d = os.path.abspath(directory)
+    while not os.path.isdir(d) and d != os.path.dirname(d):
+        missing.append(d)
+        d = os.path.dirname(d)
+    os.makedirs(directory, exist_ok=True)
+    for d in reversed(missing):
+        _note_made(d)
+
+
+@contextlib.contextmanager
+def undo_on_failure() -> Iterator[None]:
+    """If the block fails, remove the files :func:`atomic_write` created in it (not those it
+    replaced) and the directories torch-bam made for them: a run stopped by a full disk, an
+    error or Ctrl-C leaves none of its new files behind, not only no half of one."""
+    record: list[str] = []
+    _made.append(record)
+    try:
+        yield
+    except BaseException:
+        for path in reversed(record):  # files before the directories that hold them
+            with contextlib.suppress(OSError):
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)  # only if empty: never another writer's files
+                else:
+                    os.unlink(path)
+        raise
+    finally:
+        _made.remove(record)
 
 
 @contextlib.contextmanager
 def _temp_beside(path: str, binary: bool) -> Iterator[tuple[IO, str]]:
     directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
+    _makedirs(directory)
     fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=directory)
     try:
         # mkstemp makes 0600 files; give the final file the mode any other file gets (umask).
@@ -70,14 +113,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     error (or Ctrl-C) the temporary file is removed and ``path`` is left as it was.
     """
     path = os.fspath(path)
-    with _temp_beside(path, binary) as (f, tmp):
-        write(f)
+    new = not os.path.lexists(path)
+    try:
+        with _temp_beside(path, binary) as (f, tmp):
+            write(f)
+    except OSError as e:
+        if e.errno in _FULL and not e.filename:  # say which file the full disk stopped
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from e
+        raise
     try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if new:
+        _note_made(os.path.abspath(path))
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
@@ -123,8 +174,12 @@ class RunDirLock:
     def acquire(self) -> RunDirLock:
         import fcntl  # POSIX only; imported here so the module imports everywhere
 
-        os.makedirs(self.directory, exist_ok=True)
-        fd = os.open(os.path.join(self.directory, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        _makedirs(self.directory)
+        lock = os.path.join(self.directory, ".lock")
+        new = not os.path.lexists(lock)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        if new:
+            _note_made(os.path.abspath(lock))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -43,8 +44,15 @@ def _visualize(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ._io import undo_on_failure
     from .demo import run
 
+    with undo_on_failure():  # a demo that fails (a full disk) leaves none of its new files
+        _run_demo(run, args)
+    return 0
+
+
+def _run_demo(run, args: argparse.Namespace) -> None:
     run(
         epochs=args.epochs,
         seed=args.seed,
@@ -59,7 +67,6 @@ def _demo(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         val_size=args.val_size,
     )
-    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -165,6 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         # of Python's signal docs, which also exit with status 1 here).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        command = argv[0] if argv else ""
+        where = f" writing {e.filename}" if e.filename else ""
+        print(
+            f"torch-bam {command}: error: {e.strerror or os.strerror(e.errno)}{where}. "
+            f"{'The new files of this run were removed. ' if command == 'demo' else ''}"
+            f"Free some space, or write elsewhere (--out).",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -110,3 +110,11 @@ def test_parser_errors_are_one_line(tmp_path, capsys, args, needle):
     _assert_one_line_error(rc, err, "fit", needle)
     assert "torch-bam fit --help" in err and "usage:" not in err
     assert not run.exists()
+
+
+def test_negative_keep_last_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, err = _run(capsys, "fit", *TINY, f"--run_dir={run}", "--keep_last=-5")
+    _assert_one_line_error(rc, err, "fit", "--keep_last -5")
+    assert "-1" in err
+    assert not run.exists()

@@ -79,7 +79,12 @@ class BamCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser):
         parser.add_argument("--run_dir", default="runs/default", help="where everything goes")
-        parser.add_argument("--keep_last", type=int, default=3, help="checkpoints to keep")
+        parser.add_argument(
+            "--keep_last",
+            type=int,
+            default=3,
+            help="epoch checkpoints to keep besides last.ckpt (the latest; -1: all)",
+        )
         parser.set_defaults({"data": {"class_path": "torch_bam.data.ClutteredDigitsDataModule"}})
         # The data decides the classes and input channels of a model built by name.
         parser.link_arguments("data", "model.in_chans", compute_fn=_in_chans, apply_on="parse")
@@ -104,6 +109,12 @@ class BamCLI(LightningCLI):
         if sub is None:
             return
         cfg = self.config[sub]
+        keep = cfg.get("keep_last")
+        if isinstance(keep, int) and keep < -1:
+            raise UsageError(
+                f"--keep_last {keep}: the number of checkpoints to keep besides last.ckpt must "
+                "be 0 or more, or -1 to keep every one."
+            )
         checkpoints = os.path.join(cfg.run_dir, "checkpoints")
         ckpt = cfg.get("ckpt_path")
         if cfg.get("resume"):
