@@ -85,3 +85,34 @@ def test_checkpoint_of_the_training_module(tmp_path):
     assert meta["model"] == "bam_small_cnn"
     x = torch.randn(2, 1, 16, 16)
     torch.testing.assert_close(loaded(x), module.model.eval()(x))
+
+
+def test_the_picture_has_colour_bars_one_colour_map_and_the_prediction(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = []
+    close = plt.close
+
+    def keep(fig=None):
+        figures.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    _, ckpt = _checkpoint(tmp_path)
+    image = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48), dtype=np.uint8)).save(image)
+    assert main(["visualize", str(ckpt), str(image), "--out", str(tmp_path / "out")]) == 0
+    (fig,) = figures
+    maps = [im for ax in fig.axes for im in ax.images if im.get_array().ndim == 2]
+    attention = [im for im in maps if im.get_cmap().name != "gray"]
+    assert len(attention) == 4  # two BAMs: spatial and 3-D attention each
+    assert {im.get_cmap().name for im in attention} == {"viridis"}
+    assert {im.get_clim() for im in attention} == {(0.0, 1.0)}
+    colour_bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(colour_bars) == len(attention)
+    title = fig.axes[0].get_title()
+    assert "predicted " in title and "(p 0." in title
+    assert "48x32 -> 32x32" in title  # centre-cropped, not squashed
