@@ -118,7 +118,7 @@ def test_a_checkpoint_written_by_torch_bam_fit_loads_and_visualizes(tmp_path, ca
     assert 0 <= seen[0].min() and seen[0].max() <= 1 and seen[0].max() > 0.5
     said = capsys.readouterr().out
     assert "resized 50x40 to 30x24 (bilinear), centre-cropped 30x24 to 24x24" in said
-    assert "of cluttered-digits" in said
+    assert "recorded in the checkpoint, cluttered-digits" in said
 
 
 def _spy_on_model_input(monkeypatch):

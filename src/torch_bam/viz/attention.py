@@ -254,10 +254,11 @@ def visualize(
             f"checkpoint with the image_size it was trained on."
         ) from None
     if echo is not None:
-        trained = f" of {pre.dataset}" if pre.dataset else ""
+        data = f", {pre.dataset}" if pre.dataset else ""
         echo(
-            f"preprocessing (the checkpoint's, as its training data{trained}): "
-            f"{pre.in_chans} channel(s), {size}x{size}, mean {pre.mean}, std {pre.std}"
+            f"preprocessing as in training (recorded in the checkpoint{data}): "
+            f"{pre.in_chans} channel(s), shorter side {pre.resize_size} ({pre.interpolation}), "
+            f"centre crop {size}x{size}, mean {pre.mean}, std {pre.std}"
         )
         for image, (note, _) in zip(images, notes, strict=True):
             echo(f"{image}: {note}")
