@@ -125,6 +125,32 @@ def test_frozen_parameters_frozen_batchnorm_and_input_without_grad():
     _compare(block, _x(requires_grad=False))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_train_like_the_plain_path(dtype):
+    """A model converted with .half() / .bfloat16() (no autocast): its BatchNorm statistics
+    stay in the dtype the device's batch-norm kernels give and take (CPU: the model's)."""
+    block = randomize_(BAM(32)).train().to(dtype)
+    x = _x(layout="channels_last").detach().to(dtype).requires_grad_()
+    assert dispatch.block_path(block, x) == "cuda"
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    plain = copy.deepcopy(block)
+    ours = _step(block, x, grad, "fp32")
+    with _plain():
+        theirs = _step(plain, x, grad, "fp32")
+        ref = _step(copy.deepcopy(plain).double(), x.double(), grad.double(), "fp32")
+    pairs = [("y", 0), ("dx", 1)]
+    for name, i in pairs:
+        assert ours[i].dtype == dtype, name
+        assert _max_err(ours[i], ref[i]) <= 2 * _max_err(theirs[i], ref[i]) + 2e-2, name
+    for n, g in ours[2].items():
+        assert g.dtype == dtype, n
+        scale = max(1.0, ref[2][n].abs().max().item())
+        assert _max_err(g, ref[2][n]) <= 2 * _max_err(theirs[2][n], ref[2][n]) + 2e-2 * scale, n
+    for n, b in ours[3].items():
+        if not n.endswith("num_batches_tracked"):
+            assert _max_err(b, ref[3][n]) <= 2 * _max_err(theirs[3][n], ref[3][n]) + 1e-2, n
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_inference_matches_plain_path(layout):
     block = randomize_(BAM(32)).eval()

@@ -184,6 +184,14 @@ def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)  # no dispatch when nothing changes
 
 
+def _stats_dtype(z: Tensor, w: Tensor) -> torch.dtype:
+    """The dtype of the batch statistics that the device's native_batch_norm gives and its
+    backward takes: float32 on CUDA; on CPU the BatchNorm's parameters' dtype (float32 under
+    autocast, the model's for a ``.half()`` / ``.bfloat16()`` model). The meta function says
+    x's dtype on CPU, so the ops cast to this one for their fake and real outputs to agree."""
+    return torch.float32 if z.device.type == "cuda" else w.dtype
+
+
 def _empty_stats(z: Tensor) -> Tensor:
     return z.new_empty((0,), dtype=torch.float32)
 
@@ -195,8 +203,8 @@ def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float, in_pl
         if not in_place:
             rm, rv = rm.clone(), rv.clone()
         out, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, momentum, eps)
-        # float32 statistics (the CPU kernel gives them so in bf16, its meta function says bf16)
-        return out, _cast(mean, torch.float32), _cast(invstd, torch.float32), rm, rv
+        dt = _stats_dtype(z, w)
+        return out, _cast(mean, dt), _cast(invstd, dt), rm, rv
     out = _aten.native_batch_norm(z, w, b, rm, rv, False, momentum, eps)[0]
     return out, _empty_stats(z), _empty_stats(z), rm, rv
 
