@@ -28,11 +28,15 @@ The floor (bytes moved; ``N = B*C*H*W`` elements of ``e`` bytes, ``h = C/r``):
     gate_backward_dx        read dy, write dx, read dr              2 N e + N e / r
     pool_reduce             read x, write r                         N e + N e / r  (+ partials)
 
-Partials are ``4 B D L (1/BL + 1/BR)`` bytes, written once and read once by the ``.sum(0)``: a
-fraction ``8 (1/BL + 1/BR) / e`` of one pass over x, 12.5% at 64x64 tiles in bf16, i.e. about 4%
-on top of the one-pass backward's 3 N e. On an H100 a copy moves about 3 TB/s; the kernels aim
-at 0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it, with
-``triton.testing.do_bench``, so that a cold L2 and no launch gap are timed).
+Partials are ``4 B D L (1/BL + 1/BR)`` bytes, written once and read once: a fraction
+``8 (1/BL + 1/BR) / e`` of one pass over x, 12.5% at 64x64 tiles in bf16, i.e. about 4% on top
+of the one-pass backward's 3 N e. They are summed inside the same kernel, with no float
+atomics: each program takes an int32 ticket per image after writing its partials, and the
+program that takes the last one sums that image's partials in a fixed order (so the result is
+the same on every run), writes the finished vector in the requested dtype and resets the
+ticket. No second launch, no ``.sum(0)``. The tickets live in a small zeroed buffer kept per
+device and stream (:func:`_tickets`). On an H100 a copy moves about 3 TB/s; the kernels aim at
+0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it).
 
 ``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
@@ -40,11 +44,17 @@ padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for
 bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
 ``torch.backends.cudnn.allow_tf32``, like the convolution it replaces.
 
-Tile sizes are tuned per (kernel, D, L, layout, dtypes) over a short list (:func:`_configs`) by
-timing each on the first call on a GPU; under the interpreter (``TRITON_INTERPRET=1`` set before
-this module is imported, which runs the kernels on CPU tensors) there is one config and no
-timing. :func:`reduce_weight_grad` is a cuBLAS batched product (it needs ``dr``, which exists only
-after the gate's reductions, so it cannot share their pass over x).
+Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
+the same on every run, rank and machine, so the reduction order -- and so the bits of every
+result -- never depends on timing. Each choice fits sm_90's 232,448 bytes of shared memory per
+block and its registers without spills; tests/cuda/test_kernels.py compiles every variant
+BAM-ResNet-50 uses for sm_90 and reads the compiled kernels' resource use. The interpreter
+(``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
+tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
+and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
+cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
+cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
+share their pass over x).
 """
 
 from __future__ import annotations
@@ -63,7 +73,6 @@ except ImportError:  # pragma: no cover - the core imports without triton
 __all__ = [
     "DTYPES",
     "INTERPRETED",
-    "TUNE",
     "gate_backward",
     "gate_backward_dx",
     "gate_backward_reduce",
@@ -102,6 +111,34 @@ if triton is not None:
         logits = rv[:, None] * cv[None, :] if PRODUCT else rv[:, None] + cv[None, :]
         return tl.sigmoid(logits)
 
+    @triton.jit
+    def _last_ticket(tickets_ptr, b, n):
+        """Whether this program is the last of the ``n`` that write image b's partials. Every
+        thread's partial stores come before the ticket (the barrier, then a release); the last
+        program's loads come after it (acquire)."""
+        tl.debug_barrier()
+        return tl.atomic_add(tickets_ptr + b, 1, sem="acq_rel") == n - 1
+
+    @triton.jit
+    def _finish(part_ptr, n_parts, part_stride, out_ptr, n, scale, BN: tl.constexpr,
+                BP: tl.constexpr):  # fmt: skip
+        """``out[i] = scale * sum_p part[p * part_stride + i]`` for i < n, in a fixed order.
+        ``while`` loops: n and n_parts are run-time values."""
+        i0 = 0
+        while i0 < n:
+            i = i0 + tl.arange(0, BN)
+            mi = i < n
+            acc = tl.zeros((BN,), dtype=tl.float32)
+            p0 = 0
+            while p0 < n_parts:
+                p = p0 + tl.arange(0, BP)
+                m = (p < n_parts)[:, None] & mi[None, :]
+                ptrs = part_ptr + p[:, None].to(tl.int64) * part_stride + i[None, :]
+                acc += tl.sum(tl.load(ptrs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+                p0 += BP
+            tl.store(out_ptr + i, (acc * scale).to(out_ptr.dtype.element_ty), mask=mi)
+            i0 += BN
+
     @triton.jit(do_not_specialize=_GRID_COUNTS)
     def _fwd_kernel(
         x_ptr, y_ptr, rv_ptr, cv_ptr, D, L, n_rt, n_lt,
@@ -118,7 +155,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=_GRID_COUNTS + ("B",))
     def _bwd_kernel(
-        dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, B, D, L, n_rt, n_lt,
+        dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, row_ptr, col_ptr, tickets_ptr,
+        B, D, L, n_rt, n_lt,
         PRODUCT: tl.constexpr, WRITE_DX: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
     ):  # fmt: skip
         b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
@@ -138,17 +176,22 @@ if triton is not None:
         else:
             row = tl.sum(dl, axis=1)
             colsum = tl.sum(dl, axis=0)
-        # Partials: prow [n_lt, B, D] (sum over this tile's columns), pcol [n_rt, B, L].
-        tl.store(prow_ptr + (lt * B + b).to(tl.int64) * D + d, row, mask=md)
-        tl.store(pcol_ptr + (rt * B + b).to(tl.int64) * L + col, colsum, mask=ml)
+        # Partials: prow [B, n_lt, D] (sum over this tile's columns), pcol [B, n_rt, L].
+        tl.store(prow_ptr + (b * n_lt + lt).to(tl.int64) * D + d, row, mask=md)
+        tl.store(pcol_ptr + (b * n_rt + rt).to(tl.int64) * L + col, colsum, mask=ml)
+        if _last_ticket(tickets_ptr, b, n_rt * n_lt):
+            tl.atomic_xchg(tickets_ptr + b, 0)  # every program of image b has taken its ticket
+            base = b.to(tl.int64)
+            _finish(prow_ptr + base * n_lt * D, n_lt, D, row_ptr + base * D, D, 1.0, BR, 8)
+            _finish(pcol_ptr + base * n_rt * L, n_rt, L, col_ptr + base * L, L, 1.0, BL, 8)
 
-    @triton.jit(do_not_specialize=_GRID_COUNTS + ("K",))
+    @triton.jit(do_not_specialize=_GRID_COUNTS)
     def _dx_kernel(
-        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, K, n_rt, n_lt, inv_hw,
+        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, n_rt, n_lt, inv_hw,
         dr_sb, dr_sk, dr_sp,
-        PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr, HAS_DR: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
-        BK: tl.constexpr,
+        K: tl.constexpr, PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr,
+        HAS_DR: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr,
+        BL: tl.constexpr, BK: tl.constexpr,
     ):  # fmt: skip
         b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
         mask = md[:, None] & ml[None, :]
@@ -167,7 +210,7 @@ if triton is not None:
         if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
             ks = tl.arange(0, BK)
             dr_base = dr_ptr + b.to(tl.int64) * dr_sb
-            for k0 in range(0, K, BK):
+            for k0 in range(0, K, BK):  # K is a compile-time bound (see the module docstring)
                 k = k0 + ks
                 mk = k < K
                 if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
@@ -198,12 +241,14 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=("B", "K", "n_pt", "n_kt"))
     def _pool_reduce_kernel(
-        x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, B, C, HW, K, n_pt, n_kt,
-        CL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        BP: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+        x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, pooled_ptr, tickets_ptr, B, HW, K, n_pt, n_kt,
+        inv_hw, C: tl.constexpr, CL: tl.constexpr, HAS_BIAS: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+        BK: tl.constexpr,
     ):  # fmt: skip
         # A program owns BP pixels x BK outputs of one image and walks all channels, so r needs
-        # no partials; the pool's per-pixel-tile partials go to ppool [n_pt, B, C].
+        # no partials; the pool's per-pixel-tile partials go to ppool [B, n_pt, C], and the
+        # last of an image's programs with kt == 0 finishes its pooled vector.
         pid = tl.program_id(0)
         kt = pid % n_kt
         pt = (pid // n_kt) % n_pt
@@ -212,11 +257,12 @@ if triton is not None:
         k = kt * BK + tl.arange(0, BK)
         mp, mk = p < HW, k < K
         x_base = x_ptr + b.to(tl.int64) * C * HW
+        ppool_base = ppool_ptr + b.to(tl.int64) * n_pt * C
         if CL:
             acc = tl.zeros((BP, BK), dtype=tl.float32)
         else:
             acc = tl.zeros((BK, BP), dtype=tl.float32)
-        for c0 in range(0, C, BC):
+        for c0 in range(0, C, BC):  # C is a compile-time bound (see the module docstring)
             ch = c0 + tl.arange(0, BC)
             mc = ch < C
             if CL:  # x [BP, BC] @ W^T [BC, BK]
@@ -243,7 +289,7 @@ if triton is not None:
                 acc = tl.dot(w.to(xt.dtype), xt, acc, input_precision=PRECISION)
                 pooled = tl.sum(xt.to(tl.float32), axis=1)
             if kt == 0:
-                tl.store(ppool_ptr + (pt * B + b).to(tl.int64) * C + ch, pooled, mask=mc)
+                tl.store(ppool_base + pt * C + ch, pooled, mask=mc)
         r_base = r_ptr + b.to(tl.int64) * HW * K  # r is channels_last: [B, HW, K] in memory
         if CL:
             if HAS_BIAS:
@@ -256,10 +302,14 @@ if triton is not None:
             r_off = p[None, :] * K + k[:, None]
             r_mask = mk[:, None] & mp[None, :]
         tl.store(r_base + r_off, acc.to(r_ptr.dtype.element_ty), mask=r_mask)
+        if kt == 0:
+            if _last_ticket(tickets_ptr, b, n_pt):
+                tl.atomic_xchg(tickets_ptr + b, 0)
+                _finish(ppool_base, n_pt, C, pooled_ptr + b.to(tl.int64) * C, C, inv_hw, BC, 8)
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, layout and tuning
+# Checks, layout and tiles
 
 
 def supported(x: Tensor) -> bool:
@@ -352,54 +402,54 @@ def _upcast(dtype: torch.dtype) -> bool:
     return INTERPRETED and dtype == torch.bfloat16
 
 
-def _configs(d: int, ll: int, min_tile: int = 1) -> list[tuple[int, int, int]]:
-    """(BR, BL, num_warps) candidates for a [D, L] map; one when interpreted.
-
-    Wide along the contiguous axis L (vector loads, few partials for the row sums), 4096 or
-    8192 elements a program; three at most, since each costs a compile on first use.
-    """
-    lo = max(min_tile, 1)
-    if INTERPRETED:  # the interpreter's cost is per program: big tiles, no tuning
-        return [(max(lo, min(64, _np2(d))), max(lo, min(64, _np2(ll))), 4)]
-    out = []
-    for elems, warps, bl_cap in ((4096, 4, 128), (8192, 8, 128), (8192, 8, 512)):
-        bl = max(lo, min(bl_cap, _np2(ll)))
-        br = max(lo, min(elems // bl, _np2(d)))
-        if (br, bl, warps) not in out:
-            out.append((br, bl, warps))
-    return out
+# Tiles: functions of the shape alone (never timed), the same on every run and rank. Wide
+# along the contiguous axis L (vector loads, few partials for the row sums), 4096 elements a
+# program (8 warps for the gate, 4 for the kernels with tl.dot, which keep every side >= 16
+# and their operand tiles small enough for sm_90's shared memory at Triton's default
+# pipelining depth).
 
 
-# Whether to time the configs on first use (else the first one runs): TORCH_BAM_TRITON_TUNE=0
-# turns it off, e.g. for a correctness run that should not compile every config.
-TUNE = os.environ.get("TORCH_BAM_TRITON_TUNE", "1") != "0"
-_best: dict[tuple, tuple] = {}
+def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
+    """(BR, BL, num_warps) for the gate's forward and backward on a [D, L] map."""
+    bl = min(128, _np2(ll))
+    return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _tuned(key: tuple, configs: list, launch):
-    """Run ``launch(config)`` with the fastest config for ``key`` (timed once, on a GPU)."""
-    best = _best.get(key)
-    if best is None:
-        if len(configs) == 1 or INTERPRETED or not TUNE:
-            return launch(configs[0])
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # in a graph
-            return launch(configs[0])
-        from triton.testing import do_bench
-
-        times = []
-        for c in configs:
-            try:
-                times.append(do_bench(lambda c=c: launch(c), warmup=5, rep=20))
-            except Exception:  # e.g. triton's OutOfResources: this config does not fit the card
-                times.append(float("inf"))
-        if min(times) == float("inf"):
-            return launch(configs[0])  # raises the error for the caller to see
-        best = _best[key] = configs[min(range(len(configs)), key=times.__getitem__)]
-    return launch(best)
+def _dx_tile(d: int, ll: int, k: int) -> tuple[int, int, int, int]:
+    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth)."""
+    bl = max(16, min(128, _np2(ll)))
+    return max(16, min(4096 // bl, _np2(d))), bl, max(16, min(32, _np2(k))), 4
 
 
-def _dtypes(*ts: Tensor) -> tuple:
-    return tuple(t.dtype for t in ts)
+def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
+    """(BP, BC, BK, num_warps) for pool_reduce: BP pixels x BK outputs a program, BC channels
+    per step of its walk over C."""
+    return max(16, min(32, _np2(hw))), max(16, min(64, _np2(ch))), max(16, min(64, _np2(k))), 4
+
+
+def _launch(kernel, grid: tuple, *args, **meta):
+    """Every kernel launch goes through here (tests compile each one for sm_90 through it)."""
+    kernel[grid](*args, **meta)
+
+
+_TICKETS: dict = {}
+
+
+def _tickets(device: torch.device, n: int) -> Tensor:
+    """A zeroed int32 buffer of at least n tickets, one per image: the last program of an image
+    resets its ticket, so one buffer serves every launch that follows on the same stream. Per
+    device and stream (kernels on two streams may overlap); fresh (and zeroed by the captured
+    graph) inside a CUDA graph capture, whose memory must not outlive the graph's pool."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream(device).stream_id)
+    else:
+        key = (device, 0)
+    buf = _TICKETS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _TICKETS[key] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+    return buf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,21 +466,16 @@ def gate_forward(x: Tensor, c: Tensor, s: Tensor, product: bool) -> Tensor:
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    cl, d, ll = _dl(x)
+    _, d, ll = _dl(x)
     rv, cv = _rows_cols(x, c, s)
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        _fwd_kernel[(b * n_rt * n_lt,)](
-            x, y, rv, cv, d, ll, n_rt, n_lt, PRODUCT=product, BR=br, BL=bl, num_warps=warps
-        )
-        return y
-
-    return _tuned(("fwd", d, ll, cl, product, _dtypes(x, c, s)), _configs(d, ll), launch)
+    br, bl, warps = _gate_tile(d, ll)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    _launch(_fwd_kernel, (b * n_rt * n_lt,), x, y, rv, cv, d, ll, n_rt, n_lt, PRODUCT=product,
+            BR=br, BL=bl, num_warps=warps)  # fmt: skip
+    return y
 
 
-def _backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, write_dx: bool, name):
+def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype, name: str):
     _check_x(x, name)
     if dy.shape != x.shape:
         raise ValueError(f"{name}: dy has shape {list(dy.shape)}, x has {list(x.shape)}.")
@@ -442,39 +487,37 @@ def _backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, write_
     dy = _like(dy, x)
     dx = torch.empty_like(x) if write_dx else None
     if x.numel() == 0:
-        zeros = torch.zeros(b, ch, device=x.device), torch.zeros(b, 1, h, w, device=x.device)
-        return dx, *zeros
+        zeros = torch.zeros(b, ch, device=x.device, dtype=out_dtype)
+        return dx, zeros, torch.zeros(b, 1, h, w, device=x.device, dtype=out_dtype)
     cl, d, ll = _dl(x)
     rv, cv = _rows_cols(x, c, s)
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        prow = torch.empty(n_lt, b, d, device=x.device, dtype=torch.float32)
-        pcol = torch.empty(n_rt, b, ll, device=x.device, dtype=torch.float32)
-        _bwd_kernel[(b * n_rt * n_lt,)](
-            dy, x, rv, cv, dx if write_dx else x, prow, pcol, b, d, ll, n_rt, n_lt,
-            PRODUCT=product, WRITE_DX=write_dx, BR=br, BL=bl, num_warps=warps,
-        )  # fmt: skip
-        row = prow[0] if n_lt == 1 else prow.sum(0)
-        col = pcol[0] if n_rt == 1 else pcol.sum(0)
-        return row, col
-
-    key = ("bwd", d, ll, cl, product, write_dx, _dtypes(dy, x, c, s))
-    row, col = _tuned(key, _configs(d, ll), launch)
+    br, bl, warps = _gate_tile(d, ll)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    # One buffer for both partials (one allocation); the finished vectors in out_dtype.
+    part = torch.empty(b * (n_lt * d + n_rt * ll), device=x.device, dtype=torch.float32)
+    prow, pcol = part[: b * n_lt * d], part[b * n_lt * d :]
+    row = torch.empty(b, d, device=x.device, dtype=out_dtype)
+    col = torch.empty(b, ll, device=x.device, dtype=out_dtype)
+    _launch(
+        _bwd_kernel, (b * n_rt * n_lt,), dy, x, rv, cv, dx if write_dx else x, prow, pcol, row, col,
+        _tickets(x.device, b), b, d, ll, n_rt, n_lt, PRODUCT=product, WRITE_DX=write_dx, BR=br,
+        BL=bl, num_warps=warps,
+    )  # fmt: skip
     dc, ds = (col, row) if cl else (row, col)  # see the module docstring: NCHW rows = channels
     return dx, dc.reshape(b, ch), ds.reshape(b, 1, h, w)
 
 
 def gate_backward_reduce(
-    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
-) -> tuple[Tensor, Tensor]:
+    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One pass over x and dy: ``dl = dy * x * g * (1 - g)``, ``g = sigmoid(c (+|*) s)``.
 
     Returns ``dc`` (sum of dl over pixels, times s for product) ``[B, C]`` and ``ds`` (sum over
-    channels, times c for product) ``[B, 1, H, W]``, both float32.
+    channels, times c for product) ``[B, 1, H, W]``, summed in float32 and written in
+    ``out_dtype``.
     """
-    _, dc, ds = _backward(dy, x, c, s, product, False, "gate_backward_reduce")
+    _, dc, ds = _backward(dy, x, c, s, product, False, out_dtype, "gate_backward_reduce")
     return dc, ds
 
 
@@ -482,9 +525,9 @@ def gate_backward(
     dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gate's whole backward in one pass (read dy and x, write dx): ``(dx, dc, ds)`` with dx
-    ``= dy * (1 + g)`` in x's dtype and format, and dc, ds as :func:`gate_backward_reduce`.
-    For the gate alone; the block, whose dx has more terms, uses reduce + dx."""
-    return _backward(dy, x, c, s, product, True, "gate_backward")
+    ``= dy * (1 + g)`` in x's dtype and format, and dc, ds as :func:`gate_backward_reduce`
+    (float32). For the gate alone; the block, whose dx has more terms, uses reduce + dx."""
+    return _backward(dy, x, c, s, product, True, torch.float32, "gate_backward")
 
 
 def gate_backward_dx(
@@ -500,8 +543,8 @@ def gate_backward_dx(
 
         dx = dy * (1 + g) + W_r^T @ dr (per pixel, if dr is given) + dpool / (H * W) (if given)
 
-    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]``, ``dr`` ``[B, h, H, W]`` (any layout),
-    ``dpool`` ``[B, C]``.
+    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: cast in the kernel to
+    dr's), ``dr`` ``[B, h, H, W]`` (any layout), ``dpool`` ``[B, C]``.
     """
     name = "gate_backward_dx"
     _check_x(dy, name)
@@ -538,31 +581,26 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    bk = max(16, min(64, _np2(k))) if has_dr else 16
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        _dx_kernel[(b * n_rt * n_lt,)](
-            dy, dx, rv, cv, dpool if dpool is not None else dy, w_reduce if has_dr else dy,
-            dr if has_dr else dy, d, ll, max(k, 1), n_rt, n_lt, 1.0 / (h * w), *dr_strides,
-            PRODUCT=product, CL=cl, HAS_POOL=dpool is not None, HAS_DR=has_dr,
-            PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl, BK=bk,
-            num_warps=warps,
-        )  # fmt: skip
-        return dx
-
-    key = ("dx", d, ll, k, cl, product, dpool is not None, _dtypes(dy, c, s))
-    # tl.dot needs every tile side >= 16.
-    return _tuned(key, _configs(d, ll, 16 if has_dr else 1), launch)
+    br, bl, bk, warps = _dx_tile(d, ll, k) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    _launch(
+        _dx_kernel, (b * n_rt * n_lt,), dy, dx, rv, cv, dpool if dpool is not None else dy,
+        w_reduce if has_dr else dy, dr if has_dr else dy, d, ll, n_rt, n_lt, 1.0 / (h * w),
+        *dr_strides, K=max(k, 1), PRODUCT=product, CL=cl, HAS_POOL=dpool is not None,
+        HAS_DR=has_dr, PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl,
+        BK=bk, num_warps=warps,
+    )  # fmt: skip
+    return dx
 
 
 def pool_reduce(
-    x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` float32, and
-    ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's dtype, always
-    channels_last (the 3x3 convolutions after it run fastest so on a GPU)."""
+    x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None,
+    pooled_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` (summed in float32, written
+    in ``pooled_dtype``), and ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's
+    dtype, always channels_last (the 3x3 convolutions after it run fastest so on a GPU). The
+    weights may be any float dtype: the kernel casts them to x's."""
     name = "pool_reduce"
     _check_x(x, name)
     b, ch, h, w = x.shape
@@ -579,33 +617,24 @@ def pool_reduce(
     hw = h * w
     if x.numel() == 0 or k == 0:
         pooled = torch.zeros(b, ch, device=x.device) if hw == 0 else x.float().mean((2, 3))
-        return pooled, r.zero_()
-    cl = _is_cl(x)
-    bk = max(16, min(128, _np2(k)))
-    n_kt = triton.cdiv(k, bk)
-
-    def launch(cfg):
-        bp, bc, warps = cfg
-        n_pt = triton.cdiv(hw, bp)
-        ppool = torch.empty(n_pt, b, ch, device=x.device, dtype=torch.float32)
-        _pool_reduce_kernel[(b * n_pt * n_kt,)](
-            x, w_reduce, b_reduce if b_reduce is not None else w_reduce, r, ppool, b, ch, hw, k,
-            n_pt, n_kt, CL=cl, HAS_BIAS=b_reduce is not None, PRECISION=_precision(x.dtype),
-            UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk, num_warps=warps,
-        )  # fmt: skip
-        pooled = ppool[0] if n_pt == 1 else ppool.sum(0)
-        return pooled.div_(hw), r
-
-    if INTERPRETED:
-        configs = [(max(16, min(64, _np2(hw))), max(16, min(64, _np2(ch))), 4)]
-    else:
-        configs = [(32, 64, 4), (64, 32, 4), (64, 64, 8)]
-    return _tuned(("pool", ch, hw, k, cl, b_reduce is not None, x.dtype), configs, launch)
+        return pooled.to(pooled_dtype), r.zero_()
+    bp, bc, bk, warps = _pool_tile(hw, ch, k)
+    n_pt, n_kt = triton.cdiv(hw, bp), triton.cdiv(k, bk)
+    ppool = torch.empty(b, n_pt, ch, device=x.device, dtype=torch.float32)
+    pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
+    _launch(
+        _pool_reduce_kernel, (b * n_pt * n_kt,), x, w_reduce,
+        b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled, _tickets(x.device, b),
+        b, hw, k, n_pt, n_kt, 1.0 / hw, C=ch, CL=_is_cl(x), HAS_BIAS=b_reduce is not None,
+        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
+        num_warps=warps,
+    )  # fmt: skip
+    return pooled, r
 
 
-def reduce_weight_grad(x: Tensor, dr: Tensor) -> Tensor:
-    """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` float32: cuBLAS, one read of x (not Triton:
-    a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
+def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` in ``out_dtype`` (accumulated in float32):
+    cuBLAS, one read of x (not Triton: a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
     _check_x(x, "reduce_weight_grad")
     b, ch, h, w = x.shape
     if dr.dim() != 4 or dr.shape[0] != b or tuple(dr.shape[2:]) != (h, w):
@@ -615,11 +644,15 @@ def reduce_weight_grad(x: Tensor, dr: Tensor) -> Tensor:
         )
     k = dr.shape[1]
     if x.numel() == 0:
-        return torch.zeros(k, ch, device=x.device)
+        return torch.zeros(k, ch, device=x.device, dtype=out_dtype)
     dr = dr.to(x.dtype)
     if _is_cl(x) and _is_cl(dr):  # both are [B*H*W, channels] in memory: one product, no copy
         xm, drm = x.permute(0, 2, 3, 1).reshape(-1, ch), dr.permute(0, 2, 3, 1).reshape(-1, k)
-        return (drm.t() @ xm).float()
+        return (drm.t() @ xm).to(out_dtype)
     # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
     xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
-    return torch.bmm(drm, xm.transpose(1, 2)).float().sum(0)
+    return torch.bmm(drm, xm.transpose(1, 2)).to(out_dtype).sum(0)
+
+
+# The tiles are chosen by shape; nothing is timed. (benchmarks/gpu.py still reads this name.)
+TUNE = False
