@@ -101,6 +101,13 @@ def main() -> int:
                 k.gate_forward(x, c, s, False)
                 k.gate_backward_reduce(x, x, c, s, False, out_dtype=dtype)
                 k.gate_backward_dx(x, c, s, False, w, dr, c)
+                f32 = [t(h, dt=torch.float32) for _ in range(4)]  # BN weight, bias, running
+                w1, w2, b2 = t(h, ch, dt=torch.float32), t(ch, h, dt=torch.float32), t(ch)
+                for train in (True, False):  # training, and inference or a frozen BatchNorm
+                    z, a, mean, invstd, _ = k.mlp_forward(c, w1, f32[0], *f32, w2, b2, train,
+                                                          0.1, 1e-5)  # fmt: skip
+                    k.mlp_backward(c, c, z, a, mean, invstd, f32[0], w1, w2, train, True, f32[0],
+                                   f32[1], b2)  # fmt: skip
                 # The bam_gate op's (the plain path's gate on CUDA).
                 k.gate_backward(x, x, c, s, False)
     print("done", len(seen))

@@ -90,7 +90,11 @@ def _compare(block, x, precision="fp32"):
         values.append((ours[3][n], theirs[3][n], ref[3][n]))
     for name, (a, b, r) in zip(names, values, strict=True):
         assert torch.isfinite(a).all(), name
-        if precision == "fp32":
+        if precision == "fp32" and r.abs().max() < 1e-9:
+            # Zero in exact maths (the bias of a conv before a training BatchNorm): both paths
+            # give rounding noise of a cancelling sum, which only has to stay noise.
+            assert _max_err(a, r) <= 1e-4 and _max_err(b, r) <= 1e-4, name
+        elif precision == "fp32":
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
         else:
             # (+ a few bf16 ulps: some grads are zero in exact maths, the biases before a BN)
@@ -215,7 +219,8 @@ def test_launches_fewer_kernels_than_the_seed_block(launch_counts, precision, la
     ours, seed = launch_counts[precision, layout]
     assert "aten.convolution_backward.default" in seed  # both really ran forward + backward
     assert "aten.convolution_backward.default" in ours
-    assert ours.count(TRITON) == 4  # pool + reduce, gate, gate backward's reduction and dx
+    # pool + reduce, channel MLP, gate; the gate's reductions, the MLP's backward, dx
+    assert ours.count(TRITON) == 6
     assert len(ours) < len(seed), f"{len(ours)} vs the seed's {len(seed)}:\n{Counter(ours)}"
 
 

@@ -353,7 +353,9 @@ def test_every_variant_bam_resnet50_uses_fits_sm90(tmp_path):
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.stdout.strip().endswith(f"done {len(rows)}")
     kinds = {r["kernel"] for r in rows}
-    assert kinds == {"_pool_reduce_kernel", "_fwd_kernel", "_bwd_kernel", "_dx_kernel"}, kinds
+    expected = {"_pool_reduce_kernel", "_fwd_kernel", "_bwd_kernel", "_dx_kernel",
+                "_mlp_fwd_kernel", "_mlp_bwd_kernel"}  # fmt: skip
+    assert kinds == expected, kinds
     for r in rows:
         assert r["shared"] <= SM90_SHARED, r
         assert r["registers"] is not None and r["registers"] <= 255, r
@@ -383,3 +385,51 @@ def test_extreme_logits_stay_finite():
     torch.testing.assert_close(y, functional.bam_gate_ref(x, c, s, "product"))
     dx, dc, ds = kernels.gate_backward(x, x, c, s, False)
     assert torch.isfinite(dx).all() and torch.isfinite(dc).all() and torch.isfinite(ds).all()
+
+
+def _mlp_ref(p, w1, b1, g, beta, rm, rv, w2, b2, train):
+    lin1 = torch.nn.Linear(*w1.shape[::-1]).double()
+    lin2 = torch.nn.Linear(*w2.shape[::-1]).double()
+    bn = torch.nn.BatchNorm1d(w1.shape[0]).double().train(train)
+    with torch.no_grad():
+        for m, ws in ((lin1, (w1, b1)), (lin2, (w2, b2)), (bn, (g, beta))):
+            m.weight.copy_(ws[0])
+            m.bias.copy_(ws[1])
+        bn.running_mean.copy_(rm)
+        bn.running_var.copy_(rv)
+    return lin1, bn, lin2
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_channel_mlp_forward_and_backward(dtype, train):
+    gen, seed = _gen()
+    b, ch, hid = 37, 70, 5  # two row blocks, two column blocks, a padded hidden tile
+    p = _rand(gen, b, ch, dtype=dtype)
+    w1, b1 = _rand(gen, hid, ch, scale=0.3), _rand(gen, hid)
+    w2, b2 = _rand(gen, ch, hid), _rand(gen, ch)
+    g, beta = 1 + 0.2 * _rand(gen, hid), _rand(gen, hid)
+    rm, rv = 0.1 * _rand(gen, hid), 0.5 + _rand(gen, hid).abs()
+    lin1, bn, lin2 = _mlp_ref(p.double(), w1, b1, g, beta, rm, rv, w2, b2, train)
+    p64 = p.double().requires_grad_()
+    z_ref = lin1(p64)
+    c_ref = lin2(torch.relu(bn(z_ref)))
+    dc = _rand(gen, b, ch, dtype=dtype)
+    c_ref.backward(dc.double())
+    rm_k, rv_k = rm.clone(), rv.clone()
+    _poison()
+    z, a, mean, invstd, c = kernels.mlp_forward(p, w1, b1, g, beta, rm_k, rv_k, w2, b2, train,
+                                                0.1, 1e-5)  # fmt: skip
+    tol = 4 * TOL[dtype]
+    _check(z, z_ref, tol, seed, "z")
+    _check(c, c_ref, 8 * TOL[dtype], seed, "c")
+    # (from z as the kernel rounds it, in the compute dtype, as the plain path's BN sees it)
+    _check(rm_k, bn.running_mean, max(1e-4, TOL[dtype]), seed, "running_mean")
+    _check(rv_k, bn.running_var, max(1e-4, TOL[dtype]), seed, "running_var")
+    _poison()
+    grads = kernels.mlp_backward(dc, p, z, a, mean, invstd, g, w1, w2, train, True, b1, beta, b2)
+    refs = (lin1.weight.grad, lin1.bias.grad, bn.weight.grad, bn.bias.grad, lin2.weight.grad,
+            lin2.bias.grad, p64.grad)  # fmt: skip
+    names = ("dw1", "db1", "dgamma", "dbeta", "dw2", "db2", "dpool")
+    for name, got, ref in zip(names, grads, refs, strict=True):
+        _check(got, ref, 16 * TOL[dtype], seed, name)

@@ -259,6 +259,21 @@ class _FakeKernels:
     def reduce_weight_grad(x, dr, out_dtype=torch.float32):
         return x.new_empty((dr.shape[1], x.shape[1]), dtype=out_dtype)
 
+    @staticmethod
+    def mlp_forward(pooled, w1, b1, gamma, beta, rm, rv, w2, b2, train, momentum, eps):
+        (b, ch), hid = pooled.shape, w1.shape[0]
+        stats = [pooled.new_empty((hid,), dtype=torch.float32) for _ in range(2)]
+        return pooled.new_empty((b, hid)), pooled.new_empty((b, hid)), *stats, pooled.new_empty(
+            (b, ch)
+        )  # fmt: skip
+
+    @staticmethod
+    def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train, need_dpool, b1, beta,
+                     b2):  # fmt: skip
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (w1, b1, gamma, beta, w2, b2)]  # fmt: skip
+        return (*grads, torch.empty_like(pooled) if need_dpool else None)
+
 
 # ---------------------------------------------------------------------------------------------
 # The maths
@@ -316,12 +331,23 @@ def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool
         # One pass over x: the pooled vector (finished in the kernel, in the compute dtype)
         # and the 1x1 reduce; the kernel casts the reduce conv's weights as it reads them.
         a, r = k.pool_reduce(x, p.conv_w[0], p.conv_b[0], pooled_dtype=dtype)
-        for i in range(hidden):  # the channel MLP on [B, C]
+        if _mlp_fused(x, p, spec):  # the channel MLP on [B, C], in one launch
+            rm, rv = p.bn_rm[0], p.bn_rv[0]
+            if spec.bn_train[0] and not in_place:
+                rm, rv = rm.clone(), rv.clone()
+                new += [rm, rv]
+            z, a1, m, v, c = k.mlp_forward(
+                a, p.lin_w[0], p.lin_b[0], p.bn_w[0], p.bn_b[0], rm, rv, p.lin_w[1], p.lin_b[1],
+                spec.bn_train[0], spec.bn_momentum[0], spec.bn_eps[0],
+            )  # fmt: skip
+            lin_in, hid_z, mean, invstd = [a, a1], [z], [m], [v]
+        else:  # any depth, layer by layer
+            for i in range(hidden):
+                lin_in.append(a)
+                hid_z.append(F.linear(a, wc.lin_w[i], wc.lin_b[i]))
+                a = bn(hid_z[-1], i)
             lin_in.append(a)
-            hid_z.append(F.linear(a, wc.lin_w[i], wc.lin_b[i]))
-            a = bn(hid_z[-1], i)
-        lin_in.append(a)
-        c = F.linear(a, wc.lin_w[-1], wc.lin_b[-1])
+            c = F.linear(a, wc.lin_w[-1], wc.lin_b[-1])
         # The spatial branch on C // r channels, channels_last (pool_reduce writes r so).
         z = _cast(r, dtype)
         for j in range(spec.n_sp):
@@ -335,6 +361,17 @@ def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool
     saved = _Saved([c], [s], lin_in, hid_z, sp_z, sp_a, mean, invstd)
     packed = None if in_place else torch.cat(new) if new else x.new_empty((0,), dtype=torch.float32)
     return y, saved, packed
+
+
+def _mlp_fused(x: Tensor, p: _Params, spec: _Spec) -> bool:
+    """Whether the channel MLP runs as one kernel forward and one backward: one hidden layer
+    of at most MLP_MAX_HIDDEN units, and not a batch of one in training (where BatchNorm1d
+    raises, as the plain path then does)."""
+    return (
+        spec.hidden == 1
+        and p.lin_w[0].shape[0] <= _kernels().MLP_MAX_HIDDEN
+        and (x.shape[0] > 1 or not spec.bn_train[0])
+    )
 
 
 def _conv_backward(dz: Tensor, inp: Tensor, wc: Tensor, d: int):
@@ -370,16 +407,24 @@ def _backward(k, dy: Tensor, x: Tensor, sv: _Saved, p: _Params, wc: _Weights, sp
         dc, ds = k.gate_backward_reduce(dy, x, c, s, spec.product, out_dtype=dtype)
         # The channel MLP, last layer first.
         da, dpool = dc, None
-        for i in range(hidden, -1, -1):
-            g.lin_w[i] = da.t().mm(sv.lin_in[i])
-            g.lin_b[i] = da.sum(0, dtype=p.lin_b[i].dtype)
-            if i == 0 and not need_x:
-                break
-            da = da.mm(wc.lin_w[i])
-            if i == 0:
-                dpool = da
-                break
-            da = bn_backward(da, sv.lin_in[i], sv.hid_z[i - 1], i - 1)
+        if _mlp_fused(x, p, spec):
+            *grads, dpool = k.mlp_backward(
+                dc, sv.lin_in[0], sv.hid_z[0], sv.lin_in[1], sv.bn_mean[0], sv.bn_invstd[0],
+                p.bn_w[0], p.lin_w[0], p.lin_w[1], spec.bn_train[0], need_x, p.lin_b[0],
+                p.bn_b[0], p.lin_b[1],
+            )  # fmt: skip
+            g.lin_w[0], g.lin_b[0], g.bn_w[0], g.bn_b[0], g.lin_w[1], g.lin_b[1] = grads
+        else:  # layer by layer
+            for i in range(hidden, -1, -1):
+                g.lin_w[i] = da.t().mm(sv.lin_in[i])
+                g.lin_b[i] = da.sum(0, dtype=p.lin_b[i].dtype)
+                if i == 0 and not need_x:
+                    break
+                da = da.mm(wc.lin_w[i])
+                if i == 0:
+                    dpool = da
+                    break
+                da = bn_backward(da, sv.lin_in[i], sv.hid_z[i - 1], i - 1)
         # The spatial branch, final conv first.
         da, g.conv_w[-1], g.conv_b[-1] = _conv_backward(ds, sv.sp_a[-1], wc.conv_w[-1], 0)
         for j in range(spec.n_sp - 1, -1, -1):

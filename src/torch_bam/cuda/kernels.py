@@ -77,6 +77,8 @@ __all__ = [
     "gate_backward_dx",
     "gate_backward_reduce",
     "gate_forward",
+    "mlp_backward",
+    "mlp_forward",
     "pool_reduce",
     "reduce_weight_grad",
     "supported",
@@ -306,6 +308,230 @@ if triton is not None:
             if _last_ticket(tickets_ptr, b, n_pt):
                 tl.atomic_xchg(tickets_ptr + b, 0)
                 _finish(ppool_base, n_pt, C, pooled_ptr + b.to(tl.int64) * C, C, inv_hw, BC, 8)
+
+    # The channel MLP with one hidden layer, Linear -> BatchNorm1d -> ReLU -> Linear, on
+    # [B, C]: tiny (C/r hidden units), so one program does all of it, walking B in BB-row
+    # blocks (``while``: B is a run-time value) and C in BC-column blocks. Products run on
+    # operands in the compute dtype with float32 accumulation, rounded where the ATen layers
+    # round (each layer's output), as cuBLAS does under autocast.
+
+    @triton.jit
+    def _mlp_fwd_kernel(
+        p_ptr, w1_ptr, b1_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr, w2_ptr, b2_ptr,
+        z_ptr, a_ptr, mean_ptr, invstd_ptr, c_ptr, B, momentum, eps,
+        C: tl.constexpr, H: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        dt = z_ptr.dtype.element_ty
+        h = tl.arange(0, BH)
+        mh = h < H
+        b1 = tl.load(b1_ptr + h, mask=mh, other=0.0).to(dt).to(tl.float32)
+        # z = pooled @ W1^T + b1, and its column sums
+        s1 = tl.zeros((BH,), dtype=tl.float32)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            acc = tl.zeros((BB, BH), dtype=tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                x = tl.load(p_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                w = tl.load(w1_ptr + h[None, :] * C + cc[:, None], mask=mc[:, None] & mh[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    x, w = x.to(tl.float32), w.to(tl.float32)
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            z = (acc + b1[None, :]).to(dt)
+            m2 = mb[:, None] & mh[None, :]
+            tl.store(z_ptr + rb[:, None] * H + h[None, :], z, mask=m2)
+            s1 += tl.sum(tl.where(m2, z.to(tl.float32), 0.0), axis=0)
+            b0 += BB
+        tl.debug_barrier()  # z written by every thread before any reads it back
+        if TRAIN:
+            mean = s1 / B
+            s2 = tl.zeros((BH,), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                m2 = (rb < B)[:, None] & mh[None, :]
+                z = tl.load(z_ptr + rb[:, None] * H + h[None, :], mask=m2, other=0.0)
+                d = tl.where(m2, z.to(tl.float32) - mean[None, :], 0.0)
+                s2 += tl.sum(d * d, axis=0)
+                b0 += BB
+            var = s2 / B
+            rm = tl.load(rm_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            tl.store(rm_ptr + h, ((1.0 - momentum) * rm + momentum * mean)
+                     .to(rm_ptr.dtype.element_ty), mask=mh)  # fmt: skip
+            unbiased = s2 / tl.maximum(B - 1, 1)
+            tl.store(rv_ptr + h, ((1.0 - momentum) * rv + momentum * unbiased)
+                     .to(rv_ptr.dtype.element_ty), mask=mh)  # fmt: skip
+        else:
+            mean = tl.load(rm_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            var = tl.load(rv_ptr + h, mask=mh, other=1.0).to(tl.float32)
+        invstd = 1.0 / tl.sqrt(var + eps)
+        tl.store(mean_ptr + h, mean, mask=mh)
+        tl.store(invstd_ptr + h, invstd, mask=mh)
+        scale = tl.load(g_ptr + h, mask=mh, other=0.0).to(tl.float32) * invstd
+        shift = tl.load(beta_ptr + h, mask=mh, other=0.0).to(tl.float32) - mean * scale
+        # a = relu(BN(z)); c = a @ W2^T + b2
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            m2 = mb[:, None] & mh[None, :]
+            z = tl.load(z_ptr + rb[:, None] * H + h[None, :], mask=m2, other=0.0).to(tl.float32)
+            a = tl.maximum((z * scale[None, :] + shift[None, :]).to(dt), 0.0).to(dt)
+            tl.store(a_ptr + rb[:, None] * H + h[None, :], a, mask=m2)
+            if UPCAST:
+                a = a.to(tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                w = tl.load(w2_ptr + cc[None, :] * H + h[:, None], mask=mh[:, None] & mc[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    w = w.to(tl.float32)
+                out = tl.dot(a, w, input_precision=PRECISION)
+                out += tl.load(b2_ptr + cc, mask=mc, other=0.0).to(dt).to(tl.float32)[None, :]
+                tl.store(c_ptr + rb[:, None] * C + cc[None, :], out.to(dt),
+                         mask=mb[:, None] & mc[None, :])  # fmt: skip
+            b0 += BB
+
+    @triton.jit
+    def _mlp_bwd_kernel(
+        dc_ptr, p_ptr, z_ptr, a_ptr, mean_ptr, invstd_ptr, g_ptr, w1_ptr, w2_ptr,
+        dw1_ptr, db1_ptr, dg_ptr, dbeta_ptr, dw2_ptr, db2_ptr, dpool_ptr, da_ptr, dz_ptr, B,
+        C: tl.constexpr, H: tl.constexpr, TRAIN: tl.constexpr, NEED_DPOOL: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+        BC: tl.constexpr,
+    ):  # fmt: skip
+        dt = dz_ptr.dtype.element_ty
+        h = tl.arange(0, BH)
+        mh = h < H
+        # dW2 = dc^T @ a [C, H], db2 = sum_b dc; da = dc @ W2 [B, H] (to the scratch da).
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = cc < C
+            acc = tl.zeros((BC, BH), dtype=tl.float32)
+            db2 = tl.zeros((BC,), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                g = tl.load(dc_ptr + rb[None, :] * C + cc[:, None], mask=mc[:, None] & mb[None, :],
+                            other=0.0)  # fmt: skip
+                a = tl.load(a_ptr + rb[:, None] * H + h[None, :], mask=mb[:, None] & mh[None, :],
+                            other=0.0)  # fmt: skip
+                db2 += tl.sum(g.to(tl.float32), axis=1)
+                if UPCAST:
+                    g, a = g.to(tl.float32), a.to(tl.float32)
+                acc = tl.dot(g, a, acc, input_precision=PRECISION)
+                b0 += BB
+            tl.store(dw2_ptr + cc[:, None] * H + h[None, :], acc.to(dw2_ptr.dtype.element_ty),
+                     mask=mc[:, None] & mh[None, :])  # fmt: skip
+            tl.store(db2_ptr + cc, db2.to(db2_ptr.dtype.element_ty), mask=mc)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            acc = tl.zeros((BB, BH), dtype=tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                g = tl.load(dc_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                w = tl.load(w2_ptr + cc[:, None] * H + h[None, :], mask=mc[:, None] & mh[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    g, w = g.to(tl.float32), w.to(tl.float32)
+                acc = tl.dot(g, w, acc, input_precision=PRECISION)
+            tl.store(da_ptr + rb[:, None] * H + h[None, :], acc.to(dt),
+                     mask=mb[:, None] & mh[None, :])  # fmt: skip
+            b0 += BB
+        tl.debug_barrier()
+        # BatchNorm1d + ReLU backward: dbeta = sum dzr, dgamma = sum dzr * xhat, then dz.
+        mean = tl.load(mean_ptr + h, mask=mh, other=0.0)
+        invstd = tl.load(invstd_ptr + h, mask=mh, other=0.0)
+        gamma = tl.load(g_ptr + h, mask=mh, other=0.0).to(tl.float32)
+        dbeta = tl.zeros((BH,), dtype=tl.float32)
+        dgamma = tl.zeros((BH,), dtype=tl.float32)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            m2 = (rb < B)[:, None] & mh[None, :]
+            off = rb[:, None] * H + h[None, :]
+            da = tl.load(da_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            xhat = (tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) - mean) * invstd
+            dzr = tl.where(a > 0.0, da, 0.0)
+            dbeta += tl.sum(dzr, axis=0)
+            dgamma += tl.sum(dzr * xhat, axis=0)
+            b0 += BB
+        tl.store(dg_ptr + h, dgamma.to(dg_ptr.dtype.element_ty), mask=mh)
+        tl.store(dbeta_ptr + h, dbeta.to(dbeta_ptr.dtype.element_ty), mask=mh)
+        k = gamma * invstd
+        b0 = 0
+        db1 = tl.zeros((BH,), dtype=tl.float32)
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            m2 = (rb < B)[:, None] & mh[None, :]
+            off = rb[:, None] * H + h[None, :]
+            da = tl.load(da_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            dzr = tl.where(a > 0.0, da, 0.0)
+            if TRAIN:
+                xhat = (tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) - mean) * invstd
+                dz = k * (dzr - dbeta / B - xhat * (dgamma / B))
+            else:
+                dz = k * dzr
+            dz = tl.where(m2, dz, 0.0).to(dt)
+            tl.store(dz_ptr + off, dz, mask=m2)
+            db1 += tl.sum(dz.to(tl.float32), axis=0)
+            b0 += BB
+        tl.store(db1_ptr + h, db1.to(db1_ptr.dtype.element_ty), mask=mh)
+        tl.debug_barrier()
+        # dW1 = dz^T @ pooled [H, C]; dpool = dz @ W1 [B, C].
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = cc < C
+            acc = tl.zeros((BH, BC), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                dz = tl.load(dz_ptr + rb[None, :] * H + h[:, None], mask=mh[:, None] & mb[None, :],
+                             other=0.0)  # fmt: skip
+                x = tl.load(p_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                if UPCAST:
+                    dz, x = dz.to(tl.float32), x.to(tl.float32)
+                acc = tl.dot(dz, x, acc, input_precision=PRECISION)
+                b0 += BB
+            tl.store(dw1_ptr + h[:, None] * C + cc[None, :], acc.to(dw1_ptr.dtype.element_ty),
+                     mask=mh[:, None] & mc[None, :])  # fmt: skip
+        if NEED_DPOOL:
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                dz = tl.load(dz_ptr + rb[:, None] * H + h[None, :], mask=mb[:, None] & mh[None, :],
+                             other=0.0)  # fmt: skip
+                if UPCAST:
+                    dz = dz.to(tl.float32)
+                for c0 in range(0, C, BC):
+                    cc = c0 + tl.arange(0, BC)
+                    mc = cc < C
+                    w = tl.load(w1_ptr + h[:, None] * C + cc[None, :],
+                                mask=mh[:, None] & mc[None, :], other=0.0).to(dt)  # fmt: skip
+                    if UPCAST:
+                        w = w.to(tl.float32)
+                    out = tl.dot(dz, w, input_precision=PRECISION)
+                    tl.store(dpool_ptr + rb[:, None] * C + cc[None, :], out.to(dt),
+                             mask=mb[:, None] & mc[None, :])  # fmt: skip
+                b0 += BB
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,6 +878,71 @@ def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.flo
     # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
     xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
     return torch.bmm(drm, xm.transpose(1, 2)).to(out_dtype).sum(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The channel MLP (one hidden layer)
+
+MLP_MAX_HIDDEN = 128  # hidden units one program holds (BAM-ResNet-50: 16, 32, 64)
+
+
+def _mlp_tile(b: int, ch: int, hid: int) -> tuple[int, int, int, int]:
+    """(BB, BH, BC, num_warps): BB rows of the batch and BC channels per step, all hidden
+    units at once."""
+    return max(16, min(32, _np2(b))), max(16, _np2(hid)), max(16, min(64, _np2(ch))), 4
+
+
+def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, train: bool,
+                momentum: float, eps: float):  # fmt: skip
+    """``Linear -> BatchNorm1d -> ReLU -> Linear`` on pooled ``[B, C]``, in one launch, in
+    pooled's dtype (the weights may be any float dtype: cast as they are read). Returns
+    ``(z, a, mean, invstd, c)``: the hidden Linear's output, the ReLU's, the BatchNorm's
+    statistics (float32; the running ones when not ``train``) and the output. In training the
+    running statistics are updated in place, as nn.BatchNorm1d does."""
+    _check_x(pooled[:, :, None, None], "mlp_forward")
+    b, ch = pooled.shape
+    hid = w1.shape[0]
+    if hid > MLP_MAX_HIDDEN or tuple(w1.shape) != (hid, ch) or tuple(w2.shape) != (ch, hid):
+        raise ValueError(
+            f"mlp_forward: weights must be [h, C] and [C, h] with h <= {MLP_MAX_HIDDEN}, C = "
+            f"{ch}; got {list(w1.shape)} and {list(w2.shape)}."
+        )
+    pooled = pooled.contiguous()
+    dt, dev = pooled.dtype, pooled.device
+    z, a = torch.empty(b, hid, dtype=dt, device=dev), torch.empty(b, hid, dtype=dt, device=dev)
+    mean = torch.empty(hid, dtype=torch.float32, device=dev)
+    invstd = torch.empty(hid, dtype=torch.float32, device=dev)
+    c = torch.empty(b, ch, dtype=dt, device=dev)
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    _launch(
+        _mlp_fwd_kernel, (1,), pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2,
+        z, a, mean, invstd, c, b, float(momentum), float(eps), C=ch, H=hid, TRAIN=train,
+        PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc, num_warps=warps,
+    )  # fmt: skip
+    return z, a, mean, invstd, c
+
+
+def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, need_dpool: bool,
+                 b1, beta, b2):  # fmt: skip
+    """The backward of :func:`mlp_forward` in one launch, from what it returned:
+    ``(dw1, db1, dgamma, dbeta, dw2, db2, dpool)``, each weight's grad in that weight's dtype
+    (``b1``, ``beta``, ``b2`` are passed for their dtypes), dpool in pooled's dtype (None
+    unless ``need_dpool``)."""
+    b, ch = pooled.shape
+    hid = w1.shape[0]
+    dt, dev = pooled.dtype, pooled.device
+    dc = dc.contiguous()
+    grads = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in (w1, b1, gamma, beta, w2, b2)]
+    dpool = torch.empty(b, ch, dtype=dt, device=dev) if need_dpool else None
+    scratch = torch.empty(2, b, hid, dtype=dt, device=dev)  # da, dz
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    _launch(
+        _mlp_bwd_kernel, (1,), dc, pooled, z, a, mean, invstd, gamma, w1, w2, *grads,
+        dpool if need_dpool else dc, scratch[0], scratch[1], b, C=ch, H=hid, TRAIN=train,
+        NEED_DPOOL=need_dpool, PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
+        num_warps=warps,
+    )  # fmt: skip
+    return (*grads, dpool)
 
 
 # The tiles are chosen by shape; nothing is timed. (benchmarks/gpu.py still reads this name.)
