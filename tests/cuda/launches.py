@@ -94,3 +94,30 @@ def count_step(block, x, precision, monkeypatch):
     finally:
         monkeypatch.undo()
     return mode.ops
+
+
+def main() -> None:
+    """Print the table in torch_bam/cuda/block.py's docstring (this path's column):
+    ``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches``."""
+    import pytest
+
+    from tests.reference.seed_bam import BAM as SeedBAM
+    from torch_bam import BAM
+    from torch_bam.functional import set_backend
+
+    set_backend("triton")
+    print("| precision | layout | seed's block | this path (Triton) |")
+    for precision in ("fp32", "bf16"):
+        for layout in ("NCHW", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.randn(2, 256, 8, 8).contiguous(memory_format=fmt)
+            x = x.bfloat16() if precision == "bf16" else x
+            ours, seed = (
+                count_step(m(256).to(memory_format=fmt).train(), x, precision, pytest.MonkeyPatch())
+                for m in (BAM, SeedBAM)
+            )
+            print(f"| {precision} | {layout} | {len(seed)} | {len(ours)} ({ours.count(TRITON)}) |")
+
+
+if __name__ == "__main__":
+    main()

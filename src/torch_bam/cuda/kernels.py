@@ -1,4 +1,5 @@
-"""BAM's CUDA kernels (Triton): the gate forward and backward, and the pool + 1x1 reduce.
+"""BAM's CUDA kernels (Triton): the gate forward and backward, the pool + 1x1 reduce, and the
+channel MLP (one program: it works on [B, C]).
 
 Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
 
