@@ -155,6 +155,33 @@ def test_half_precision_models_train_like_the_plain_path(dtype):
             assert _max_err(b, ref[3][n]) <= 2 * _max_err(theirs[3][n], ref[3][n]) + 1e-2, n
 
 
+def test_weights_changed_between_steps_are_cast_again():
+    """The compute-dtype copies of the weights are reused only while the weights are the same
+    tensors at the same version: an optimizer's in-place step, new tensors in their place
+    (torch.func.functional_call) each give the new weights' results."""
+    block = randomize_(BAM(32)).eval()
+    x = _x(layout="channels_last", requires_grad=False)
+
+    def run(m, params=None):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(x) if params is None else torch.func.functional_call(m, params, (x,))
+
+    run(block)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step
+    ours = run(block)
+    with _plain():
+        expected = run(block)
+    torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+    for scale in (0.5, 2.0):  # fresh tensors each call, freed after it
+        params = {n: p * scale for n, p in block.named_parameters()}
+        ours = run(block, params)
+        with _plain():
+            expected = run(block, params)
+        torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_inference_matches_plain_path(layout):
     block = randomize_(BAM(32)).eval()

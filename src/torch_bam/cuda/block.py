@@ -641,19 +641,27 @@ def _weights(block: nn.Module, p: _Params, dtype: torch.dtype) -> _Weights:
     elif torch.compiler.is_compiling():  # traced: the compiler fuses the casts
         out = [[_cast(t, dtype) for t in group] for group in src]
     else:
-        key = (dtype, *[(id(t), t._version, t.data_ptr()) for t in flat])
+        # The entry holds its source tensors: "the same tensor" is identity, not an id or an
+        # address that a freed tensor's successor (functional_call's fast weights) may reuse.
+        versions = [t._version for t in flat]
         hit = _WEIGHT_CASTS.get(block)
-        if hit is not None and hit[0] == key:
-            out = hit[1]
+        if (
+            hit is not None
+            and hit[0] == dtype
+            and len(hit[1]) == len(flat)
+            and all(a is b for a, b in zip(hit[1], flat, strict=True))
+            and hit[2] == versions
+        ):
+            out = hit[3]
         else:
             with torch.no_grad():
-                casts = [torch.empty(t.shape, dtype=dtype, device=t.device) for t in flat]
+                casts = [torch.empty_like(t, dtype=dtype) for t in flat]  # same layouts
                 torch._foreach_copy_(casts, flat)  # one launch for all of them
             out, i = [], 0
             for group in src:
                 out.append(casts[i : i + len(group)])
                 i += len(group)
-            _WEIGHT_CASTS[block] = (key, out)
+            _WEIGHT_CASTS[block] = (dtype, flat, versions, out)
     lin_w, lin_b, conv_w, conv_b = out
     return _Weights(lin_w, lin_b, [p.conv_w[0], *conv_w], [p.conv_b[0], *conv_b])
 
