@@ -7,17 +7,17 @@ autocast; then the ATen op count against the seed's block, host syncs, saved mem
 second-order gradients and torch.compile. Tiny shapes: the interpreter is slow.
 """
 
-import collections
 import copy
+from collections import Counter
 
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.seed_bam import BAM as SeedBAM
 from tests.cuda.conftest import IN_PROCESS
+from tests.cuda.launches import SYNCS, TRITON, count_step
 from tests.helpers import randomize_
+from tests.reference.seed_bam import BAM as SeedBAM
 from torch_bam import BAM, dispatch
 from torch_bam.functional import set_backend
 
@@ -90,7 +90,11 @@ def _compare(block, x, precision="fp32"):
         values.append((ours[3][n], theirs[3][n], ref[3][n]))
     for name, (a, b, r) in zip(names, values, strict=True):
         assert torch.isfinite(a).all(), name
-        if precision == "fp32":
+        if precision == "fp32" and r.abs().max() < 1e-9:
+            # Zero in exact maths (the bias of a conv before a training BatchNorm): both paths
+            # give rounding noise of a cancelling sum, which only has to stay noise.
+            assert _max_err(a, r) <= 1e-4 and _max_err(b, r) <= 1e-4, name
+        elif precision == "fp32":
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
         else:
             # (+ a few bf16 ulps: some grads are zero in exact maths, the biases before a BN)
@@ -125,6 +129,59 @@ def test_frozen_parameters_frozen_batchnorm_and_input_without_grad():
     _compare(block, _x(requires_grad=False))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_train_like_the_plain_path(dtype):
+    """A model converted with .half() / .bfloat16() (no autocast): its BatchNorm statistics
+    stay in the dtype the device's batch-norm kernels give and take (CPU: the model's)."""
+    block = randomize_(BAM(32)).train().to(dtype)
+    x = _x(layout="channels_last").detach().to(dtype).requires_grad_()
+    assert dispatch.block_path(block, x) == "cuda"
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    plain = copy.deepcopy(block)
+    ours = _step(block, x, grad, "fp32")
+    with _plain():
+        theirs = _step(plain, x, grad, "fp32")
+        ref = _step(copy.deepcopy(plain).double(), x.double(), grad.double(), "fp32")
+    pairs = [("y", 0), ("dx", 1)]
+    for name, i in pairs:
+        assert ours[i].dtype == dtype, name
+        assert _max_err(ours[i], ref[i]) <= 2 * _max_err(theirs[i], ref[i]) + 2e-2, name
+    for n, g in ours[2].items():
+        assert g.dtype == dtype, n
+        scale = max(1.0, ref[2][n].abs().max().item())
+        assert _max_err(g, ref[2][n]) <= 2 * _max_err(theirs[2][n], ref[2][n]) + 2e-2 * scale, n
+    for n, b in ours[3].items():
+        if not n.endswith("num_batches_tracked"):
+            assert _max_err(b, ref[3][n]) <= 2 * _max_err(theirs[3][n], ref[3][n]) + 1e-2, n
+
+
+def test_weights_changed_between_steps_are_cast_again():
+    """The compute-dtype copies of the weights are reused only while the weights are the same
+    tensors at the same version: an optimizer's in-place step, new tensors in their place
+    (torch.func.functional_call) each give the new weights' results."""
+    block = randomize_(BAM(32)).eval()
+    x = _x(layout="channels_last", requires_grad=False)
+
+    def run(m, params=None):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(x) if params is None else torch.func.functional_call(m, params, (x,))
+
+    run(block)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.mul_(1.5)  # in place, as an optimizer step
+    ours = run(block)
+    with _plain():
+        expected = run(block)
+    torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+    for scale in (0.5, 2.0):  # fresh tensors each call, freed after it
+        params = {n: p * scale for n, p in block.named_parameters()}
+        ours = run(block, params)
+        with _plain():
+            expected = run(block, params)
+        torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_inference_matches_plain_path(layout):
     block = randomize_(BAM(32)).eval()
@@ -154,103 +211,60 @@ def test_blocks_it_does_not_take_use_the_plain_path():
 
 
 # ---------------------------------------------------------------------------------------------
-# What the path dispatches: ATen ops (with the kernel launches counted as one op each) and
-# host synchronisations, for one block's training forward + backward.
+# What the path launches, for one block's training step (tests/cuda/launches.py says how it
+# counts): at most 30 in bf16 autocast, channels_last, C = 256 (about 66 ATen ops and 4
+# Triton launches before this path was made lean), and fewer than the seed's block in every
+# mode.
 
-_LAUNCH: dict = {}
-SYNCS = {
-    "aten._local_scalar_dense.default",  # .item(), .tolist(), float(t), if t: ...
-    "aten.item.default",
-    "aten.is_nonzero.default",
-    "aten.equal.default",
-    "aten.allclose.default",
-    "aten.nonzero.default",
-    "aten.masked_select.default",
-    "aten.unique.default",
-}
-
-
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-        self.counting = self.in_launch = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.in_launch:  # the interpreter's own tensor work is no GPU op
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
-def _count(block, x, precision, monkeypatch):
-    """ATen ops of one training step of ``block`` (warm: a step ran before)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    mode = _Ops()
-    launch = _LAUNCH.setdefault("run", InterpretedFunction.run)  # unpatched, once
-
-    def run(self, *args, **kwargs):
-        if not mode.counting:
-            return launch(self, *args, **kwargs)
-        mode.ops.append("triton kernel launch")
-        mode.in_launch = True
-        try:
-            return launch(self, *args, **kwargs)
-        finally:
-            mode.in_launch = False
-
-    monkeypatch.setattr(InterpretedFunction, "run", run)
-    grad = torch.randn(x.shape, dtype=x.dtype)
-    for counted in (False, True):
-        block.zero_grad(set_to_none=True)
-        xx = x.detach().clone().requires_grad_()
-        # A fresh autocast region per step, as in training (autocast caches weight casts
-        # within one region).
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            if counted:
-                mode.counting = True
-                with mode:
-                    block(xx).backward(grad)
-                mode.counting = False
-            else:
-                block(xx).backward(grad)
-    return mode.ops
+MODES = [(p, f) for p in ("fp32", "bf16") for f in ("nchw", "channels_last")]
 
 
 @pytest.fixture(scope="module")
-def op_counts():
-    """{precision: (ours, seed's)} for one block at 64@8x8; computed once for the tests below."""
+def launch_counts():
+    """{(precision, layout): (ours, seed's)} for one block at 256@8x8, computed once."""
     if not IN_PROCESS:
         pytest.skip("triton was imported without the interpreter: see test_in_a_subprocess")
-    mp = pytest.MonkeyPatch()
     set_backend("triton")
     out = {}
     try:
-        for precision in ("fp32", "bf16"):
+        for precision, layout in MODES:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            x = _x((4, 64, 8, 8), "channels_last").to(dtype)
-            ours = BAM(64).to(memory_format=CL).train()
-            seed = SeedBAM(64).to(memory_format=CL).train()
-            out[precision] = (_count(ours, x, precision, mp), _count(seed, x, precision, mp))
+            fmt = CL if layout == "channels_last" else torch.contiguous_format
+            x = _x((2, 256, 8, 8), layout, requires_grad=False).to(dtype)
+            ours = BAM(256).to(memory_format=fmt).train()
+            seed = SeedBAM(256).to(memory_format=fmt).train()
+            out[precision, layout] = tuple(
+                count_step(m, x, precision, pytest.MonkeyPatch()) for m in (ours, seed)
+            )
     finally:
-        mp.undo()
         set_backend("auto")
     return out
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_dispatches_fewer_aten_ops_than_the_seed_block(op_counts, precision):
-    ours, seed = op_counts[precision]
+@pytest.mark.parametrize(("precision", "layout"), MODES)
+def test_launches_fewer_kernels_than_the_seed_block(launch_counts, precision, layout):
+    ours, seed = launch_counts[precision, layout]
     assert "aten.convolution_backward.default" in seed  # both really ran forward + backward
-    assert ours.count("triton kernel launch") == 4  # pool+reduce, gate, 2 gate backward
-    assert len(ours) < len(seed), (
-        f"{len(ours)} ops vs the seed's {len(seed)}:\n{collections.Counter(ours)}"
-    )
+    assert "aten.convolution_backward.default" in ours
+    # pool + reduce, channel MLP, gate; the gate's reductions, the MLP's backward, dx
+    assert ours.count(TRITON) == 6
+    assert len(ours) < len(seed), f"{len(ours)} vs the seed's {len(seed)}:\n{Counter(ours)}"
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_no_host_synchronisation(op_counts, precision):
-    ours, _ = op_counts[precision]
+def test_at_most_30_launches_in_bf16_channels_last(launch_counts):
+    ours, _ = launch_counts["bf16", "channels_last"]
+    assert len(ours) <= 30, f"{len(ours)} launches:\n{Counter(ours)}"
+
+
+def test_weights_are_cast_once_per_step(launch_counts):
+    ours, _ = launch_counts["bf16", "channels_last"]
+    assert ours.count("aten._to_copy.default") == 0, Counter(ours)
+    assert ours.count("aten._foreach_copy_.default") <= 2, Counter(ours)  # weights, grads
+
+
+@pytest.mark.parametrize(("precision", "layout"), MODES)
+def test_no_host_synchronisation(launch_counts, precision, layout):
+    ours, _ = launch_counts[precision, layout]
     assert len(ours) > 20
     assert not SYNCS & set(ours), sorted(SYNCS & set(ours))
 
@@ -263,7 +277,7 @@ def test_the_sync_check_sees_a_sync(monkeypatch):
         return _real(block, x, layers)
 
     monkeypatch.setattr(dispatch.cuda_block, "block_forward", item_in_forward)
-    ops = _count(block, x, "fp32", monkeypatch)
+    ops = count_step(block, x, "fp32", pytest.MonkeyPatch())
     assert SYNCS & set(ops)
 
 
@@ -272,9 +286,11 @@ def test_the_sync_check_sees_a_sync(monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_saves_at_most_1_15x_the_input_for_backward(precision):
+def test_saves_at_most_1_4x_the_input_for_backward(precision):
     """Activation memory: what autograd keeps of this block, parameters and their bf16 casts
-    (a few KB per block, whatever the batch) aside."""
+    (a few KB per block, whatever the batch) aside: x and, at r = 16, six C/16-channel maps
+    (the spatial BatchNorms' inputs and ReLUs' outputs: kept, not recomputed, since on a GPU
+    the recomputation's launches cost more than these bytes), about 1.39x."""
     block = BAM(128).train()
     x = _x((2, 128, 16, 16), "channels_last")
     if precision == "bf16":
@@ -293,7 +309,7 @@ def test_saves_at_most_1_15x_the_input_for_backward(precision):
             y = block(x)
     assert y.grad_fn is not None and saved
     ratio = sum(saved.values()) / (x.numel() * x.element_size())
-    assert 1.0 <= ratio <= 1.15, ratio
+    assert 1.0 <= ratio <= 1.4, ratio
 
 
 def test_second_order_gradients_raise_a_clear_error():
@@ -334,13 +350,13 @@ def test_compiled_network_trains_without_graph_breaks():
 def test_fake_implementations_match_the_ops(monkeypatch, precision, layout):
     """What torch.compile assumes of the ops' outputs (shapes, dtypes, strides) is what they
     return (a bf16 BatchNorm's statistics: float32 from the kernel, bf16 by its meta function)."""
-    from torch_bam.cuda import block as cuda_block
+    from torch_bam.cuda import block as cb
 
     args = {}
-    for name in ("_forward_any", "_backward_any"):
-        real = getattr(cuda_block, name)
-        monkeypatch.setattr(cuda_block, name, lambda *a, _n=name, _r=real: (
-            args.__setitem__(_n, a), _r(*a))[1])  # fmt: skip
+    for name in ("_forward", "_backward"):
+        real = getattr(cb, name)
+        monkeypatch.setattr(cb, name, lambda *a, _n=name, _r=real, **kw: (
+            args.__setitem__(_n, a), _r(*a, **kw))[1])  # fmt: skip
     block = randomize_(BAM(32)).train()
     block.spatial_att.gate_s.gate_s_bn_di_1.eval()  # a frozen BN too
     x = _x(layout=layout)
@@ -348,7 +364,10 @@ def test_fake_implementations_match_the_ops(monkeypatch, precision, layout):
         y = block(x)
     y.sum().backward()
     checks = ("test_schema", "test_faketensor")
-    for op, name in ((cuda_block._block_op, "_forward_any"),
-                     (cuda_block._block_backward_op, "_backward_any")):  # fmt: skip
-        result = torch.library.opcheck(op, args[name], test_utils=checks)
+    _, x, p, wc, spec = args["_forward"]
+    fwd = (x, cb._flat(p), cb._flat(wc), *cb._op_args(spec))
+    _, dy, x, sv, p, wc, spec, need_x, need_wr = args["_backward"]
+    bwd = (dy, x, cb._flat(sv), cb._flat(p), cb._flat(wc), *cb._op_args(spec), need_x, need_wr)
+    for op, op_args in ((cb._block_op, fwd), (cb._block_backward_op, bwd)):
+        result = torch.library.opcheck(op, op_args, test_utils=checks)
         assert set(result.values()) == {"SUCCESS"}, result

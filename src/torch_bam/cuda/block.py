@@ -1,45 +1,62 @@
 """The BAM block on CUDA: one autograd node per block over two registered ops.
 
-Why not autograd over the layers: on a GPU the block's time was host time. The CPU room's
-memory-saving autograd (torch_bam.cpu.block) recomputes layers with nested ``autograd.grad``
-calls, and the plain module path launches ~60 small kernels plus autograd bookkeeping per
-block (the GPU baseline measured on an H100 before this path). Here the block is
+Why not autograd over the layers: on a GPU the block's time was host time and a tail of tiny
+kernels. The plain module path launches some 50-80 kernels per block per training step (the
+seed's block as many), the CPU room's memory-saving autograd (torch_bam.cpu.block) recomputes
+layers with nested ``autograd.grad`` calls. Here the block is
 
 * ``torch_bam::bam_block_cuda`` -- the forward, a ``torch.library`` op with a fake
   implementation, so ``torch.compile(fullgraph=True)`` traces through it as one opaque node;
 * ``torch_bam::bam_block_cuda_backward`` -- its backward, another opaque op, which calls the
-  ATen backward ops of the narrow branch directly (``native_batch_norm_backward``,
-  ``convolution_backward``, ``threshold_backward``, ``mm``) and the Triton kernels of
-  ``torch_bam.cuda.kernels`` for the work on ``x``-sized maps;
+  ATen backward ops of the spatial branch directly (``native_batch_norm_backward``,
+  ``convolution_backward``, ``threshold_backward``) and the Triton kernels of
+  ``torch_bam.cuda.kernels`` for everything else;
 * ``_BlockFunction`` -- the autograd node joining them. Under torch.compile it calls the ops;
   in eager mode it calls their implementations directly (a custom op's Python dispatch costs
-  host time). Not ``register_autograd`` on the forward op: that wraps each of the op's ~20
-  tensor inputs and outputs in extra ``detach`` calls, forward and backward, would make every
-  saved tensor an output of the op, and an op that updates BatchNorm buffers in place could
-  not have one at all.
+  host time).
 
-The passes over ``x``-sized maps, per training step:
+What the ops take and keep is named (:class:`_Spec`, :class:`_Params`, :class:`_Weights`,
+:class:`_Saved`), flattened for the ops' ``Tensor[]`` arguments by :func:`_flat` / :func:`_of`.
 
-    forward   pool_reduce           reads x: the global pool and the 1x1 reduce in one pass
+The launches of one training step (forward + backward), at C = 256, r = 16:
+
+    forward   _foreach_copy_        the weights in the compute dtype, once per step (cached on
+                                    the parameters' version counters; nothing under fp32)
+              pool_reduce           reads x: the pooled vector (finished in the kernel) and the
+                                    1x1 reduce in one pass
+              mlp_forward           the channel MLP, BatchNorm1d statistics and running
+                                    statistics included, one program
+              3 x (native_batch_norm, relu_), 2 dilated convs, the final 1x1 conv (ATen/cuDNN)
               gate_forward          reads x, writes y
-    backward  gate_backward_reduce  reads x, dy: dM_c (over pixels), dM_s (over channels)
-              reduce_weight_grad    reads x (and the narrow dr): the reduce conv's weight grad
+              _foreach_add_         num_batches_tracked of every trained BatchNorm
+    backward  gate_backward_reduce  reads x, dy: dM_c, dM_s (finished in the kernel)
+              mlp_backward          the channel MLP's grads and dpool, one program
+              3 x (convolution_backward, threshold_backward, native_batch_norm_backward)
+              sum, mm               the reduce conv's bias and weight grads (cuBLAS)
               gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
+              _foreach_copy_        grads into their parameters' dtypes and layouts, one launch
 
-Everything else works on the narrow branch: ``C // r`` channels (1/16 of ``x``) or ``[B, C]``,
-channels_last (``pool_reduce`` writes ``r`` so; cuDNN's 3x3 convolutions prefer it on a GPU --
-a choice not yet measured against NCHW there). Weights are cast to the compute dtype (autocast's,
-else x's) once per forward, and backward reuses the casts.
+Counted under the Triton interpreter by tests/cuda/test_block.py (tests/cuda/launches.py: ATen
+ops that launch kernels, each as one, plus Triton launches; a GPU launches a few more inside
+cuDNN and some ATen ops), per block step, the seed's block / this path at commit 84c9c32,
+before the cast cache, the in-kernel finishing and the MLP kernels / now
+(``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches`` prints the first and
+last columns):
 
-Saved for backward: ``x``, the reduce conv's output ``r`` and the last dilated conv's output
-(two ``C // r``-channel maps), ``M_c``, ``M_s``, the [B, C]-sized channel-MLP values and the
-batch statistics: about 1.13x the input's bytes at r = 16 (tests/cuda/test_block.py bounds it
-at 1.15x). Backward recomputes the layers between the two kept maps (BatchNorm + ReLU, one
-narrow dilated conv).
+    fp32, NCHW            50 / 49 / 29        bf16 autocast, NCHW            74 / 73 / 30
+    fp32, channels_last   53 / 46 / 28        bf16 autocast, channels_last   77 / 70 / 29
 
-BatchNorm running statistics: in eager mode ``native_batch_norm`` updates the buffers in place,
-as the plain path does; under torch.compile the (functional) forward op returns updated copies,
-which :func:`block_forward` copies into the buffers with one ``_foreach_copy_``.
+Saved for backward: ``x``, every input of the spatial branch's BatchNorms and every output of
+its ReLUs (six ``C // r``-channel maps at two dilated convs), the channel MLP's [B, C]-sized
+values and the batch statistics: about 1.39x the input's bytes at r = 16 (tests/cuda/
+test_block.py bounds it at 1.4x). Nothing is recomputed in backward: recomputing the maps
+between two kept ones cost 7 more launches a step, for 0.25x of x.
+
+BatchNorm running statistics: in eager mode ``native_batch_norm`` (and ``mlp_forward``)
+updates the buffers in place, as the plain path does; under torch.compile the (functional)
+forward op returns updated copies, which :func:`block_forward` copies into the buffers with
+one ``_foreach_copy_``. Batch statistics stay in the dtype the device's batch-norm kernels give
+and take (:func:`_stats_dtype`), so ``.half()`` / ``.bfloat16()`` models train here too.
 
 Second-order gradients are not supported: backward with ``create_graph=True`` raises a
 RuntimeError that names the fix.
@@ -49,6 +66,9 @@ All the work runs on CUDA tensors; with ``torch_bam.functional.set_backend("trit
 """
 
 from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +162,138 @@ def plan(block: nn.Module, x: Tensor):
 
 
 # ---------------------------------------------------------------------------------------------
-# The ops
+# What the ops take and keep, by name
+
+
+class _Spec(NamedTuple):
+    """The block's configuration (no tensors): one entry per BatchNorm (channel MLP first,
+    then the spatial branch), one dilation per dilated conv."""
+
+    bn_train: tuple[bool, ...]
+    bn_momentum: tuple[float, ...]
+    bn_eps: tuple[float, ...]
+    dilations: tuple[int, ...]
+    product: bool
+    dtype: torch.dtype  # the narrow branch's compute dtype (autocast's, else x's)
+
+    @property
+    def n_conv(self) -> int:  # reduce 1x1, the dilated 3x3s, final 1x1
+        return len(self.dilations) + 2
+
+    @property
+    def n_sp(self) -> int:  # BatchNorms of the spatial branch
+        return self.n_conv - 1
+
+    @property
+    def hidden(self) -> int:  # hidden layers of the channel MLP
+        return len(self.bn_train) - self.n_sp
+
+
+def _sizes(fields, spec: _Spec) -> list[int]:
+    n = {"lin": spec.hidden + 1, "conv": spec.n_conv, "bn": len(spec.bn_train),
+         "hid": spec.hidden, "sp": spec.n_sp, "one": 1}  # fmt: skip
+    return [n[f.split("_")[0]] for f in fields]
+
+
+def _flat(group) -> list[Tensor]:
+    """A NamedTuple of tensor lists (below) as one list, for the ops' ``Tensor[]``."""
+    return [t for g in group for t in g]
+
+
+def _of(cls, flat, spec: _Spec):
+    """The NamedTuple ``cls`` back from :func:`_flat`'s list (its lists' sizes from spec)."""
+    out, i = [], 0
+    for n in _sizes(cls._fields, spec):
+        out.append(list(flat[i : i + n]))
+        i += n
+    assert i == len(flat), (i, len(flat))
+    return cls(*out)
+
+
+class _Params(NamedTuple):
+    """The block's parameters and BatchNorm buffers (the modules' own tensors)."""
+
+    lin_w: list[Tensor]
+    lin_b: list[Tensor]
+    conv_w: list[Tensor]
+    conv_b: list[Tensor]
+    bn_w: list[Tensor]
+    bn_b: list[Tensor]
+    bn_rm: list[Tensor]
+    bn_rv: list[Tensor]
+
+
+class _Weights(NamedTuple):
+    """The weights in the compute dtype, cast once per step (see :func:`_weights`). The reduce
+    conv's are the modules' own: its kernels cast them as they read them."""
+
+    lin_w: list[Tensor]
+    lin_b: list[Tensor]
+    conv_w: list[Tensor]
+    conv_b: list[Tensor]
+
+
+class _Saved(NamedTuple):
+    """What forward keeps for backward: the gate logits, every layer's input to the narrow
+    branch's BatchNorms and ReLUs (no recomputation in backward: launches cost more than
+    these C // r-channel maps), and each BatchNorm's batch statistics (its running ones when
+    it is frozen)."""
+
+    one_c: list[Tensor]  # M_c [B, C]
+    one_s: list[Tensor]  # M_s [B, 1, H, W]
+    lin_in: list[Tensor]  # each Linear's input: the pooled vector, then the ReLU outputs
+    hid_z: list[Tensor]  # each hidden Linear's output (its BatchNorm's input)
+    sp_z: list[Tensor]  # each spatial BatchNorm's input: r, then the dilated convs' outputs
+    sp_a: list[Tensor]  # each spatial ReLU's output
+    bn_mean: list[Tensor]
+    bn_invstd: list[Tensor]  # (running_mean, running_var) in these two for a frozen BN
+
+
+class _FakeKernels:
+    """Shapes, dtypes and layouts of the kernels' outputs, for the ops' fake implementations
+    (the same code as the real ones then runs on fake tensors, so both always agree)."""
+
+    @staticmethod
+    def pool_reduce(x, w_reduce, b_reduce=None, pooled_dtype=torch.float32):
+        b, c, h, w = x.shape
+        r = x.new_empty((b, w_reduce.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+        return x.new_empty((b, c), dtype=pooled_dtype), r
+
+    @staticmethod
+    def gate_forward(x, c, s, product):
+        return torch.empty_like(x, memory_format=_format(x))
+
+    @staticmethod
+    def gate_backward_reduce(dy, x, c, s, product, out_dtype=torch.float32):
+        b, ch, h, w = x.shape
+        return x.new_empty((b, ch), dtype=out_dtype), x.new_empty((b, 1, h, w), dtype=out_dtype)
+
+    @staticmethod
+    def gate_backward_dx(dy, c, s, product, w_reduce=None, dr=None, dpool=None):
+        return torch.empty_like(dy, memory_format=_format(dy))
+
+    @staticmethod
+    def reduce_weight_grad(x, dr, out_dtype=torch.float32):
+        return x.new_empty((dr.shape[1], x.shape[1]), dtype=out_dtype)
+
+    @staticmethod
+    def mlp_forward(pooled, w1, b1, gamma, beta, rm, rv, w2, b2, train, momentum, eps):
+        (b, ch), hid = pooled.shape, w1.shape[0]
+        stats = [pooled.new_empty((hid,), dtype=torch.float32) for _ in range(2)]
+        return pooled.new_empty((b, hid)), pooled.new_empty((b, hid)), *stats, pooled.new_empty(
+            (b, ch)
+        )  # fmt: skip
+
+    @staticmethod
+    def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train, need_dpool, b1, beta,
+                     b2):  # fmt: skip
+        grads = [torch.empty_like(t, memory_format=torch.contiguous_format)
+                 for t in (w1, b1, gamma, beta, w2, b2)]  # fmt: skip
+        return (*grads, torch.empty_like(pooled) if need_dpool else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The maths
 
 
 def _format(x: Tensor) -> torch.memory_format:
@@ -151,124 +302,190 @@ def _format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-class _FakeKernels:
-    """Shapes, dtypes and layouts of the kernels' outputs, for the ops' fake implementations
-    (the same code as the real ones then runs on fake tensors, so both always agree)."""
-
-    @staticmethod
-    def pool_reduce(x, w_reduce, b_reduce=None):
-        b, c, h, w = x.shape
-        r = x.new_empty((b, w_reduce.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
-        return x.new_empty((b, c), dtype=torch.float32), r
-
-    @staticmethod
-    def gate_forward(x, c, s, product):
-        return torch.empty_like(x, memory_format=_format(x))
-
-    @staticmethod
-    def gate_backward_reduce(dy, x, c, s, product):
-        b, ch, h, w = x.shape
-        f32 = torch.float32
-        return x.new_empty((b, ch), dtype=f32), x.new_empty((b, 1, h, w), dtype=f32)
-
-    @staticmethod
-    def gate_backward_dx(dy, c, s, product, w_reduce=None, dr=None, dpool=None):
-        return torch.empty_like(dy, memory_format=_format(dy))
-
-    @staticmethod
-    def reduce_weight_grad(x, dr):
-        return x.new_empty((dr.shape[1], x.shape[1]), dtype=torch.float32)
-
-
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)  # no dispatch when nothing changes
 
 
-def _empty_stats(z: Tensor) -> Tensor:
-    return z.new_empty((0,), dtype=torch.float32)
+def _stats_dtype(z: Tensor, w: Tensor) -> torch.dtype:
+    """The dtype of the batch statistics that the device's native_batch_norm gives and its
+    backward takes: float32 on CUDA; on CPU the BatchNorm's parameters' dtype (float32 under
+    autocast, the model's for a ``.half()`` / ``.bfloat16()`` model). The meta function says
+    x's dtype on CPU, so the ops cast to this one for their fake and real outputs to agree."""
+    return torch.float32 if z.device.type == "cuda" else w.dtype
 
 
-def _bn(z: Tensor, w, b, rm, rv, train: bool, momentum: float, eps: float, in_place: bool):
-    """native_batch_norm as nn.BatchNorm runs it. In training it updates the running statistics
-    in place (eager), or copies of them that come back updated (the functional op)."""
-    if train:
+def _bn_relu(z: Tensor, p: _Params, i: int, spec: _Spec, in_place: bool):
+    """ReLU(BatchNorm i (z)) as nn.BatchNorm runs it, with what its backward needs. In training
+    it updates the running statistics in place (eager), or copies of them that are returned
+    updated (the functional op: the last two values, else None)."""
+    w, b, rm, rv = p.bn_w[i], p.bn_b[i], p.bn_rm[i], p.bn_rv[i]
+    if spec.bn_train[i]:
         if not in_place:
             rm, rv = rm.clone(), rv.clone()
-        out, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, momentum, eps)
-        # float32 statistics (the CPU kernel gives them so in bf16, its meta function says bf16)
-        return out, _cast(mean, torch.float32), _cast(invstd, torch.float32), rm, rv
-    out = _aten.native_batch_norm(z, w, b, rm, rv, False, momentum, eps)[0]
-    return out, _empty_stats(z), _empty_stats(z), rm, rv
+        t, mean, invstd = _aten.native_batch_norm(z, w, b, rm, rv, True, spec.bn_momentum[i],
+                                                  spec.bn_eps[i])  # fmt: skip
+        dt = _stats_dtype(z, w)
+        new = None if in_place else (rm, rv)
+        return t.relu_(), _cast(mean, dt), _cast(invstd, dt), new
+    t = _aten.native_batch_norm(z, w, b, rm, rv, False, 0.0, spec.bn_eps[i])[0]
+    return t.relu_(), rm, rv, None
 
 
-def _bn_again(z: Tensor, w, b, rm, rv, train: bool, eps: float) -> Tensor:
-    """The BatchNorm's forward output again. In training from the batch statistics recomputed
-    (one op, and bitwise the forward's output; the map is C // r channels wide)."""
-    if train:
-        return _aten.native_batch_norm(z, w, b, None, None, True, 0.0, eps)[0]
-    return _aten.native_batch_norm(z, w, b, rm, rv, False, 0.0, eps)[0]
+def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool):
+    """(y, saved, new running statistics concatenated or None)."""
+    dtype, hidden = spec.dtype, spec.hidden
+    lin_in, hid_z, sp_z, sp_a, mean, invstd, new = [], [], [], [], [], [], []
 
+    def bn(z, i):
+        a, m, v, upd = _bn_relu(z, p, i, spec, in_place)
+        mean.append(m)
+        invstd.append(v)
+        if upd is not None:
+            new.extend(upd)
+        return a
 
-def _forward(k, x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train,
-             bn_momentum, bn_eps, dilations, product, dtype, in_place=False):  # fmt: skip
-    hidden = len(mlp_w) - 1
-    stats: list[Tensor] = []
     with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen here, explicitly
-        # The weights in the compute dtype, once: backward reuses these casts.
-        mlp_wc, mlp_bc = [_cast(w, dtype) for w in mlp_w], [_cast(b, dtype) for b in mlp_b]
-        conv_wc, conv_bc = [_cast(w, dtype) for w in conv_w], [_cast(b, dtype) for b in conv_b]
-        pooled, r = k.pool_reduce(x, conv_wc[0], conv_bc[0])
-        # The channel MLP on [B, C]: keep every value, they are tiny.
-        a = _cast(pooled, dtype)
-        mlp_saved = [a]
-        for i in range(hidden):
-            z = F.linear(a, mlp_wc[i], mlp_bc[i])
-            t, mean, invstd, rm, rv = _bn(
-                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i],
-                in_place,
-            )
-            a = t.relu_()
-            mlp_saved += [z, a, mean, invstd]
-            if bn_train[i] and not in_place:
-                stats += [rm, rv]
-        c = F.linear(a, mlp_wc[-1], mlp_bc[-1])
-        # The spatial branch on C // r channels: keep r and the last dilated conv's output.
-        # r channels_last: the dilated 3x3 convs after it are fastest so on a GPU.
-        z = _cast(r, dtype).contiguous(memory_format=torch.channels_last)
-        sp_saved = [z]
-        n_bn = len(conv_w) - 1
-        for j in range(n_bn):
-            i = hidden + j
-            t, mean, invstd, rm, rv = _bn(
-                z, bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_momentum[i], bn_eps[i],
-                in_place,
-            )
-            a = t.relu_()
-            sp_saved += [mean, invstd]
-            if bn_train[i] and not in_place:
-                stats += [rm, rv]
-            if j + 1 < n_bn:
-                d = dilations[j]
-                z = F.conv2d(a, conv_wc[j + 1], conv_bc[j + 1], 1, d, d)
-        sp_saved.append(z)  # the last dilated conv's output (r itself if there is none)
-        s = F.conv2d(a, conv_wc[-1], conv_bc[-1])
-        y = k.gate_forward(x, c, s, product)
-    # One output for the new running statistics (fewer outputs, less work for the compiler).
-    packed = None if in_place else torch.cat(stats) if stats else _empty_stats(x)
-    return y, [c, s, *mlp_saved, *sp_saved], packed, [*mlp_wc, *conv_wc, *conv_bc]
+        # One pass over x: the pooled vector (finished in the kernel, in the compute dtype)
+        # and the 1x1 reduce; the kernel casts the reduce conv's weights as it reads them.
+        a, r = k.pool_reduce(x, p.conv_w[0], p.conv_b[0], pooled_dtype=dtype)
+        if _mlp_fused(x, p, spec):  # the channel MLP on [B, C], in one launch
+            rm, rv = p.bn_rm[0], p.bn_rv[0]
+            if spec.bn_train[0] and not in_place:
+                rm, rv = rm.clone(), rv.clone()
+                new += [rm, rv]
+            z, a1, m, v, c = k.mlp_forward(
+                a, p.lin_w[0], p.lin_b[0], p.bn_w[0], p.bn_b[0], rm, rv, p.lin_w[1], p.lin_b[1],
+                spec.bn_train[0], spec.bn_momentum[0], spec.bn_eps[0],
+            )  # fmt: skip
+            lin_in, hid_z, mean, invstd = [a, a1], [z], [m], [v]
+        else:  # any depth, layer by layer
+            for i in range(hidden):
+                lin_in.append(a)
+                hid_z.append(F.linear(a, wc.lin_w[i], wc.lin_b[i]))
+                a = bn(hid_z[-1], i)
+            lin_in.append(a)
+            c = F.linear(a, wc.lin_w[-1], wc.lin_b[-1])
+        # The spatial branch on C // r channels, channels_last (pool_reduce writes r so).
+        z = _cast(r, dtype)
+        for j in range(spec.n_sp):
+            sp_z.append(z)
+            sp_a.append(bn(z, hidden + j))
+            if j + 1 < spec.n_sp:
+                d = spec.dilations[j]
+                z = F.conv2d(sp_a[-1], wc.conv_w[j + 1], wc.conv_b[j + 1], 1, d, d)
+        s = F.conv2d(sp_a[-1], wc.conv_w[-1], wc.conv_b[-1])
+        y = k.gate_forward(x, c, s, spec.product)
+    saved = _Saved([c], [s], lin_in, hid_z, sp_z, sp_a, mean, invstd)
+    packed = None if in_place else torch.cat(new) if new else x.new_empty((0,), dtype=torch.float32)
+    return y, saved, packed
+
+
+def _mlp_fused(x: Tensor, p: _Params, spec: _Spec) -> bool:
+    """Whether the channel MLP runs as one kernel forward and one backward: one hidden layer
+    of at most MLP_MAX_HIDDEN units, and not a batch of one in training (where BatchNorm1d
+    raises, as the plain path then does)."""
+    return (
+        spec.hidden == 1
+        and p.lin_w[0].shape[0] <= _kernels().MLP_MAX_HIDDEN
+        and (x.shape[0] > 1 or not spec.bn_train[0])
+    )
+
+
+def _conv_backward(dz: Tensor, inp: Tensor, wc: Tensor, d: int):
+    """(d input, d weight, d bias) of a stride-1 conv with padding = dilation = d, in the
+    compute dtype (``wc``: the weight in it)."""
+    return _aten.convolution_backward(
+        dz, inp, wc, [wc.shape[0]], [1, 1], [d, d], [max(d, 1)] * 2, False, [0, 0], 1,
+        [True, True, True],
+    )  # fmt: skip
+
+
+def _backward(k, dy: Tensor, x: Tensor, sv: _Saved, p: _Params, wc: _Weights, spec: _Spec,
+              need_x: bool, need_wr: bool):  # fmt: skip
+    """dx (None unless need_x) and the parameters' grads as a _Params-shaped list of lists
+    (None for the buffers, and for the reduce conv's weight unless need_wr)."""
+    hidden, dtype = spec.hidden, spec.dtype
+    g = _Params(*[[None] * len(group) for group in p])
+    dy = dy.contiguous(memory_format=_format(x))
+    c, s = sv.one_c[0], sv.one_s[0]
+
+    def bn_backward(da, a, z, i):
+        # Frozen: the running statistics were saved in mean/invstd's places.
+        m, v = sv.bn_mean[i], sv.bn_invstd[i]
+        train = spec.bn_train[i]
+        dz = _aten.threshold_backward(da, a, 0)
+        dz, g.bn_w[i], g.bn_b[i] = _aten.native_batch_norm_backward(
+            dz, z, p.bn_w[i], None if train else m, None if train else v, m if train else None,
+            v if train else None, train, spec.bn_eps[i], [True, True, True],
+        )  # fmt: skip
+        return dz
+
+    with torch.autocast(x.device.type, enabled=False):
+        dc, ds = k.gate_backward_reduce(dy, x, c, s, spec.product, out_dtype=dtype)
+        # The channel MLP, last layer first.
+        da, dpool = dc, None
+        if _mlp_fused(x, p, spec):
+            *grads, dpool = k.mlp_backward(
+                dc, sv.lin_in[0], sv.hid_z[0], sv.lin_in[1], sv.bn_mean[0], sv.bn_invstd[0],
+                p.bn_w[0], p.lin_w[0], p.lin_w[1], spec.bn_train[0], need_x, p.lin_b[0],
+                p.bn_b[0], p.lin_b[1],
+            )  # fmt: skip
+            g.lin_w[0], g.lin_b[0], g.bn_w[0], g.bn_b[0], g.lin_w[1], g.lin_b[1] = grads
+        else:  # layer by layer
+            for i in range(hidden, -1, -1):
+                g.lin_w[i] = da.t().mm(sv.lin_in[i])
+                g.lin_b[i] = da.sum(0, dtype=p.lin_b[i].dtype)
+                if i == 0 and not need_x:
+                    break
+                da = da.mm(wc.lin_w[i])
+                if i == 0:
+                    dpool = da
+                    break
+                da = bn_backward(da, sv.lin_in[i], sv.hid_z[i - 1], i - 1)
+        # The spatial branch, final conv first.
+        da, g.conv_w[-1], g.conv_b[-1] = _conv_backward(ds, sv.sp_a[-1], wc.conv_w[-1], 0)
+        for j in range(spec.n_sp - 1, -1, -1):
+            dz = bn_backward(da, sv.sp_a[j], sv.sp_z[j], hidden + j)
+            if j > 0:
+                da, g.conv_w[j], g.conv_b[j] = _conv_backward(
+                    dz, sv.sp_a[j - 1], wc.conv_w[j], spec.dilations[j - 1]
+                )
+        dr, wr = dz, p.conv_w[0]
+        g.conv_b[0] = dr.sum((0, 2, 3), dtype=p.conv_b[0].dtype)
+        if need_wr:
+            g.conv_w[0] = k.reduce_weight_grad(x, dr, out_dtype=dr.dtype).reshape(wr.shape)
+        dx = None
+        if need_x:
+            dx = k.gate_backward_dx(dy, c, s, spec.product, w_reduce=wr, dr=dr, dpool=dpool)
+        _to_param_dtypes(g, p)
+    return dx, g
+
+
+def _to_param_dtypes(g: _Params, p: _Params) -> None:
+    """Grads into their parameters' dtypes and layouts (autograd would otherwise cast, or copy
+    to the parameter's strides, each one separately): one ``_foreach_copy_`` for all."""
+    src, dst, where = [], [], []
+    for gi, (grads, params) in enumerate(zip(g, p, strict=True)):
+        for j, (t, q) in enumerate(zip(grads, params, strict=True)):
+            if t is not None and (t.dtype != q.dtype or t.stride() != q.stride()):
+                src.append(t)
+                dst.append(torch.empty_like(q, memory_format=torch.preserve_format))
+                where.append((gi, j))
+    if src:
+        torch._foreach_copy_(dst, src)
+        for (gi, j), t in zip(where, dst, strict=True):
+            g[gi][j] = t
+
+
+# ---------------------------------------------------------------------------------------------
+# The ops (for torch.compile: opaque nodes with fake implementations)
 
 
 @torch.library.custom_op("torch_bam::bam_block_cuda", mutates_args=())
 def _block_op(
     x: Tensor,
-    mlp_w: list[Tensor],
-    mlp_b: list[Tensor],
-    conv_w: list[Tensor],
-    conv_b: list[Tensor],
-    bn_w: list[Tensor],
-    bn_b: list[Tensor],
-    bn_rm: list[Tensor],
-    bn_rv: list[Tensor],
+    params: list[Tensor],
+    weights: list[Tensor],
     bn_train: list[bool],
     bn_momentum: list[float],
     bn_eps: list[float],
@@ -276,114 +493,30 @@ def _block_op(
     product: bool,
     dtype: torch.dtype,
 ) -> tuple[Tensor, list[Tensor], Tensor]:
-    """y, the tensors backward needs, and the new running (mean, var) of each BatchNorm in
-    training mode, concatenated. ``dtype``: the narrow branch's compute dtype (autocast's, else
-    x's)."""
-    y, saved, packed, _ = _forward(_kernels(), x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b,
-                                   bn_rm, bn_rv, bn_train, bn_momentum, bn_eps, dilations,
-                                   product, dtype)  # fmt: skip
-    # (The casts alias the weights: an op may not return them.) y in x's layout, as the fake
-    # says (the kernels write it so; a no-op).
-    return y.contiguous(memory_format=_format(x)), saved, packed
+    """y, the _Saved tensors, and the new running (mean, var) of each BatchNorm in training
+    mode, concatenated. The lists are _Params / _Weights flattened; the scalars are _Spec's."""
+    spec = _Spec(tuple(bn_train), tuple(bn_momentum), tuple(bn_eps), tuple(dilations), product,
+                 dtype)  # fmt: skip
+    y, saved, packed = _forward(_kernels(), x, _of(_Params, params, spec),
+                                _of(_Weights, weights, spec), spec, in_place=False)  # fmt: skip
+    # Fresh tensors only (an op's outputs may not alias its inputs: a frozen BN's running
+    # statistics are saved as they are). y in x's layout, as the fake says.
+    flat = [t.clone() if _aliases(t, params) else t for t in _flat(saved)]
+    return y.contiguous(memory_format=_format(x)), flat, packed
+
+
+def _aliases(t: Tensor, inputs: list[Tensor]) -> bool:
+    return any(t is u for u in inputs)
 
 
 @_block_op.register_fake
-def _(*args):
-    return _forward(_FakeKernels, *args)[:3]
-
-
-def _backward(k, dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, bn_train, bn_eps,
-              dilations, product, dtype, need_x, need_wr):  # fmt: skip
-    hidden, n_bn = len(mlp_w) - 1, len(conv_w) - 1
-    n_cast = len(mlp_w) + 2 * len(conv_w)
-    saved, casts = saved[: len(saved) - n_cast], saved[len(saved) - n_cast :]
-    mlp_wc, conv_wc = casts[: hidden + 1], casts[hidden + 1 : -n_bn - 1]
-    conv_bc = casts[-n_bn - 1 :]
-    c, s = saved[0], saved[1]
-    mlp_saved = saved[2 : 3 + 4 * hidden]
-    r, sp_stats, z_last = saved[3 + 4 * hidden], saved[4 + 4 * hidden : -1], saved[-1]
-    dy = dy.contiguous(memory_format=_format(x))
-    mask3 = [True, True, True]
-    with torch.autocast(x.device.type, enabled=False):
-        dc, ds = k.gate_backward_reduce(dy, x, c, s, product)
-        # The channel MLP, last layer first.
-        mlp_dw: list = [None] * (hidden + 1)
-        mlp_db: list = [None] * (hidden + 1)
-        bn_dw: list = [None] * len(bn_w)
-        bn_db: list = [None] * len(bn_w)
-        da = _cast(dc, dtype)
-        dpool = None
-        for i in range(hidden, -1, -1):
-            a_in = mlp_saved[4 * i - 2] if i > 0 else mlp_saved[0]
-            mlp_dw[i] = _cast(da.t().mm(a_in), mlp_w[i].dtype)
-            mlp_db[i] = da.sum(0, dtype=mlp_w[i].dtype)
-            if i == 0 and not need_x:
-                break
-            da = da.mm(mlp_wc[i])
-            if i == 0:
-                dpool = da
-                break
-            z, a, mean, invstd = mlp_saved[4 * i - 3 : 4 * i + 1]
-            j = i - 1
-            dz = _aten.threshold_backward(da, a, 0)
-            da, bn_dw[j], bn_db[j] = _aten.native_batch_norm_backward(
-                dz, z, bn_w[j], bn_rm[j], bn_rv[j], mean, invstd, bn_train[j], bn_eps[j], mask3
-            )
-        # The spatial branch: recompute what lies between r and the last dilated conv's output.
-        zs, acts = [r], []
-        for j in range(n_bn):
-            i = hidden + j
-            t = _bn_again(zs[j], bn_w[i], bn_b[i], bn_rm[i], bn_rv[i], bn_train[i], bn_eps[i])
-            acts.append(t.relu_())
-            if j + 1 == n_bn - 1:
-                zs.append(z_last)
-            elif j + 1 < n_bn:
-                d = dilations[j]
-                zs.append(F.conv2d(acts[j], conv_wc[j + 1], conv_bc[j + 1], 1, d, d))
-        conv_dw: list = [None] * (n_bn + 1)
-        conv_db: list = [None] * (n_bn + 1)
-        wf = conv_w[-1]
-        # The final conv's bias grad from the float32 dM_s: it is a sum over the whole batch.
-        da, conv_dw[-1], conv_db[-1] = _conv_backward(_cast(ds, dtype), acts[-1], wf, conv_wc[-1],
-                                                      0, ds)  # fmt: skip
-        for j in range(n_bn - 1, -1, -1):
-            i = hidden + j
-            mean, invstd = sp_stats[2 * j], sp_stats[2 * j + 1]
-            dz = _aten.threshold_backward(da, acts[j], 0)
-            dz, bn_dw[i], bn_db[i] = _aten.native_batch_norm_backward(
-                dz, zs[j], bn_w[i], bn_rm[i], bn_rv[i], mean, invstd, bn_train[i], bn_eps[i],
-                mask3,
-            )
-            if j > 0:
-                w, d = conv_w[j], dilations[j - 1]
-                da, conv_dw[j], conv_db[j] = _conv_backward(dz, acts[j - 1], w, conv_wc[j], d)
-        dr = dz
-        wr = conv_w[0]
-        conv_db[0] = _cast(dr.sum((0, 2, 3), dtype=torch.float32), wr.dtype)
-        if need_wr:
-            conv_dw[0] = _cast(k.reduce_weight_grad(x, dr).reshape(wr.shape), wr.dtype)
-        dx = None
-        if need_x:
-            dx = k.gate_backward_dx(dy, c, s, product, w_reduce=wr, dr=dr, dpool=dpool)
-    return dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db
-
-
-def _conv_backward(dz: Tensor, inp: Tensor, w: Tensor, wc: Tensor, d: int, dz_bias=None):
-    """(d input, d weight, d bias) of a stride-1 conv with padding = dilation = d (``wc``: the
-    weight ``w`` in the compute dtype); the weight's grads in w's dtype (under autocast the
-    bias's summed straight into it from ``dz_bias``, default ``dz``: one op, not two)."""
-    same = w.dtype == wc.dtype
-    da, dw, db = _aten.convolution_backward(
-        dz, inp, wc, [w.shape[0]], [1, 1], [d, d], [max(d, 1)] * 2, False, [0, 0],
-        1, [True, True, same],
-    )  # fmt: skip
-    if not same:
-        db = (dz if dz_bias is None else dz_bias).sum((0, 2, 3), dtype=w.dtype)
-    return da, _cast(dw, w.dtype), db
-
-
-_GRADS = tuple[Tensor, list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor],
-               list[Tensor]]  # fmt: skip
+def _(x, params, weights, bn_train, bn_momentum, bn_eps, dilations, product, dtype):
+    spec = _Spec(tuple(bn_train), tuple(bn_momentum), tuple(bn_eps), tuple(dilations), product,
+                 dtype)  # fmt: skip
+    y, saved, packed = _forward(_FakeKernels, x, _of(_Params, params, spec),
+                                _of(_Weights, weights, spec), spec, in_place=False)  # fmt: skip
+    flat = [t.clone() if _aliases(t, params) else t for t in _flat(saved)]
+    return y, flat, packed
 
 
 @torch.library.custom_op("torch_bam::bam_block_cuda_backward", mutates_args=())
@@ -391,98 +524,62 @@ def _block_backward_op(
     dy: Tensor,
     x: Tensor,
     saved: list[Tensor],
-    mlp_w: list[Tensor],
-    conv_w: list[Tensor],
-    conv_b: list[Tensor],
-    bn_w: list[Tensor],
-    bn_b: list[Tensor],
-    bn_rm: list[Tensor],
-    bn_rv: list[Tensor],
+    params: list[Tensor],
+    weights: list[Tensor],
     bn_train: list[bool],
+    bn_momentum: list[float],
     bn_eps: list[float],
     dilations: list[int],
     product: bool,
     dtype: torch.dtype,
     need_x: bool,
     need_wr: bool,
-) -> _GRADS:
-    """dx (empty unless need_x) and the grads of the weights, in the forward op's lists."""
-    grads = _backward(_kernels(), dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv,
-                      bn_train, bn_eps, dilations, product, dtype, need_x, need_wr)  # fmt: skip
-    return _no_none(x, grads)
+) -> tuple[Tensor, list[Tensor]]:
+    """dx (empty unless need_x) and the parameters' grads, _Params flattened (empty tensors
+    for the buffers and for grads not computed: the schema has no optional tensors)."""
+    return _backward_impl(_kernels(), dy, x, saved, params, weights, bn_train, bn_momentum, bn_eps,
+                          dilations, product, dtype, need_x, need_wr)  # fmt: skip
 
 
 @_block_backward_op.register_fake
-def _(dy, x, *args):
-    return _no_none(x, _backward(_FakeKernels, dy, x, *args))
+def _(*args):
+    return _backward_impl(_FakeKernels, *args)
 
 
-def _no_none(x: Tensor, grads):
-    """The op's outputs: an empty tensor for a grad not computed (the schema has no optional
-    tensors), and fixed layouts -- the compiler takes the fake implementation's strides for
-    the real ones (cuDNN may give a channels_last weight grad where the meta function says
-    contiguous)."""
-    dx, *lists = grads
-
-    def fill(g):
-        return x.new_empty((0,)) if g is None else g.contiguous()  # one each: no aliasing
-
+def _backward_impl(k, dy, x, saved, params, weights, bn_train, bn_momentum, bn_eps, dilations,
+                   product, dtype, need_x, need_wr):  # fmt: skip
+    spec = _Spec(tuple(bn_train), tuple(bn_momentum), tuple(bn_eps), tuple(dilations), product,
+                 dtype)  # fmt: skip
+    dx, g = _backward(k, dy, x, _of(_Saved, saved, spec), _of(_Params, params, spec),
+                      _of(_Weights, weights, spec), spec, need_x, need_wr)  # fmt: skip
+    # Fixed layouts: the compiler takes the fake implementation's strides for the real ones
+    # (cuDNN may give a channels_last weight grad where the meta function says contiguous).
     dx = x.new_empty((0,)) if dx is None else dx.contiguous(memory_format=_format(x))
-    return (dx, *[[fill(g) for g in gs] for gs in lists])
+    return dx, [x.new_empty((0,)) if t is None else t.contiguous() for t in _flat(g)]
 
 
-def _forward_any(*args):
-    """The forward op under torch.compile (an opaque node with a fake implementation), else
-    its implementation directly (a custom op's Python dispatch costs host time in eager)."""
-    if torch.compiler.is_compiling():
-        y, saved, packed = _block_op(*args)
-        mlp_w, conv_w, conv_b, dtype = args[1], args[3], args[4], args[-1]
-        casts = [_cast(w, dtype) for w in [*mlp_w, *conv_w, *conv_b]]
-        return y, saved + casts, packed
-    y, saved, _, casts = _forward(_kernels(), *args, in_place=True)
-    return y, saved + casts, None
-
-
-def _backward_any(*args):
-    if torch.compiler.is_compiling():
-        return _block_backward_op(*args)
-    return _backward(_kernels(), *args)
-
-
-def _split(t, sizes):
-    out, i = [], 0
-    for n in sizes:
-        out.append(list(t[i : i + n]))
-        i += n
-    return out
+# ---------------------------------------------------------------------------------------------
+# The autograd node and the block
 
 
 class _BlockFunction(torch.autograd.Function):
-    """One autograd node per block. (Not ``register_autograd`` on the op: that wraps each of
-    the op's ~20 tensor inputs and ~17 outputs in extra detach calls, forward and backward, and
-    would make the saved tensors outputs of the op.)"""
+    """One autograd node per block. Under torch.compile it calls the ops; in eager mode it
+    calls their implementations directly (a custom op's Python dispatch costs host time). Not
+    ``register_autograd`` on the forward op: that wraps each of the op's tensor inputs and
+    outputs in extra detach calls, and an op that updates BatchNorm buffers in place could not
+    have one at all."""
 
     @staticmethod
-    def forward(ctx, spec, x: Tensor, *tensors: Tensor):
-        n_mlp, n_conv, n_bn, bn_train, bn_momentum, bn_eps, dilations, product, dtype = spec
-        mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv = _split(
-            tensors, [n_mlp, n_mlp, n_conv, n_conv, n_bn, n_bn, n_bn, n_bn]
-        )
-        y, saved, packed = _forward_any(
-            x, mlp_w, mlp_b, conv_w, conv_b, bn_w, bn_b, bn_rm, bn_rv, list(bn_train),
-            list(bn_momentum), list(bn_eps), list(dilations), product, dtype,
-        )  # fmt: skip
-        hidden = n_mlp - 1
-        stats = [saved[5 + 4 * i : 7 + 4 * i] for i in range(hidden)]
-        sp_stats = saved[4 + 4 * hidden : len(saved) - n_mlp - 2 * n_conv - 1]
-        stats += [sp_stats[2 * j : 2 * j + 2] for j in range(n_conv - 1)]
-        # Running statistics only of BatchNorms in eval mode: the others are updated after this
-        # function (and their backward reads the batch statistics instead).
-        rm = [m if not t else st[0] for m, t, st in zip(bn_rm, bn_train, stats, strict=True)]
-        rv = [v if not t else st[1] for v, t, st in zip(bn_rv, bn_train, stats, strict=True)]
-        ctx.save_for_backward(x, *saved, *mlp_w, *conv_w, *conv_b, *bn_w, *bn_b, *rm, *rv)
-        ctx.spec, ctx.n_saved = spec, len(saved)
-        if packed is None:  # eager: the running statistics were updated in place
+    def forward(ctx, spec: _Spec, x: Tensor, weights: _Weights, *params: Tensor):
+        p = _of(_Params, params, spec)
+        if torch.compiler.is_compiling():
+            y, flat, packed = _block_op(x, list(params), _flat(weights), *_op_args(spec))
+            saved = _of(_Saved, flat, spec)
+        else:  # eager: the running statistics are updated in place
+            y, saved, packed = _forward(_kernels(), x, p, weights, spec, in_place=True)
+        ctx.save_for_backward(x, *_flat(saved), *params, *_flat(weights))
+        ctx.spec = spec
+        if packed is None:
             return y
         ctx.mark_non_differentiable(packed)
         return y, packed
@@ -495,27 +592,78 @@ class _BlockFunction(torch.autograd.Function):
                 "(backward with create_graph=True). Run the block on the plain path for that: "
                 'torch_bam.functional.set_backend("reference").'
             )
-        n_mlp, n_conv, n_bn, bn_train, _, bn_eps, dilations, product, dtype = ctx.spec
-        t = ctx.saved_tensors
-        x, saved = t[0], list(t[1 : 1 + ctx.n_saved])
-        mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv = _split(
-            t[1 + ctx.n_saved :], [n_mlp, n_conv, n_conv, n_bn, n_bn, n_bn, n_bn]
-        )
+        spec = ctx.spec
+        x, *rest = ctx.saved_tensors
+        n_saved = sum(_sizes(_Saved._fields, spec))
+        n_params = sum(_sizes(_Params._fields, spec))
+        saved, params, weights = rest[:n_saved], rest[n_saved : n_saved + n_params], rest[
+            n_saved + n_params :
+        ]  # fmt: skip
         need_x = ctx.needs_input_grad[1]
-        need_wr = ctx.needs_input_grad[2 + 2 * n_mlp]
-        dx, mlp_dw, mlp_db, conv_dw, conv_db, bn_dw, bn_db = _backward_any(
-            dy, x, saved, mlp_w, conv_w, conv_b, bn_w, bn_b, rm, rv, list(bn_train),
-            list(bn_eps), list(dilations), product, dtype, need_x, need_wr,
-        )  # fmt: skip
-        conv_dw = list(conv_dw)
+        need_wr = ctx.needs_input_grad[3 + _param_index(spec, "conv_w")]
+        if torch.compiler.is_compiling():
+            dx, flat = _block_backward_op(dy, x, list(saved), list(params), list(weights),
+                                          *_op_args(spec), need_x, need_wr)  # fmt: skip
+            g = _of(_Params, [None if t.numel() == 0 and q.numel() else t
+                            for t, q in zip(flat, params, strict=True)], spec)  # fmt: skip
+        else:
+            dx, g = _backward(_kernels(), dy, x, _of(_Saved, saved, spec),
+                              _of(_Params, params, spec), _of(_Weights, weights, spec), spec,
+                              need_x, need_wr)  # fmt: skip
+        grads = _flat(g)
         if not need_wr:
-            conv_dw[0] = None
-        return (None, dx if need_x else None, *mlp_dw, *mlp_db, *conv_dw, *conv_db, *bn_dw,
-                *bn_db, *[None] * (2 * n_bn))  # fmt: skip
+            grads[_param_index(spec, "conv_w")] = None
+        return None, dx if need_x else None, None, *grads
 
 
-# ---------------------------------------------------------------------------------------------
-# The block
+def _op_args(spec: _Spec) -> list:
+    """_Spec as the ops' scalar arguments (lists where the schema has lists)."""
+    return [list(v) if isinstance(v, tuple) else v for v in spec]
+
+
+def _param_index(spec: _Spec, field: str) -> int:
+    """Where a _Params field starts in the flat list."""
+    i = _Params._fields.index(field)
+    return sum(_sizes(_Params._fields[:i], spec))
+
+
+# Compute-dtype copies of each block's weights, made once per step: reused while no weight has
+# changed (same tensors, same version counters), so the forward and backward of a step, and
+# every step with unchanged weights, cast nothing.
+_WEIGHT_CASTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _weights(block: nn.Module, p: _Params, dtype: torch.dtype) -> _Weights:
+    src = [p.lin_w, p.lin_b, p.conv_w[1:], p.conv_b[1:]]
+    flat = [t for group in src for t in group]
+    if all(t.dtype == dtype for t in flat):
+        out = src
+    elif torch.compiler.is_compiling():  # traced: the compiler fuses the casts
+        out = [[_cast(t, dtype) for t in group] for group in src]
+    else:
+        # The entry holds its source tensors: "the same tensor" is identity, not an id or an
+        # address that a freed tensor's successor (functional_call's fast weights) may reuse.
+        versions = [t._version for t in flat]
+        hit = _WEIGHT_CASTS.get(block)
+        if (
+            hit is not None
+            and hit[0] == dtype
+            and len(hit[1]) == len(flat)
+            and all(a is b for a, b in zip(hit[1], flat, strict=True))
+            and hit[2] == versions
+        ):
+            out = hit[3]
+        else:
+            with torch.no_grad():
+                casts = [torch.empty_like(t, dtype=dtype) for t in flat]  # same layouts
+                torch._foreach_copy_(casts, flat)  # one launch for all of them
+            out, i = [], 0
+            for group in src:
+                out.append(casts[i : i + len(group)])
+                i += len(group)
+            _WEIGHT_CASTS[block] = (dtype, flat, versions, out)
+    lin_w, lin_b, conv_w, conv_b = out
+    return _Weights(lin_w, lin_b, [p.conv_w[0], *conv_w], [p.conv_b[0], *conv_b])
 
 
 def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
@@ -526,10 +674,7 @@ def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
     bns = mlp[1::3] + sp[1::3]
     dev = x.device.type
     dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-    spec = (
-        len(lins),
-        len(convs),
-        len(bns),
+    spec = _Spec(
         tuple(m.training for m in bns),
         tuple(0.0 if m.momentum is None else float(m.momentum) for m in bns),
         tuple(float(m.eps) for m in bns),
@@ -537,11 +682,12 @@ def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
         block.combine == "product",
         dtype,
     )
-    tensors = [m.weight for m in lins] + [m.bias for m in lins]
-    tensors += [m.weight for m in convs] + [m.bias for m in convs]
-    tensors += [m.weight for m in bns] + [m.bias for m in bns]
-    tensors += [m.running_mean for m in bns] + [m.running_var for m in bns]
-    out = _BlockFunction.apply(spec, x, *tensors)
+    p = _Params(
+        [m.weight for m in lins], [m.bias for m in lins], [m.weight for m in convs],
+        [m.bias for m in convs], [m.weight for m in bns], [m.bias for m in bns],
+        [m.running_mean for m in bns], [m.running_var for m in bns],
+    )  # fmt: skip
+    out = _BlockFunction.apply(spec, x, _weights(block, p, dtype), *_flat(p))
     trained = [m for m in bns if m.training]
     if trained:
         with torch.no_grad():

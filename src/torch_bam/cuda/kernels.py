@@ -1,4 +1,5 @@
-"""BAM's CUDA kernels (Triton): the gate forward and backward, and the pool + 1x1 reduce.
+"""BAM's CUDA kernels (Triton): the gate forward and backward, the pool + 1x1 reduce, and the
+channel MLP (one program: it works on [B, C]).
 
 Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
 
@@ -28,11 +29,15 @@ The floor (bytes moved; ``N = B*C*H*W`` elements of ``e`` bytes, ``h = C/r``):
     gate_backward_dx        read dy, write dx, read dr              2 N e + N e / r
     pool_reduce             read x, write r                         N e + N e / r  (+ partials)
 
-Partials are ``4 B D L (1/BL + 1/BR)`` bytes, written once and read once by the ``.sum(0)``: a
-fraction ``8 (1/BL + 1/BR) / e`` of one pass over x, 12.5% at 64x64 tiles in bf16, i.e. about 4%
-on top of the one-pass backward's 3 N e. On an H100 a copy moves about 3 TB/s; the kernels aim
-at 0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it, with
-``triton.testing.do_bench``, so that a cold L2 and no launch gap are timed).
+Partials are ``4 B D L (1/BL + 1/BR)`` bytes, written once and read once: a fraction
+``8 (1/BL + 1/BR) / e`` of one pass over x, 12.5% at 64x64 tiles in bf16, i.e. about 4% on top
+of the one-pass backward's 3 N e. They are summed inside the same kernel, with no float
+atomics: each program takes an int32 ticket per image after writing its partials, and the
+program that takes the last one sums that image's partials in a fixed order (so the result is
+the same on every run), writes the finished vector in the requested dtype and resets the
+ticket. No second launch, no ``.sum(0)``. The tickets live in a small zeroed buffer kept per
+device and stream (:func:`_tickets`). On an H100 a copy moves about 3 TB/s; the kernels aim at
+0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it).
 
 ``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
@@ -40,11 +45,17 @@ padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for
 bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
 ``torch.backends.cudnn.allow_tf32``, like the convolution it replaces.
 
-Tile sizes are tuned per (kernel, D, L, layout, dtypes) over a short list (:func:`_configs`) by
-timing each on the first call on a GPU; under the interpreter (``TRITON_INTERPRET=1`` set before
-this module is imported, which runs the kernels on CPU tensors) there is one config and no
-timing. :func:`reduce_weight_grad` is a cuBLAS batched product (it needs ``dr``, which exists only
-after the gate's reductions, so it cannot share their pass over x).
+Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
+the same on every run, rank and machine, so the reduction order -- and so the bits of every
+result -- never depends on timing. Each choice fits sm_90's 232,448 bytes of shared memory per
+block and its registers without spills; tests/cuda/test_kernels.py compiles every variant
+BAM-ResNet-50 uses for sm_90 and reads the compiled kernels' resource use. The interpreter
+(``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
+tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
+and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
+cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
+cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
+share their pass over x).
 """
 
 from __future__ import annotations
@@ -63,11 +74,12 @@ except ImportError:  # pragma: no cover - the core imports without triton
 __all__ = [
     "DTYPES",
     "INTERPRETED",
-    "TUNE",
     "gate_backward",
     "gate_backward_dx",
     "gate_backward_reduce",
     "gate_forward",
+    "mlp_backward",
+    "mlp_forward",
     "pool_reduce",
     "reduce_weight_grad",
     "supported",
@@ -102,6 +114,34 @@ if triton is not None:
         logits = rv[:, None] * cv[None, :] if PRODUCT else rv[:, None] + cv[None, :]
         return tl.sigmoid(logits)
 
+    @triton.jit
+    def _last_ticket(tickets_ptr, b, n):
+        """Whether this program is the last of the ``n`` that write image b's partials. Every
+        thread's partial stores come before the ticket (the barrier, then a release); the last
+        program's loads come after it (acquire)."""
+        tl.debug_barrier()
+        return tl.atomic_add(tickets_ptr + b, 1, sem="acq_rel") == n - 1
+
+    @triton.jit
+    def _finish(part_ptr, n_parts, part_stride, out_ptr, n, scale, BN: tl.constexpr,
+                BP: tl.constexpr):  # fmt: skip
+        """``out[i] = scale * sum_p part[p * part_stride + i]`` for i < n, in a fixed order.
+        ``while`` loops: n and n_parts are run-time values."""
+        i0 = 0
+        while i0 < n:
+            i = i0 + tl.arange(0, BN)
+            mi = i < n
+            acc = tl.zeros((BN,), dtype=tl.float32)
+            p0 = 0
+            while p0 < n_parts:
+                p = p0 + tl.arange(0, BP)
+                m = (p < n_parts)[:, None] & mi[None, :]
+                ptrs = part_ptr + p[:, None].to(tl.int64) * part_stride + i[None, :]
+                acc += tl.sum(tl.load(ptrs, mask=m, other=0.0, cache_modifier=".cg"), axis=0)
+                p0 += BP
+            tl.store(out_ptr + i, (acc * scale).to(out_ptr.dtype.element_ty), mask=mi)
+            i0 += BN
+
     @triton.jit(do_not_specialize=_GRID_COUNTS)
     def _fwd_kernel(
         x_ptr, y_ptr, rv_ptr, cv_ptr, D, L, n_rt, n_lt,
@@ -118,7 +158,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=_GRID_COUNTS + ("B",))
     def _bwd_kernel(
-        dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, B, D, L, n_rt, n_lt,
+        dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, row_ptr, col_ptr, tickets_ptr,
+        B, D, L, n_rt, n_lt,
         PRODUCT: tl.constexpr, WRITE_DX: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
     ):  # fmt: skip
         b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
@@ -138,17 +179,22 @@ if triton is not None:
         else:
             row = tl.sum(dl, axis=1)
             colsum = tl.sum(dl, axis=0)
-        # Partials: prow [n_lt, B, D] (sum over this tile's columns), pcol [n_rt, B, L].
-        tl.store(prow_ptr + (lt * B + b).to(tl.int64) * D + d, row, mask=md)
-        tl.store(pcol_ptr + (rt * B + b).to(tl.int64) * L + col, colsum, mask=ml)
+        # Partials: prow [B, n_lt, D] (sum over this tile's columns), pcol [B, n_rt, L].
+        tl.store(prow_ptr + (b * n_lt + lt).to(tl.int64) * D + d, row, mask=md)
+        tl.store(pcol_ptr + (b * n_rt + rt).to(tl.int64) * L + col, colsum, mask=ml)
+        if _last_ticket(tickets_ptr, b, n_rt * n_lt):
+            tl.atomic_xchg(tickets_ptr + b, 0)  # every program of image b has taken its ticket
+            base = b.to(tl.int64)
+            _finish(prow_ptr + base * n_lt * D, n_lt, D, row_ptr + base * D, D, 1.0, BR, 8)
+            _finish(pcol_ptr + base * n_rt * L, n_rt, L, col_ptr + base * L, L, 1.0, BL, 8)
 
-    @triton.jit(do_not_specialize=_GRID_COUNTS + ("K",))
+    @triton.jit(do_not_specialize=_GRID_COUNTS)
     def _dx_kernel(
-        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, K, n_rt, n_lt, inv_hw,
+        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, n_rt, n_lt, inv_hw,
         dr_sb, dr_sk, dr_sp,
-        PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr, HAS_DR: tl.constexpr,
-        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
-        BK: tl.constexpr,
+        K: tl.constexpr, PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr,
+        HAS_DR: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr,
+        BL: tl.constexpr, BK: tl.constexpr,
     ):  # fmt: skip
         b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
         mask = md[:, None] & ml[None, :]
@@ -167,7 +213,7 @@ if triton is not None:
         if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
             ks = tl.arange(0, BK)
             dr_base = dr_ptr + b.to(tl.int64) * dr_sb
-            for k0 in range(0, K, BK):
+            for k0 in range(0, K, BK):  # K is a compile-time bound (see the module docstring)
                 k = k0 + ks
                 mk = k < K
                 if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
@@ -198,12 +244,14 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=("B", "K", "n_pt", "n_kt"))
     def _pool_reduce_kernel(
-        x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, B, C, HW, K, n_pt, n_kt,
-        CL: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-        BP: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+        x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, pooled_ptr, tickets_ptr, B, HW, K, n_pt, n_kt,
+        inv_hw, C: tl.constexpr, CL: tl.constexpr, HAS_BIAS: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+        BK: tl.constexpr,
     ):  # fmt: skip
         # A program owns BP pixels x BK outputs of one image and walks all channels, so r needs
-        # no partials; the pool's per-pixel-tile partials go to ppool [n_pt, B, C].
+        # no partials; the pool's per-pixel-tile partials go to ppool [B, n_pt, C], and the
+        # last of an image's programs with kt == 0 finishes its pooled vector.
         pid = tl.program_id(0)
         kt = pid % n_kt
         pt = (pid // n_kt) % n_pt
@@ -212,11 +260,12 @@ if triton is not None:
         k = kt * BK + tl.arange(0, BK)
         mp, mk = p < HW, k < K
         x_base = x_ptr + b.to(tl.int64) * C * HW
+        ppool_base = ppool_ptr + b.to(tl.int64) * n_pt * C
         if CL:
             acc = tl.zeros((BP, BK), dtype=tl.float32)
         else:
             acc = tl.zeros((BK, BP), dtype=tl.float32)
-        for c0 in range(0, C, BC):
+        for c0 in range(0, C, BC):  # C is a compile-time bound (see the module docstring)
             ch = c0 + tl.arange(0, BC)
             mc = ch < C
             if CL:  # x [BP, BC] @ W^T [BC, BK]
@@ -243,7 +292,7 @@ if triton is not None:
                 acc = tl.dot(w.to(xt.dtype), xt, acc, input_precision=PRECISION)
                 pooled = tl.sum(xt.to(tl.float32), axis=1)
             if kt == 0:
-                tl.store(ppool_ptr + (pt * B + b).to(tl.int64) * C + ch, pooled, mask=mc)
+                tl.store(ppool_base + pt * C + ch, pooled, mask=mc)
         r_base = r_ptr + b.to(tl.int64) * HW * K  # r is channels_last: [B, HW, K] in memory
         if CL:
             if HAS_BIAS:
@@ -256,10 +305,238 @@ if triton is not None:
             r_off = p[None, :] * K + k[:, None]
             r_mask = mk[:, None] & mp[None, :]
         tl.store(r_base + r_off, acc.to(r_ptr.dtype.element_ty), mask=r_mask)
+        if kt == 0:
+            if _last_ticket(tickets_ptr, b, n_pt):
+                tl.atomic_xchg(tickets_ptr + b, 0)
+                _finish(ppool_base, n_pt, C, pooled_ptr + b.to(tl.int64) * C, C, inv_hw, BC, 8)
+
+    # The channel MLP with one hidden layer, Linear -> BatchNorm1d -> ReLU -> Linear, on
+    # [B, C]: tiny (C/r hidden units), so one program does all of it, walking B in BB-row
+    # blocks (``while``: B is a run-time value) and C in BC-column blocks. Products run on
+    # operands in the compute dtype with float32 accumulation, rounded where the ATen layers
+    # round (each layer's output), as cuBLAS does under autocast.
+
+    @triton.jit
+    def _mlp_fwd_kernel(
+        p_ptr, w1_ptr, b1_ptr, g_ptr, beta_ptr, rm_ptr, rv_ptr, w2_ptr, b2_ptr,
+        z_ptr, a_ptr, mean_ptr, invstd_ptr, c_ptr, B, momentum, eps,
+        C: tl.constexpr, H: tl.constexpr, TRAIN: tl.constexpr, PRECISION: tl.constexpr,
+        UPCAST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        dt = z_ptr.dtype.element_ty
+        h = tl.arange(0, BH)
+        mh = h < H
+        b1 = tl.load(b1_ptr + h, mask=mh, other=0.0).to(dt).to(tl.float32)
+        # z = pooled @ W1^T + b1, and its column sums
+        s1 = tl.zeros((BH,), dtype=tl.float32)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            acc = tl.zeros((BB, BH), dtype=tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                x = tl.load(p_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                w = tl.load(w1_ptr + h[None, :] * C + cc[:, None], mask=mc[:, None] & mh[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    x, w = x.to(tl.float32), w.to(tl.float32)
+                acc = tl.dot(x, w, acc, input_precision=PRECISION)
+            z = (acc + b1[None, :]).to(dt)
+            m2 = mb[:, None] & mh[None, :]
+            tl.store(z_ptr + rb[:, None] * H + h[None, :], z, mask=m2)
+            s1 += tl.sum(tl.where(m2, z.to(tl.float32), 0.0), axis=0)
+            b0 += BB
+        tl.debug_barrier()  # z written by every thread before any reads it back
+        if TRAIN:
+            mean = s1 / B
+            s2 = tl.zeros((BH,), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                m2 = (rb < B)[:, None] & mh[None, :]
+                z = tl.load(z_ptr + rb[:, None] * H + h[None, :], mask=m2, other=0.0)
+                d = tl.where(m2, z.to(tl.float32) - mean[None, :], 0.0)
+                s2 += tl.sum(d * d, axis=0)
+                b0 += BB
+            var = s2 / B
+            rm = tl.load(rm_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            tl.store(rm_ptr + h, ((1.0 - momentum) * rm + momentum * mean)
+                     .to(rm_ptr.dtype.element_ty), mask=mh)  # fmt: skip
+            unbiased = s2 / tl.maximum(B - 1, 1)
+            tl.store(rv_ptr + h, ((1.0 - momentum) * rv + momentum * unbiased)
+                     .to(rv_ptr.dtype.element_ty), mask=mh)  # fmt: skip
+        else:
+            mean = tl.load(rm_ptr + h, mask=mh, other=0.0).to(tl.float32)
+            var = tl.load(rv_ptr + h, mask=mh, other=1.0).to(tl.float32)
+        invstd = 1.0 / tl.sqrt(var + eps)
+        tl.store(mean_ptr + h, mean, mask=mh)
+        tl.store(invstd_ptr + h, invstd, mask=mh)
+        scale = tl.load(g_ptr + h, mask=mh, other=0.0).to(tl.float32) * invstd
+        shift = tl.load(beta_ptr + h, mask=mh, other=0.0).to(tl.float32) - mean * scale
+        # a = relu(BN(z)); c = a @ W2^T + b2
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            m2 = mb[:, None] & mh[None, :]
+            z = tl.load(z_ptr + rb[:, None] * H + h[None, :], mask=m2, other=0.0).to(tl.float32)
+            a = tl.maximum((z * scale[None, :] + shift[None, :]).to(dt), 0.0).to(dt)
+            tl.store(a_ptr + rb[:, None] * H + h[None, :], a, mask=m2)
+            if UPCAST:
+                a = a.to(tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                w = tl.load(w2_ptr + cc[None, :] * H + h[:, None], mask=mh[:, None] & mc[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    w = w.to(tl.float32)
+                out = tl.dot(a, w, input_precision=PRECISION)
+                out += tl.load(b2_ptr + cc, mask=mc, other=0.0).to(dt).to(tl.float32)[None, :]
+                tl.store(c_ptr + rb[:, None] * C + cc[None, :], out.to(dt),
+                         mask=mb[:, None] & mc[None, :])  # fmt: skip
+            b0 += BB
+
+    @triton.jit
+    def _mlp_bwd_kernel(
+        dc_ptr, p_ptr, z_ptr, a_ptr, mean_ptr, invstd_ptr, g_ptr, w1_ptr, w2_ptr,
+        dw1_ptr, db1_ptr, dg_ptr, dbeta_ptr, dw2_ptr, db2_ptr, dpool_ptr, da_ptr, dz_ptr, B,
+        C: tl.constexpr, H: tl.constexpr, TRAIN: tl.constexpr, NEED_DPOOL: tl.constexpr,
+        PRECISION: tl.constexpr, UPCAST: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+        BC: tl.constexpr,
+    ):  # fmt: skip
+        dt = dz_ptr.dtype.element_ty
+        h = tl.arange(0, BH)
+        mh = h < H
+        # dW2 = dc^T @ a [C, H], db2 = sum_b dc; da = dc @ W2 [B, H] (to the scratch da).
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = cc < C
+            acc = tl.zeros((BC, BH), dtype=tl.float32)
+            db2 = tl.zeros((BC,), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                g = tl.load(dc_ptr + rb[None, :] * C + cc[:, None], mask=mc[:, None] & mb[None, :],
+                            other=0.0)  # fmt: skip
+                a = tl.load(a_ptr + rb[:, None] * H + h[None, :], mask=mb[:, None] & mh[None, :],
+                            other=0.0)  # fmt: skip
+                db2 += tl.sum(g.to(tl.float32), axis=1)
+                if UPCAST:
+                    g, a = g.to(tl.float32), a.to(tl.float32)
+                acc = tl.dot(g, a, acc, input_precision=PRECISION)
+                b0 += BB
+            tl.store(dw2_ptr + cc[:, None] * H + h[None, :], acc.to(dw2_ptr.dtype.element_ty),
+                     mask=mc[:, None] & mh[None, :])  # fmt: skip
+            tl.store(db2_ptr + cc, db2.to(db2_ptr.dtype.element_ty), mask=mc)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            mb = rb < B
+            acc = tl.zeros((BB, BH), dtype=tl.float32)
+            for c0 in range(0, C, BC):
+                cc = c0 + tl.arange(0, BC)
+                mc = cc < C
+                g = tl.load(dc_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                w = tl.load(w2_ptr + cc[:, None] * H + h[None, :], mask=mc[:, None] & mh[None, :],
+                            other=0.0).to(dt)  # fmt: skip
+                if UPCAST:
+                    g, w = g.to(tl.float32), w.to(tl.float32)
+                acc = tl.dot(g, w, acc, input_precision=PRECISION)
+            tl.store(da_ptr + rb[:, None] * H + h[None, :], acc.to(dt),
+                     mask=mb[:, None] & mh[None, :])  # fmt: skip
+            b0 += BB
+        tl.debug_barrier()
+        # BatchNorm1d + ReLU backward: dbeta = sum dzr, dgamma = sum dzr * xhat, then dz.
+        mean = tl.load(mean_ptr + h, mask=mh, other=0.0)
+        invstd = tl.load(invstd_ptr + h, mask=mh, other=0.0)
+        gamma = tl.load(g_ptr + h, mask=mh, other=0.0).to(tl.float32)
+        dbeta = tl.zeros((BH,), dtype=tl.float32)
+        dgamma = tl.zeros((BH,), dtype=tl.float32)
+        b0 = 0
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            m2 = (rb < B)[:, None] & mh[None, :]
+            off = rb[:, None] * H + h[None, :]
+            da = tl.load(da_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            xhat = (tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) - mean) * invstd
+            dzr = tl.where(a > 0.0, da, 0.0)
+            dbeta += tl.sum(dzr, axis=0)
+            dgamma += tl.sum(dzr * xhat, axis=0)
+            b0 += BB
+        tl.store(dg_ptr + h, dgamma.to(dg_ptr.dtype.element_ty), mask=mh)
+        tl.store(dbeta_ptr + h, dbeta.to(dbeta_ptr.dtype.element_ty), mask=mh)
+        k = gamma * invstd
+        b0 = 0
+        db1 = tl.zeros((BH,), dtype=tl.float32)
+        while b0 < B:
+            rb = b0 + tl.arange(0, BB)
+            m2 = (rb < B)[:, None] & mh[None, :]
+            off = rb[:, None] * H + h[None, :]
+            da = tl.load(da_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + off, mask=m2, other=0.0).to(tl.float32)
+            dzr = tl.where(a > 0.0, da, 0.0)
+            if TRAIN:
+                xhat = (tl.load(z_ptr + off, mask=m2, other=0.0).to(tl.float32) - mean) * invstd
+                dz = k * (dzr - dbeta / B - xhat * (dgamma / B))
+            else:
+                dz = k * dzr
+            dz = tl.where(m2, dz, 0.0).to(dt)
+            tl.store(dz_ptr + off, dz, mask=m2)
+            db1 += tl.sum(dz.to(tl.float32), axis=0)
+            b0 += BB
+        tl.store(db1_ptr + h, db1.to(db1_ptr.dtype.element_ty), mask=mh)
+        tl.debug_barrier()
+        # dW1 = dz^T @ pooled [H, C]; dpool = dz @ W1 [B, C].
+        for c0 in range(0, C, BC):
+            cc = c0 + tl.arange(0, BC)
+            mc = cc < C
+            acc = tl.zeros((BH, BC), dtype=tl.float32)
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                dz = tl.load(dz_ptr + rb[None, :] * H + h[:, None], mask=mh[:, None] & mb[None, :],
+                             other=0.0)  # fmt: skip
+                x = tl.load(p_ptr + rb[:, None] * C + cc[None, :], mask=mb[:, None] & mc[None, :],
+                            other=0.0)  # fmt: skip
+                if UPCAST:
+                    dz, x = dz.to(tl.float32), x.to(tl.float32)
+                acc = tl.dot(dz, x, acc, input_precision=PRECISION)
+                b0 += BB
+            tl.store(dw1_ptr + h[:, None] * C + cc[None, :], acc.to(dw1_ptr.dtype.element_ty),
+                     mask=mh[:, None] & mc[None, :])  # fmt: skip
+        if NEED_DPOOL:
+            b0 = 0
+            while b0 < B:
+                rb = b0 + tl.arange(0, BB)
+                mb = rb < B
+                dz = tl.load(dz_ptr + rb[:, None] * H + h[None, :], mask=mb[:, None] & mh[None, :],
+                             other=0.0)  # fmt: skip
+                if UPCAST:
+                    dz = dz.to(tl.float32)
+                for c0 in range(0, C, BC):
+                    cc = c0 + tl.arange(0, BC)
+                    mc = cc < C
+                    w = tl.load(w1_ptr + h[:, None] * C + cc[None, :],
+                                mask=mh[:, None] & mc[None, :], other=0.0).to(dt)  # fmt: skip
+                    if UPCAST:
+                        w = w.to(tl.float32)
+                    out = tl.dot(dz, w, input_precision=PRECISION)
+                    tl.store(dpool_ptr + rb[:, None] * C + cc[None, :], out.to(dt),
+                             mask=mb[:, None] & mc[None, :])  # fmt: skip
+                b0 += BB
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks, layout and tuning
+# Checks, layout and tiles
 
 
 def supported(x: Tensor) -> bool:
@@ -352,54 +629,54 @@ def _upcast(dtype: torch.dtype) -> bool:
     return INTERPRETED and dtype == torch.bfloat16
 
 
-def _configs(d: int, ll: int, min_tile: int = 1) -> list[tuple[int, int, int]]:
-    """(BR, BL, num_warps) candidates for a [D, L] map; one when interpreted.
-
-    Wide along the contiguous axis L (vector loads, few partials for the row sums), 4096 or
-    8192 elements a program; three at most, since each costs a compile on first use.
-    """
-    lo = max(min_tile, 1)
-    if INTERPRETED:  # the interpreter's cost is per program: big tiles, no tuning
-        return [(max(lo, min(64, _np2(d))), max(lo, min(64, _np2(ll))), 4)]
-    out = []
-    for elems, warps, bl_cap in ((4096, 4, 128), (8192, 8, 128), (8192, 8, 512)):
-        bl = max(lo, min(bl_cap, _np2(ll)))
-        br = max(lo, min(elems // bl, _np2(d)))
-        if (br, bl, warps) not in out:
-            out.append((br, bl, warps))
-    return out
+# Tiles: functions of the shape alone (never timed), the same on every run and rank. Wide
+# along the contiguous axis L (vector loads, few partials for the row sums), 4096 elements a
+# program (8 warps for the gate, 4 for the kernels with tl.dot, which keep every side >= 16
+# and their operand tiles small enough for sm_90's shared memory at Triton's default
+# pipelining depth).
 
 
-# Whether to time the configs on first use (else the first one runs): TORCH_BAM_TRITON_TUNE=0
-# turns it off, e.g. for a correctness run that should not compile every config.
-TUNE = os.environ.get("TORCH_BAM_TRITON_TUNE", "1") != "0"
-_best: dict[tuple, tuple] = {}
+def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
+    """(BR, BL, num_warps) for the gate's forward and backward on a [D, L] map."""
+    bl = min(128, _np2(ll))
+    return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _tuned(key: tuple, configs: list, launch):
-    """Run ``launch(config)`` with the fastest config for ``key`` (timed once, on a GPU)."""
-    best = _best.get(key)
-    if best is None:
-        if len(configs) == 1 or INTERPRETED or not TUNE:
-            return launch(configs[0])
-        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():  # in a graph
-            return launch(configs[0])
-        from triton.testing import do_bench
-
-        times = []
-        for c in configs:
-            try:
-                times.append(do_bench(lambda c=c: launch(c), warmup=5, rep=20))
-            except Exception:  # e.g. triton's OutOfResources: this config does not fit the card
-                times.append(float("inf"))
-        if min(times) == float("inf"):
-            return launch(configs[0])  # raises the error for the caller to see
-        best = _best[key] = configs[min(range(len(configs)), key=times.__getitem__)]
-    return launch(best)
+def _dx_tile(d: int, ll: int, k: int) -> tuple[int, int, int, int]:
+    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth)."""
+    bl = max(16, min(128, _np2(ll)))
+    return max(16, min(4096 // bl, _np2(d))), bl, max(16, min(32, _np2(k))), 4
 
 
-def _dtypes(*ts: Tensor) -> tuple:
-    return tuple(t.dtype for t in ts)
+def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
+    """(BP, BC, BK, num_warps) for pool_reduce: BP pixels x BK outputs a program, BC channels
+    per step of its walk over C."""
+    return max(16, min(32, _np2(hw))), max(16, min(64, _np2(ch))), max(16, min(64, _np2(k))), 4
+
+
+def _launch(kernel, grid: tuple, *args, **meta):
+    """Every kernel launch goes through here (tests compile each one for sm_90 through it)."""
+    kernel[grid](*args, **meta)
+
+
+_TICKETS: dict = {}
+
+
+def _tickets(device: torch.device, n: int) -> Tensor:
+    """A zeroed int32 buffer of at least n tickets, one per image: the last program of an image
+    resets its ticket, so one buffer serves every launch that follows on the same stream. Per
+    device and stream (kernels on two streams may overlap); fresh (and zeroed by the captured
+    graph) inside a CUDA graph capture, whose memory must not outlive the graph's pool."""
+    if device.type == "cuda":
+        if torch.cuda.is_current_stream_capturing():
+            return torch.zeros(n, dtype=torch.int32, device=device)
+        key = (device, torch.cuda.current_stream(device).stream_id)
+    else:
+        key = (device, 0)
+    buf = _TICKETS.get(key)
+    if buf is None or buf.numel() < n:
+        buf = _TICKETS[key] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+    return buf
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,21 +693,16 @@ def gate_forward(x: Tensor, c: Tensor, s: Tensor, product: bool) -> Tensor:
     y = torch.empty_like(x)
     if x.numel() == 0:
         return y
-    cl, d, ll = _dl(x)
+    _, d, ll = _dl(x)
     rv, cv = _rows_cols(x, c, s)
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        _fwd_kernel[(b * n_rt * n_lt,)](
-            x, y, rv, cv, d, ll, n_rt, n_lt, PRODUCT=product, BR=br, BL=bl, num_warps=warps
-        )
-        return y
-
-    return _tuned(("fwd", d, ll, cl, product, _dtypes(x, c, s)), _configs(d, ll), launch)
+    br, bl, warps = _gate_tile(d, ll)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    _launch(_fwd_kernel, (b * n_rt * n_lt,), x, y, rv, cv, d, ll, n_rt, n_lt, PRODUCT=product,
+            BR=br, BL=bl, num_warps=warps)  # fmt: skip
+    return y
 
 
-def _backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, write_dx: bool, name):
+def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype, name: str):
     _check_x(x, name)
     if dy.shape != x.shape:
         raise ValueError(f"{name}: dy has shape {list(dy.shape)}, x has {list(x.shape)}.")
@@ -442,39 +714,37 @@ def _backward(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool, write_
     dy = _like(dy, x)
     dx = torch.empty_like(x) if write_dx else None
     if x.numel() == 0:
-        zeros = torch.zeros(b, ch, device=x.device), torch.zeros(b, 1, h, w, device=x.device)
-        return dx, *zeros
+        zeros = torch.zeros(b, ch, device=x.device, dtype=out_dtype)
+        return dx, zeros, torch.zeros(b, 1, h, w, device=x.device, dtype=out_dtype)
     cl, d, ll = _dl(x)
     rv, cv = _rows_cols(x, c, s)
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        prow = torch.empty(n_lt, b, d, device=x.device, dtype=torch.float32)
-        pcol = torch.empty(n_rt, b, ll, device=x.device, dtype=torch.float32)
-        _bwd_kernel[(b * n_rt * n_lt,)](
-            dy, x, rv, cv, dx if write_dx else x, prow, pcol, b, d, ll, n_rt, n_lt,
-            PRODUCT=product, WRITE_DX=write_dx, BR=br, BL=bl, num_warps=warps,
-        )  # fmt: skip
-        row = prow[0] if n_lt == 1 else prow.sum(0)
-        col = pcol[0] if n_rt == 1 else pcol.sum(0)
-        return row, col
-
-    key = ("bwd", d, ll, cl, product, write_dx, _dtypes(dy, x, c, s))
-    row, col = _tuned(key, _configs(d, ll), launch)
+    br, bl, warps = _gate_tile(d, ll)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    # One buffer for both partials (one allocation); the finished vectors in out_dtype.
+    part = torch.empty(b * (n_lt * d + n_rt * ll), device=x.device, dtype=torch.float32)
+    prow, pcol = part[: b * n_lt * d], part[b * n_lt * d :]
+    row = torch.empty(b, d, device=x.device, dtype=out_dtype)
+    col = torch.empty(b, ll, device=x.device, dtype=out_dtype)
+    _launch(
+        _bwd_kernel, (b * n_rt * n_lt,), dy, x, rv, cv, dx if write_dx else x, prow, pcol, row, col,
+        _tickets(x.device, b), b, d, ll, n_rt, n_lt, PRODUCT=product, WRITE_DX=write_dx, BR=br,
+        BL=bl, num_warps=warps,
+    )  # fmt: skip
     dc, ds = (col, row) if cl else (row, col)  # see the module docstring: NCHW rows = channels
     return dx, dc.reshape(b, ch), ds.reshape(b, 1, h, w)
 
 
 def gate_backward_reduce(
-    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
-) -> tuple[Tensor, Tensor]:
+    dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One pass over x and dy: ``dl = dy * x * g * (1 - g)``, ``g = sigmoid(c (+|*) s)``.
 
     Returns ``dc`` (sum of dl over pixels, times s for product) ``[B, C]`` and ``ds`` (sum over
-    channels, times c for product) ``[B, 1, H, W]``, both float32.
+    channels, times c for product) ``[B, 1, H, W]``, summed in float32 and written in
+    ``out_dtype``.
     """
-    _, dc, ds = _backward(dy, x, c, s, product, False, "gate_backward_reduce")
+    _, dc, ds = _backward(dy, x, c, s, product, False, out_dtype, "gate_backward_reduce")
     return dc, ds
 
 
@@ -482,9 +752,9 @@ def gate_backward(
     dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The gate's whole backward in one pass (read dy and x, write dx): ``(dx, dc, ds)`` with dx
-    ``= dy * (1 + g)`` in x's dtype and format, and dc, ds as :func:`gate_backward_reduce`.
-    For the gate alone; the block, whose dx has more terms, uses reduce + dx."""
-    return _backward(dy, x, c, s, product, True, "gate_backward")
+    ``= dy * (1 + g)`` in x's dtype and format, and dc, ds as :func:`gate_backward_reduce`
+    (float32). For the gate alone; the block, whose dx has more terms, uses reduce + dx."""
+    return _backward(dy, x, c, s, product, True, torch.float32, "gate_backward")
 
 
 def gate_backward_dx(
@@ -500,8 +770,8 @@ def gate_backward_dx(
 
         dx = dy * (1 + g) + W_r^T @ dr (per pixel, if dr is given) + dpool / (H * W) (if given)
 
-    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]``, ``dr`` ``[B, h, H, W]`` (any layout),
-    ``dpool`` ``[B, C]``.
+    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: cast in the kernel to
+    dr's), ``dr`` ``[B, h, H, W]`` (any layout), ``dpool`` ``[B, C]``.
     """
     name = "gate_backward_dx"
     _check_x(dy, name)
@@ -538,31 +808,26 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    bk = max(16, min(64, _np2(k))) if has_dr else 16
-
-    def launch(cfg):
-        br, bl, warps = cfg
-        n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
-        _dx_kernel[(b * n_rt * n_lt,)](
-            dy, dx, rv, cv, dpool if dpool is not None else dy, w_reduce if has_dr else dy,
-            dr if has_dr else dy, d, ll, max(k, 1), n_rt, n_lt, 1.0 / (h * w), *dr_strides,
-            PRODUCT=product, CL=cl, HAS_POOL=dpool is not None, HAS_DR=has_dr,
-            PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl, BK=bk,
-            num_warps=warps,
-        )  # fmt: skip
-        return dx
-
-    key = ("dx", d, ll, k, cl, product, dpool is not None, _dtypes(dy, c, s))
-    # tl.dot needs every tile side >= 16.
-    return _tuned(key, _configs(d, ll, 16 if has_dr else 1), launch)
+    br, bl, bk, warps = _dx_tile(d, ll, k) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    _launch(
+        _dx_kernel, (b * n_rt * n_lt,), dy, dx, rv, cv, dpool if dpool is not None else dy,
+        w_reduce if has_dr else dy, dr if has_dr else dy, d, ll, n_rt, n_lt, 1.0 / (h * w),
+        *dr_strides, K=max(k, 1), PRODUCT=product, CL=cl, HAS_POOL=dpool is not None,
+        HAS_DR=has_dr, PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl,
+        BK=bk, num_warps=warps,
+    )  # fmt: skip
+    return dx
 
 
 def pool_reduce(
-    x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` float32, and
-    ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's dtype, always
-    channels_last (the 3x3 convolutions after it run fastest so on a GPU)."""
+    x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None,
+    pooled_dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` (summed in float32, written
+    in ``pooled_dtype``), and ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's
+    dtype, always channels_last (the 3x3 convolutions after it run fastest so on a GPU). The
+    weights may be any float dtype: the kernel casts them to x's."""
     name = "pool_reduce"
     _check_x(x, name)
     b, ch, h, w = x.shape
@@ -579,33 +844,24 @@ def pool_reduce(
     hw = h * w
     if x.numel() == 0 or k == 0:
         pooled = torch.zeros(b, ch, device=x.device) if hw == 0 else x.float().mean((2, 3))
-        return pooled, r.zero_()
-    cl = _is_cl(x)
-    bk = max(16, min(128, _np2(k)))
-    n_kt = triton.cdiv(k, bk)
-
-    def launch(cfg):
-        bp, bc, warps = cfg
-        n_pt = triton.cdiv(hw, bp)
-        ppool = torch.empty(n_pt, b, ch, device=x.device, dtype=torch.float32)
-        _pool_reduce_kernel[(b * n_pt * n_kt,)](
-            x, w_reduce, b_reduce if b_reduce is not None else w_reduce, r, ppool, b, ch, hw, k,
-            n_pt, n_kt, CL=cl, HAS_BIAS=b_reduce is not None, PRECISION=_precision(x.dtype),
-            UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk, num_warps=warps,
-        )  # fmt: skip
-        pooled = ppool[0] if n_pt == 1 else ppool.sum(0)
-        return pooled.div_(hw), r
-
-    if INTERPRETED:
-        configs = [(max(16, min(64, _np2(hw))), max(16, min(64, _np2(ch))), 4)]
-    else:
-        configs = [(32, 64, 4), (64, 32, 4), (64, 64, 8)]
-    return _tuned(("pool", ch, hw, k, cl, b_reduce is not None, x.dtype), configs, launch)
+        return pooled.to(pooled_dtype), r.zero_()
+    bp, bc, bk, warps = _pool_tile(hw, ch, k)
+    n_pt, n_kt = triton.cdiv(hw, bp), triton.cdiv(k, bk)
+    ppool = torch.empty(b, n_pt, ch, device=x.device, dtype=torch.float32)
+    pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
+    _launch(
+        _pool_reduce_kernel, (b * n_pt * n_kt,), x, w_reduce,
+        b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled, _tickets(x.device, b),
+        b, hw, k, n_pt, n_kt, 1.0 / hw, C=ch, CL=_is_cl(x), HAS_BIAS=b_reduce is not None,
+        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
+        num_warps=warps,
+    )  # fmt: skip
+    return pooled, r
 
 
-def reduce_weight_grad(x: Tensor, dr: Tensor) -> Tensor:
-    """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` float32: cuBLAS, one read of x (not Triton:
-    a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
+def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` in ``out_dtype`` (accumulated in float32):
+    cuBLAS, one read of x (not Triton: a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
     _check_x(x, "reduce_weight_grad")
     b, ch, h, w = x.shape
     if dr.dim() != 4 or dr.shape[0] != b or tuple(dr.shape[2:]) != (h, w):
@@ -615,11 +871,80 @@ def reduce_weight_grad(x: Tensor, dr: Tensor) -> Tensor:
         )
     k = dr.shape[1]
     if x.numel() == 0:
-        return torch.zeros(k, ch, device=x.device)
+        return torch.zeros(k, ch, device=x.device, dtype=out_dtype)
     dr = dr.to(x.dtype)
     if _is_cl(x) and _is_cl(dr):  # both are [B*H*W, channels] in memory: one product, no copy
         xm, drm = x.permute(0, 2, 3, 1).reshape(-1, ch), dr.permute(0, 2, 3, 1).reshape(-1, k)
-        return (drm.t() @ xm).float()
+        return (drm.t() @ xm).to(out_dtype)
     # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
     xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
-    return torch.bmm(drm, xm.transpose(1, 2)).float().sum(0)
+    return torch.bmm(drm, xm.transpose(1, 2)).to(out_dtype).sum(0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The channel MLP (one hidden layer)
+
+MLP_MAX_HIDDEN = 128  # hidden units one program holds (BAM-ResNet-50: 16, 32, 64)
+
+
+def _mlp_tile(b: int, ch: int, hid: int) -> tuple[int, int, int, int]:
+    """(BB, BH, BC, num_warps): BB rows of the batch and BC channels per step, all hidden
+    units at once."""
+    return max(16, min(32, _np2(b))), max(16, _np2(hid)), max(16, min(64, _np2(ch))), 4
+
+
+def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, train: bool,
+                momentum: float, eps: float):  # fmt: skip
+    """``Linear -> BatchNorm1d -> ReLU -> Linear`` on pooled ``[B, C]``, in one launch, in
+    pooled's dtype (the weights may be any float dtype: cast as they are read). Returns
+    ``(z, a, mean, invstd, c)``: the hidden Linear's output, the ReLU's, the BatchNorm's
+    statistics (float32; the running ones when not ``train``) and the output. In training the
+    running statistics are updated in place, as nn.BatchNorm1d does."""
+    _check_x(pooled[:, :, None, None], "mlp_forward")
+    b, ch = pooled.shape
+    hid = w1.shape[0]
+    if hid > MLP_MAX_HIDDEN or tuple(w1.shape) != (hid, ch) or tuple(w2.shape) != (ch, hid):
+        raise ValueError(
+            f"mlp_forward: weights must be [h, C] and [C, h] with h <= {MLP_MAX_HIDDEN}, C = "
+            f"{ch}; got {list(w1.shape)} and {list(w2.shape)}."
+        )
+    pooled = pooled.contiguous()
+    dt, dev = pooled.dtype, pooled.device
+    z, a = torch.empty(b, hid, dtype=dt, device=dev), torch.empty(b, hid, dtype=dt, device=dev)
+    mean = torch.empty(hid, dtype=torch.float32, device=dev)
+    invstd = torch.empty(hid, dtype=torch.float32, device=dev)
+    c = torch.empty(b, ch, dtype=dt, device=dev)
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    _launch(
+        _mlp_fwd_kernel, (1,), pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2,
+        z, a, mean, invstd, c, b, float(momentum), float(eps), C=ch, H=hid, TRAIN=train,
+        PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc, num_warps=warps,
+    )  # fmt: skip
+    return z, a, mean, invstd, c
+
+
+def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, need_dpool: bool,
+                 b1, beta, b2):  # fmt: skip
+    """The backward of :func:`mlp_forward` in one launch, from what it returned:
+    ``(dw1, db1, dgamma, dbeta, dw2, db2, dpool)``, each weight's grad in that weight's dtype
+    (``b1``, ``beta``, ``b2`` are passed for their dtypes), dpool in pooled's dtype (None
+    unless ``need_dpool``)."""
+    b, ch = pooled.shape
+    hid = w1.shape[0]
+    dt, dev = pooled.dtype, pooled.device
+    dc = dc.contiguous()
+    grads = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in (w1, b1, gamma, beta, w2, b2)]
+    dpool = torch.empty(b, ch, dtype=dt, device=dev) if need_dpool else None
+    scratch = torch.empty(2, b, hid, dtype=dt, device=dev)  # da, dz
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    _launch(
+        _mlp_bwd_kernel, (1,), dc, pooled, z, a, mean, invstd, gamma, w1, w2, *grads,
+        dpool if need_dpool else dc, scratch[0], scratch[1], b, C=ch, H=hid, TRAIN=train,
+        NEED_DPOOL=need_dpool, PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
+        num_warps=warps,
+    )  # fmt: skip
+    return (*grads, dpool)
+
+
+# The tiles are chosen by shape; nothing is timed. (benchmarks/gpu.py still reads this name.)
+TUNE = False

@@ -1,0 +1,118 @@
+"""Compile every kernel variant BAM-ResNet-50 launches for sm_90 (no GPU needed) and print
+each one's resource use as JSON lines; run by tests/cuda/test_kernels.py in a subprocess.
+
+The kernels are reached through the public functions of torch_bam.cuda.kernels, called on meta
+tensors of the network's shapes, with ``kernels._launch`` replaced by Triton's ``warmup`` (which
+compiles exactly what a launch would, with the same specialisation, and launches nothing) and a
+stand-in driver that names an sm_90 target. Registers and spills come from the log of the
+ptxas run Triton makes (TRITON_DUMP_PTXAS_LOG); a fresh TRITON_CACHE_DIR makes it compile.
+"""
+
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+# (C, H*W side) of BAM-ResNet-50's three blocks, at B = 64.
+SHAPES = [(256, 56), (512, 28), (1024, 14)]
+BATCH = 64
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+class _SM90:
+    """What Triton's JIT asks of a driver before it compiles."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+    def get_device_interface(self):
+        return torch.cuda
+
+    def get_active_torch_device(self):
+        return torch.device("meta")
+
+
+def _ptxas(log: str) -> dict:
+    """Registers, stack frame and spills from ptxas's own -v log of this compile."""
+    pat = {
+        "registers": r"Used (\d+) registers",
+        "stack_frame": r"(\d+) bytes stack frame",
+        "spill_stores": r"(\d+) bytes spill stores",
+        "spill_loads": r"(\d+) bytes spill loads",
+    }
+    out = {}
+    for name, p in pat.items():
+        m = re.search(p, log)
+        out[name] = int(m.group(1)) if m else None
+    return out
+
+
+def main() -> int:
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    driver.set_active(_SM90())
+    from torch_bam.cuda import kernels as k
+
+    seen: dict = {}
+
+    def launch(kernel, grid, *args, **meta):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # Triton prints ptxas's log when it compiles
+            compiled = kernel.warmup(*args, grid=grid, **meta)
+        key = (kernel.fn.__name__, compiled.hash)
+        if key not in seen:
+            row = {"kernel": kernel.fn.__name__, "num_warps": compiled.metadata.num_warps,
+                   "shared": compiled.metadata.shared, **_ptxas(log.getvalue())}
+            row["meta"] = {n: v for n, v in meta.items() if isinstance(v, (int, bool, str))}
+            row["dtypes"] = [str(a.dtype)[6:] for a in args if isinstance(a, torch.Tensor)]
+            row["shape"] = [list(a.shape) for a in args if isinstance(a, torch.Tensor)][0]
+            seen[key] = row
+            print(json.dumps(row), flush=True)
+
+    k._launch = launch
+    k._check_x = lambda x, name: None  # meta tensors: shapes only
+
+    for ch, side in SHAPES:
+        h = ch // 16
+        for dtype in DTYPES:
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                def t(*shape, dt=dtype, fmt=torch.contiguous_format):
+                    return torch.empty(*shape, device="meta", dtype=dt).contiguous(
+                        memory_format=fmt
+                    )
+
+                x = t(BATCH, ch, side, side, fmt=fmt)
+                c, s = t(BATCH, ch), t(BATCH, 1, side, side)
+                w, bias = t(h, ch, 1, 1, dt=torch.float32), t(h, dt=torch.float32)
+                dr = t(BATCH, h, side, side, fmt=torch.channels_last)
+                # The block's launches (small tensors in the compute dtype, weights float32).
+                k.pool_reduce(x, w, bias, pooled_dtype=dtype)
+                k.gate_forward(x, c, s, False)
+                k.gate_backward_reduce(x, x, c, s, False, out_dtype=dtype)
+                k.gate_backward_dx(x, c, s, False, w, dr, c)
+                f32 = [t(h, dt=torch.float32) for _ in range(4)]  # BN weight, bias, running
+                w1, w2, b2 = t(h, ch, dt=torch.float32), t(ch, h, dt=torch.float32), t(ch)
+                for train in (True, False):  # training, and inference or a frozen BatchNorm
+                    z, a, mean, invstd, _ = k.mlp_forward(c, w1, f32[0], *f32, w2, b2, train,
+                                                          0.1, 1e-5)  # fmt: skip
+                    k.mlp_backward(c, c, z, a, mean, invstd, f32[0], w1, w2, train, True, f32[0],
+                                   f32[1], b2)  # fmt: skip
+                # The bam_gate op's (the plain path's gate on CUDA).
+                k.gate_backward(x, x, c, s, False)
+    print("done", len(seen))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
