@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from benchmarks.seed_bam import BAM as SeedBAM
 from tests.cuda.conftest import IN_PROCESS
 from tests.helpers import randomize_
+from tests.reference.seed_bam import BAM as SeedBAM
 from torch_bam import BAM, dispatch
 from torch_bam.functional import set_backend
 

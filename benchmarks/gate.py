@@ -1,23 +1,15 @@
-"""All GPU checking and timing of torch-bam in one call (issues 11 and 12); writes RESULTS_GPU.md.
+"""The gate alone, ``x * (1 + sigmoid(c + s))``: is the fused kernel as fast as a copy of x?
 
-    PYTHONPATH=src python benchmarks/gpu.py            # on a CUDA machine, under 5 minutes
-    TRITON_INTERPRET=1 PYTHONPATH=src python benchmarks/gpu.py --device cpu --smoke --out /tmp/r.md
+CPU: the reference ATen expression, ``torch.compile`` of it, the registered op with the ATen
+composition and with the fused C kernel (NCHW, channels_last, in place), forward and
+forward+backward, against a copy of x (the bandwidth floor), at B=32, C=256, 56x56.
 
-1. Records the card, driver, CUDA, torch and triton versions.
-2. Checks every kernel of ``torch_bam.cuda.kernels`` on the GPU against a float64 reference:
-   fresh random inputs, the caching allocator poisoned with NaN before each call, float32,
-   float16 and bfloat16, NCHW and channels_last, an odd small shape and an issue shape.
-3. Times the kernels with ``triton.testing.do_bench`` (median; it flushes L2 between calls
-   and queues the launch behind the flush, so a call's host overhead is not timed) against
-   a same-size copy of x, a kernel that reads two x-sized tensors and writes one
-   (``torch.add(a, b, out=c)``), and the ATen composition each kernel replaces, at
-   ``B in {32, 64} x {256@56, 512@28, 1024@14, 2048@7}``, bfloat16 and float32, both layouts.
-4. Calls ``benchmarks/gpu_block.py``'s ``run(report)`` if that file exists (the block and
-   network targets of issue 12), then writes the report and prints one verdict line per target.
-
-Exits 2 without CUDA (or, with ``--device cpu``, without ``TRITON_INTERPRET=1``), 1 if a
-correctness check failed, 0 otherwise. Stops timing at ``--kernel-s`` seconds (rows not timed
-are listed) so that the whole call stays within about 5 minutes.
+CUDA: every kernel of ``torch_bam.cuda.kernels`` against a float64 reference (fresh random
+inputs, the caching allocator poisoned with NaN before each call; float32, float16, bfloat16;
+NCHW and channels_last); then the kernels' times (L2 flushed before each call, the launch hidden
+behind the flush) against a copy of x, ``torch.add(a, b, out=c)`` (read two, write one: the
+one-pass backward's floor) and the ATen composition each kernel replaces, at
+``B in {32, 64} x {256@56, 512@28, 1024@14, 2048@7}``, bfloat16 and float32, both layouts.
 """
 
 # Lambdas are timed inside the loop that defines them, and tables are long lines:
@@ -25,93 +17,123 @@ are listed) so that the whole call stays within about 5 minutes.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _gpu_report import Report  # noqa: E402
+from benchmarks._plan import Ctx, Row
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+CL = torch.channels_last
+LAYOUTS = {"NCHW": torch.contiguous_format, "CL": CL}
 R = 16  # BAM's reduction ratio: h = C / 16
+
+
+# ------------------------------------------------------------------------------------- CPU
+def cpu_gate(ctx: Ctx) -> None:
+    from torch_bam import functional
+
+    b, c, h, w = (2, 16, 8, 8) if ctx.dry else (32, 256, 56, 56)
+    x = torch.randn(b, c, h, w)
+    cl, sl = torch.randn(b, c), torch.randn(b, 1, h, w)
+    xc = x.contiguous(memory_format=CL)
+    xi = x.clone()
+    compiled_ref = torch.compile(functional.bam_gate_ref)
+
+    def op(backend, xx, inplace=False):
+        def run():
+            functional.set_backend(backend)
+            try:
+                with torch.no_grad():
+                    functional.bam_gate(xx, cl, sl, inplace=inplace)
+            finally:
+                functional.set_backend("auto")
+
+        return run
+
+    def no_grad(fn):
+        def run():
+            with torch.no_grad():
+                fn()
+
+        return run
+
+    fwd = {
+        "copy of x (bandwidth floor)": no_grad(lambda: x.clone()),
+        "reference: x * sigmoid(c + s) + x": no_grad(lambda: functional.bam_gate_ref(x, cl, sl)),
+        "torch.compile(reference)": no_grad(lambda: compiled_ref(x, cl, sl)),
+        "registered op, ATen composition": op("aten", x),
+        "registered op, fused C kernel (NCHW)": op("auto", x),
+        "registered op, fused C kernel (channels_last)": op("auto", xc),
+        "registered op, fused C kernel, in place": op("auto", xi, inplace=True),
+    }
+    dy = torch.randn_like(x)
+    leaves = [t.clone().requires_grad_() for t in (x, cl, sl)]
+
+    def fb(fn, backend="auto"):
+        def run():
+            functional.set_backend(backend)
+            try:
+                fn(*leaves).backward(dy)
+            finally:
+                functional.set_backend("auto")
+
+        return run
+
+    bwd = {
+        "fwd+bwd: copy of x and of dy (floor)": no_grad(lambda: (x.clone(), dy.clone())),
+        "fwd+bwd: reference (autograd)": fb(functional.bam_gate_ref),
+        "fwd+bwd: torch.compile(reference)": fb(compiled_ref),
+        "fwd+bwd: registered op, ATen composition": fb(functional.bam_gate, "aten"),
+        "fwd+bwd: registered op, fused C kernel": fb(functional.bam_gate),
+    }
+    rows = []
+
+    def table(fns, ref):
+        t = ctx.measure(fns, 10, min_s=0.5, max_turns=50)
+        for name in fns:
+            lo, hi = t.spread(name)
+            rows.append(
+                [name, f"{t.median(name):.1f}", f"{lo:.1f}-{hi:.1f}", str(t.ratio(name, ref))]
+            )
+        return t
+
+    t = table(fwd, "copy of x (bandwidth floor)")
+    fused, aten = "registered op, fused C kernel (NCHW)", "registered op, ATen composition"
+    ctx.ratio_verdict(
+        "CPU gate forward, fused C kernel / ATen composition", t.ratio(fused, aten), 1.0
+    )
+    t = table(bwd, "fwd+bwd: copy of x and of dy (floor)")
+    fused, aten = (
+        "fwd+bwd: registered op, fused C kernel",
+        "fwd+bwd: registered op, ATen composition",
+    )
+    ctx.ratio_verdict(
+        "CPU gate fwd+bwd, fused C kernel / ATen composition", t.ratio(fused, aten), 1.0
+    )
+    torch._dynamo.reset()
+    ctx.report.table(
+        f"The gate alone on CPU, x = {list(x.shape)} float32",
+        [
+            "variant",
+            "ms (median)",
+            "interquartile range",
+            "/ copy (median of per-turn ratios, 95% CI)",
+        ],
+        rows,
+        after=[
+            "The copy is the bandwidth floor: a kernel that reads x and writes y once cannot be faster."
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------- CUDA
 SHAPES = [(b, c, s, s) for b in (32, 64) for c, s in ((256, 56), (512, 28), (1024, 14), (2048, 7))]
-SMOKE_SHAPES = [(3, 48, 3, 7)]
+DRY_SHAPES = [(3, 48, 3, 7)]
 CHECK_SHAPES = [(3, 37, 7, 9), (32, 256, 56, 56)]
-SMOKE_CHECK_SHAPES = [(2, 21, 3, 5)]
-LAYOUTS = {"NCHW": torch.contiguous_format, "CL": torch.channels_last}
+DRY_CHECK_SHAPES = [(2, 21, 3, 5)]
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-# Targets of issue 11.
-FWD_TARGET, BWD_TARGET = 0.8, 0.7
-
-
-def _parse(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
-    p.add_argument("--smoke", action="store_true", help="tiny shapes (the CPU dry run)")
-    p.add_argument("--out", default=os.path.join(HERE, "RESULTS_GPU.md"))
-    p.add_argument("--kernel-s", type=float, default=170.0, help="stop kernel timing after this")
-    p.add_argument("--total-s", type=float, default=285.0, help="deadline handed to gpu_block")
-    p.add_argument("--no-block", action="store_true", help="skip benchmarks/gpu_block.py")
-    return p.parse_args(argv)
-
-
-# ---------------------------------------------------------------------------------------------
-# Machine facts
-
-
-def _driver() -> str:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "unknown"
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10, cwd=HERE
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, cwd=HERE,
-        ).stdout.strip()  # fmt: skip
-        return out.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _facts(report: Report, device: str) -> None:
-    import triton
-
-    report.fact("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    if device == "cuda":
-        prop = torch.cuda.get_device_properties(0)
-        report.fact("card", f"{prop.name}, {prop.multi_processor_count} SMs, {prop.total_memory / 2**30:.0f} GiB")
-        report.fact("driver", _driver())
-        report.fact("CUDA (torch build)", torch.version.cuda)
-    else:
-        report.fact("card", f"none: CPU dry run under TRITON_INTERPRET=1 ({platform.machine()})")
-    report.fact("torch", torch.__version__)
-    report.fact("triton", triton.__version__)
-    report.fact("python", platform.python_version())
-    report.fact("project commit", _commit())
-    report.fact("cudnn.allow_tf32 (float32 dots follow it)", torch.backends.cudnn.allow_tf32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Correctness against float64
+FWD_TARGET, BWD_TARGET = 0.8, 0.7  # copy / forward, 2r1w / backward
 
 
 def _poison(device: str, nbytes: int) -> None:
@@ -186,15 +208,23 @@ def _checks(kernels, shape, dtype, fmt, product, device, gen):
     return out
 
 
-def correctness(report: Report, kernels, device: str, smoke: bool) -> bool:
+def cuda_correctness(ctx: Ctx) -> None:
+    from torch_bam.cuda import kernels
+
+    device = ctx.tensor_device
     gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
     seed = gen.initial_seed()
     worst: dict[tuple, float] = {}
     errors: list[str] = []
-    shapes = SMOKE_CHECK_SHAPES if smoke else CHECK_SHAPES
-    dtypes = [torch.float32, torch.bfloat16] if smoke else [torch.float32, torch.float16, torch.bfloat16]
-    tune = kernels.TUNE
-    kernels.TUNE = False  # one config each here: the timing below tunes
+    shapes = DRY_CHECK_SHAPES if ctx.dry else CHECK_SHAPES
+    dtypes = (
+        [torch.float32, torch.bfloat16]
+        if ctx.dry
+        else [torch.float32, torch.float16, torch.bfloat16]
+    )
+    tune = getattr(kernels, "TUNE", None)
+    if tune is not None:
+        kernels.TUNE = False  # one configuration each here: the timing rows tune
     try:
         for shape in shapes:
             for dtype in dtypes:
@@ -204,7 +234,11 @@ def correctness(report: Report, kernels, device: str, smoke: bool) -> bool:
                         try:
                             results = _checks(kernels, shape, dtype, fmt, product, device, gen)
                         except Exception as exc:  # a kernel that does not run fails its check
-                            errors.append(f"{shape} {dtype} {lname} product={product}: {type(exc).__name__}: {exc}"[:500])
+                            errors.append(
+                                f"{shape} {dtype} {lname} product={product}: {type(exc).__name__}: {exc}"[
+                                    :500
+                                ]
+                            )
                             print("ERROR", errors[-1], flush=True)
                             worst[("(raised)", str(dtype)[6:], lname)] = float("inf")
                             continue
@@ -212,45 +246,24 @@ def correctness(report: Report, kernels, device: str, smoke: bool) -> bool:
                             key = (name, str(dtype)[6:], lname)
                             worst[key] = max(worst.get(key, 0.0), e)
     finally:
-        kernels.TUNE = tune
+        if tune is not None:
+            kernels.TUNE = tune
     rows = [[*key, f"{e:.3f}", "ok" if e <= 1 else "FAIL"] for key, e in worst.items()]
-    report.table(
-        f"Correctness against float64 (shapes {shapes}, seed {seed})",
+    ctx.report.table(
+        f"CUDA kernels against float64 (shapes {shapes}, seed {seed})",
         ["kernel", "dtype", "layout", "worst error / allowed", ""],
         rows,
+        after=[f"- raised: {e}" for e in errors],
     )
-    if errors:
-        report.text("Correctness: checks that raised", [f"- {e}" for e in errors])
     bad = [f"{k[0]} {k[1]} {k[2]}" for k, e in worst.items() if e > 1]
-    report.verdict(
+    v = ctx.report.verdict(
         "correctness of every kernel against float64",
-        f"{len(worst) - len(bad)} of {len(worst)} pass" + (f" (fail: {', '.join(bad)})" if bad else ""),
+        f"{len(worst) - len(bad)} of {len(worst)} pass"
+        + (f" (fail: {', '.join(bad)})" if bad else ""),
         "all pass",
         not bad,
     )
-    return not bad
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing
-
-
-def _timer(device: str, smoke: bool):
-    if device == "cuda":
-        from triton.testing import do_bench
-
-        return lambda fn: do_bench(fn, warmup=10, rep=40, return_mode="median")
-
-    def cpu_ms(fn):  # the CPU dry run: the interpreter's times mean nothing, the plumbing does
-        fn()
-        times = []
-        for _ in range(1 if smoke else 3):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return cpu_ms
+    v.met = not bad  # a correctness check is a check in a dry run too
 
 
 def _aten_forward(x, c, s):
@@ -281,8 +294,8 @@ def _aten_pool_reduce(x, wr, br):
     return x.float().mean((2, 3)), F.conv2d(x, wr.to(x.dtype), br.to(x.dtype))
 
 
-# Timed in two phases, the issue's targets first, so that a run cut short by its time budget
-# loses the block-only rows, not the targets.
+# Timed in two phases, the targets first, so a run cut by its time budget loses the block-only
+# columns, not the targets.
 PHASES = (
     ("gate", ("copy", "2r1w", "fwd", "fwd aten", "bwd", "bwd aten")),
     ("block", ("block bwd", "block bwd aten", "pool", "pool aten")),
@@ -314,7 +327,7 @@ def _cases(kernels, shape, dtype, fmt, device):
     out = torch.empty_like(x)
     c, s = rand(b, ch), rand(b, 1, h, w)
     wr, br = 0.1 * rand(k, ch, 1, 1, dt=torch.float32), rand(k, dt=torch.float32)
-    dr = rand(b, k, h, w).contiguous(memory_format=torch.channels_last)
+    dr = rand(b, k, h, w).contiguous(memory_format=CL)
     dpool = rand(b, ch, dt=torch.float32)
 
     def block_bwd():
@@ -335,11 +348,13 @@ def _cases(kernels, shape, dtype, fmt, device):
     }
 
 
-def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) -> None:
-    bench = _timer(device, smoke)
+def cuda_kernel_times(ctx: Ctx) -> None:
+    from torch_bam.cuda import kernels
+
+    device = ctx.tensor_device
     combos = [
         (shape, dtype, lname, fmt)
-        for shape in (SMOKE_SHAPES if smoke else SHAPES)
+        for shape in (DRY_SHAPES if ctx.dry else SHAPES)
         for dtype in (torch.bfloat16, torch.float32)
         for lname, fmt in LAYOUTS.items()
     ]
@@ -348,15 +363,15 @@ def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) ->
     skipped, errors = [], []
     for phase, names in PHASES:
         for combo in combos:
-            if time.monotonic() > stop_at:
+            if ctx.time_left() < 5:
                 skipped.append(f"{phase} phase of {tag[combo]}")
                 continue
             shape, dtype, _, fmt = combo
             t = times[tag[combo]]
             try:
                 fns = _cases(kernels, shape, dtype, fmt, device)
-                for name in names:
-                    t[name] = bench(fns[name])
+                measured = ctx.measure({n: fns[n] for n in names}, 20, host_time=False, warmup=3)
+                t.update({n: measured.median(n) for n in names})
                 del fns
             except Exception as exc:  # keep what was measured; say what failed
                 errors.append(f"{phase} phase of {tag[combo]}: {type(exc).__name__}: {exc}"[:500])
@@ -373,7 +388,9 @@ def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) ->
 
     rows = []
     for (shape, dtype, _, _), (tg, t) in zip(combos, times.items(), strict=True):
-        nbytes = 2 * shape[0] * shape[1] * shape[2] * shape[3] * (2 if dtype == torch.bfloat16 else 4)
+        nbytes = (
+            2 * shape[0] * shape[1] * shape[2] * shape[3] * (2 if dtype == torch.bfloat16 else 4)
+        )
         gbs = f"{nbytes / t['copy'] / 1e6:.0f}" if "copy" in t else "-"
         r_fwd, r_bwd = ratio(t, "fwd/copy"), ratio(t, "bwd/2r1w")
         rows.append([
@@ -382,22 +399,19 @@ def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) ->
             cell(t, "bwd aten"), "-" if r_bwd is None else f"{r_bwd:.2f}", cell(t, "block bwd"),
             cell(t, "block bwd aten"), cell(t, "pool"), cell(t, "pool aten"),
         ])  # fmt: skip
-    report.table(
-        "Kernel times, ms (median of triton.testing.do_bench; L2 flushed between calls)"
+    ctx.report.table(
+        "CUDA kernel times, ms (median over turns; L2 flushed before each call, CUDA events)"
         if device == "cuda"
-        else "Kernel times, ms (CPU dry run under the interpreter: meaningless as speeds)",
+        else "CUDA kernel times, ms (dry run under the interpreter: meaningless as speeds)",
         COLUMNS,
         rows,
-    )
-    report.text(
-        "How to read the kernel table",
-        [
+        after=[
             "- copy: `out.copy_(x)`, reads x and writes x-sized: the forward's floor (2 N e bytes).",
             "- 2r1w: `torch.add(x, dy, out=out)`, reads two x-sized tensors and writes one: the one-pass backward's floor (3 N e).",
             "- bwd (1 pass): `gate_backward`, dx, dc and ds from one read of dy and x (what `bam_gate`'s backward runs).",
-            "- block bwd: `gate_backward_reduce` then `gate_backward_dx` with W_r^T dr (h = C/16) and dpool, as the block's backward needs them (dx depends on dr, which depends on ds): floor 4 N e + N e / 16.",
-            "- pool+reduce: `pool_reduce` (mean over pixels and the 1x1 reduce to C/16 channels in one read of x) against `x.float().mean` plus `F.conv2d`.",
-            "- ATen columns: the ATen composition each kernel replaces, float32 maths, as `set_backend('aten')` runs it.",
+            "- block bwd: `gate_backward_reduce` then `gate_backward_dx` with W_r^T dr (h = C/16) and dpool, as the block's backward needs them: floor 4 N e + N e / 16.",
+            "- pool+reduce: `pool_reduce` (mean over pixels and the 1x1 reduce in one read of x) against `x.float().mean` plus `F.conv2d`.",
+            "- ATen columns: the ATen composition each kernel replaces, float32 maths.",
         ]
         + ([f"- not timed (time budget reached): {', '.join(skipped)}"] if skipped else [])
         + [f"- FAILED: {e}" for e in errors],
@@ -406,15 +420,15 @@ def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) ->
     def verdict(target, key, goal_value):
         vals = [(r, tg) for tg, t in times.items() if (r := ratio(t, key)) is not None]
         if not vals:
-            report.verdict(target, "not measured", f">= {goal_value}", None)
+            ctx.report.verdict(target, "not measured", f">= {goal_value}", None)
             return
         v, tg = min(vals)
         complete = len(vals) == len(times)
         text = f"{v:.2f} at {tg}" + ("" if complete else f" ({len(vals)} of {len(times)} rows)")
         met = v >= goal_value
-        if smoke or (met and not complete):
-            met = None  # a CPU dry run, or rows missing: neither a pass nor a fail is established
-        report.verdict(target, text, f">= {goal_value}", met)
+        if met and not complete:
+            met = None  # rows missing: a pass is not established
+        ctx.report.verdict(target, text, f">= {goal_value}", met)
 
     verdict("gate forward: copy time / forward time, worst row", "fwd/copy", FWD_TARGET)
     verdict("fused backward: 2r1w time / backward time, worst row", "bwd/2r1w", BWD_TARGET)
@@ -424,58 +438,12 @@ def timing(report: Report, kernels, device: str, smoke: bool, stop_at: float) ->
     verdict("pool + reduce not slower than ATen, worst row", "pool aten", 1.0)
 
 
-# ---------------------------------------------------------------------------------------------
-
-
-def main(argv=None) -> int:
-    args = _parse(argv)
-    start = time.monotonic()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print(
-            "benchmarks/gpu.py: no CUDA device here (torch.cuda.is_available() is False). Run it on "
-            "a GPU machine; to dry-run its logic on CPU: TRITON_INTERPRET=1 PYTHONPATH=src python "
-            "benchmarks/gpu.py --device cpu --smoke --out /tmp/RESULTS_GPU.md",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        print("benchmarks/gpu.py: triton is not installed; the kernels need it.", file=sys.stderr)
-        return 2
-    from torch_bam.cuda import kernels
-
-    if args.device == "cpu" and not kernels.INTERPRETED:
-        print(
-            "benchmarks/gpu.py: --device cpu runs the kernels under the Triton interpreter: set "
-            "TRITON_INTERPRET=1 in the environment before starting it.",
-            file=sys.stderr,
-        )
-        return 2
-    report = Report("GPU results", device=args.device, smoke=args.smoke, deadline=start + args.total_s)
-    report.fact("written by", "`PYTHONPATH=src python benchmarks/gpu.py` (do not edit by hand; rerun it)")
-    if args.smoke:
-        report.fact("mode", "smoke (tiny shapes; a dry run of the script, not a measurement)")
-    _facts(report, args.device)
-    ok = correctness(report, kernels, args.device, args.smoke)
-    print(f"correctness done at {time.monotonic() - start:.0f} s", flush=True)
-    timing(report, kernels, args.device, args.smoke, start + args.kernel_s)
-    print(f"kernel timing done at {time.monotonic() - start:.0f} s", flush=True)
-    if not args.no_block and os.path.exists(os.path.join(HERE, "gpu_block.py")):
-        import gpu_block
-
-        try:
-            gpu_block.run(report)
-        except Exception as exc:  # report what ran; a crash there must not lose the kernels' rows
-            report.verdict("benchmarks/gpu_block.py", f"crashed: {type(exc).__name__}: {exc}", "runs", False)
-            ok = False
-    report.fact("wall time of this run", f"{time.monotonic() - start:.0f} s")
-    report.write(args.out)
-    print(f"\nwrote {args.out}")
-    for v in report.verdicts:
-        print(v.line())
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def rows(device: str, dry: bool) -> list[Row]:
+    if device == "cpu":
+        return [Row("gate", "gate alone, CPU", cpu_gate, est_s=40, order=60)]
+    return [
+        Row("gate", "kernel correctness against float64", cuda_correctness, est_s=40, order=0,
+            targets=["correctness of every kernel against float64"]),
+        Row("gate", "kernel times", cuda_kernel_times, est_s=90, order=40,
+            targets=["gate forward: copy time / forward time", "fused backward: 2r1w / backward"]),
+    ]  # fmt: skip
