@@ -39,11 +39,16 @@ def _conv_1x1(x: Tensor, conv: nn.Conv2d) -> Tensor:
     if not x.is_contiguous() or conv.groups != 1 or conv.stride != (1, 1):
         return conv._conv_forward(x, conv.weight, conv.bias)  # channels_last: a fast conv
     b, c, h, w = x.shape
-    weight = conv.weight.reshape(conv.out_channels, c).to(x.dtype)
-    y = torch.matmul(weight, x.reshape(b, c, h * w))  # [k, C] @ [B, C, HW]: NCHW out
-    if conv.bias is not None:
-        y = y + conv.bias.to(y.dtype).reshape(1, -1, 1)
-    return y.reshape(b, conv.out_channels, h, w)
+    k = conv.out_channels
+    # [k, C] @ [B, C, HW] as one batched matmul on the NCHW data, no copy of x (torch.matmul
+    # would fold the batch into a transposed, copied x).
+    weight = conv.weight.reshape(k, c).to(x.dtype).expand(b, k, c)
+    x3 = x.reshape(b, c, h * w)
+    if conv.bias is None:
+        y = torch.bmm(weight, x3)
+    else:
+        y = torch.baddbmm(conv.bias.to(x.dtype).reshape(1, k, 1), weight, x3)
+    return y.reshape(b, k, h, w)
 
 
 class BAMFloor(nn.Module):
