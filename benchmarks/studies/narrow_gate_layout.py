@@ -19,12 +19,19 @@ slower on narrow channels_last maps (``RESULTS_narrow_gate.md``). This script me
 4. the whole network, training step and inference: small_cnn, bam_small_cnn as it is, with
    the prototype, and its floor, in the same turns.
 
-The prototype, "mixed layout": a narrow gate in CPU training keeps each BatchNorm's input NCHW
-(where BatchNorm is fast) but gives each dilated 3x3 conv a channels_last input (where the conv's
-input gradient is fast), one copy of a C/r-channel map before each. ``mixed_layout_forward``
-below is the whole change, written as a replacement for ``SpatialGate.forward`` in CPU
-training; the timings patch it in with ``unittest.mock``. Times: minimum over the turns (other
-jobs only add time) and the median of the per-turn ratios with its 95% interval.
+The prototype changes two rules of the CPU room, both by map size:
+
+- "mixed layout": a narrow gate in CPU training keeps each BatchNorm's input NCHW (where
+  BatchNorm is fast) but gives each dilated 3x3 conv a channels_last input (where the conv's
+  input gradient is fast), one copy of a C/r-channel map before each; on maps of at least
+  32x32 only (``LARGE_MAP``), as on smaller maps the copies cost more than they save;
+- the memory-saving path only on maps of at least 32x32: on smaller maps its recompute costs
+  more than plain autograd (section 3, and ``RESULTS_block_autograd.md``).
+
+``mixed_layout_forward`` and ``saving_on_large_maps`` below are the whole change, written as a
+replacement for ``SpatialGate.forward`` in CPU training and for ``torch_bam.cpu.block.can_use``;
+the timings patch them in with ``unittest.mock``. Times: minimum over the turns (other jobs only
+add time) and the median of the per-turn ratios with its 95% interval.
 """
 
 # Lambdas are timed inside the loop that defines them, and tables are long lines:

@@ -103,3 +103,14 @@ def test_dry_run_of_the_cuda_correctness_rows_on_cpu(tmp_path):
     assert "GPU: none: a dry run on CPU" in text and "- triton: " in text
     assert "correctness of every kernel against float64: 24 of 24 pass (target all pass): met" in text
     assert "CUDA block grads, CUDA path vs plain path" in text and ": met" in text
+
+
+def test_dry_run_of_a_network_row_times_the_floor_beside_it_and_claims_nothing(tmp_path):
+    out = tmp_path / "r.md"
+    argv = ["network", "--device", "cpu", "--dry-run", "--only", "small_cnn", "--out", str(out)]
+    assert bench.main(argv) == 0
+    text = out.read_text()
+    verdicts = [line for line in text.splitlines() if "bam_small_cnn / small_cnn" in line]
+    assert len(verdicts) == 2 and all(line.endswith(": unresolved") for line in verdicts)
+    assert all("its floor" in line for line in verdicts)
+    assert "| train step | floor |" in text and "| inference | null |" in text
