@@ -27,6 +27,7 @@ CPU through the Triton interpreter); its times mean nothing and its timing verdi
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         return 0
 
     from benchmarks._plan import Ctx
-    from benchmarks._report import Report
+    from benchmarks._report import Report, loadavg
 
     start = time.monotonic()
     total = args.total_s
@@ -156,7 +157,30 @@ def main(argv=None) -> int:
     ctx = Ctx(report, args.device, args.dry_run, turns_scale=0.5 if args.quick else 1.0,
               deadline=start + total if total is not None else float("inf"))  # fmt: skip
     ran, cut, failed = [], [], []
-    for row in rows:
+    cores = args.threads if args.device == "cpu" else os.cpu_count()
+
+    def write(pending) -> None:
+        """The report as it stands: written after every row, so that a run stopped early
+        (killed, out of time) leaves a whole report of the rows it finished."""
+        final = copy.deepcopy(report)
+        final.fact("load average (1, 5, 15 min) at the end", loadavg())
+        final.fact("wall time of this run", f"{time.monotonic() - start:.0f} s")
+        final.fact("rows run (seconds)", ", ".join(f"{r.name} ({s:.0f})" for r, s in ran) or "none")
+        if cut:
+            final.fact("rows cut by the time budget", ", ".join(r.name for r in cut))
+        if pending:
+            final.fact(
+                "rows not run (the run stopped before them)", ", ".join(r.name for r in pending)
+            )
+        if args.device == "cpu" and max(load0, os.getloadavg()[0]) > cores + 0.5:
+            final.note(NOISY.format(cores=cores))
+        if args.dry_run:
+            final.note(
+                "**A dry run: tiny shapes and two turns, to check that every row runs. Its times mean nothing.**"
+            )
+        final.write(out)
+
+    for i, row in enumerate(rows):
         if ctx.time_left() < row.est_s:
             cut.append(row)
             for t in row.targets:
@@ -176,22 +200,8 @@ def main(argv=None) -> int:
             ).met = False
         ran.append((row, time.monotonic() - t0))
         ctx.free()
-    load1 = os.getloadavg()[0]
-    report.fact(
-        "load average (1, 5, 15 min) at the end", " ".join(f"{v:.2f}" for v in os.getloadavg())
-    )
-    report.fact("wall time of this run", f"{time.monotonic() - start:.0f} s")
-    report.fact("rows run (seconds)", ", ".join(f"{r.name} ({s:.0f})" for r, s in ran) or "none")
-    if cut:
-        report.fact("rows cut by the time budget", ", ".join(r.name for r in cut))
-    cores = args.threads if args.device == "cpu" else os.cpu_count()
-    if args.device == "cpu" and max(load0, load1) > cores + 0.5:
-        report.note(NOISY.format(cores=cores))
-    if args.dry_run:
-        report.note(
-            "**A dry run: tiny shapes and two turns, to check that every row runs. Its times mean nothing.**"
-        )
-    report.write(out)
+        write(rows[i + 1 :])
+    write([])
     print(f"\nwrote {out}")
     for v in report.verdicts:
         print(v.line())

@@ -393,7 +393,7 @@ def cuda_graph(ctx: Ctx) -> None:
 def rows(device: str, dry: bool) -> list[Row]:
     if device == "cpu":
         return [
-            *(Row("block", f"block {s[1]}@{s[2]}, CPU", cpu_block(s), est_s=120, order=50 + i)
+            *(Row("block", f"block {s[1]}@{s[2]}, CPU", cpu_block(s), est_s=240, order=30 + i)
               for i, s in enumerate(DRY_CPU_SHAPES if dry else CPU_SHAPES)),
             Row("block", "bytes saved for backward, CPU", cpu_memory, est_s=10, order=10),
         ]  # fmt: skip

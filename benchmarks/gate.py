@@ -440,7 +440,7 @@ def cuda_kernel_times(ctx: Ctx) -> None:
 
 def rows(device: str, dry: bool) -> list[Row]:
     if device == "cpu":
-        return [Row("gate", "gate alone, CPU", cpu_gate, est_s=40, order=60)]
+        return [Row("gate", "gate alone, CPU", cpu_gate, est_s=90, order=40)]
     return [
         Row("gate", "kernel correctness against float64", cuda_correctness, est_s=40, order=0,
             targets=["correctness of every kernel against float64"]),
