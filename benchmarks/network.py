@@ -70,6 +70,7 @@ def _infer(model, x, autocast=None):
 def _macs(model: nn.Module, size: tuple) -> int:
     from torch_bam.flops import count_macs
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: count the model
     return count_macs(copy.deepcopy(model).cpu().float(), (1, *size))
 
 
