@@ -287,34 +287,6 @@ def test_triton_backend_rejects_float64(triton_backend):
         )
 
 
-def _gpu_script():
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "gpu.py")
-    spec = importlib.util.spec_from_file_location("_torch_bam_gpu_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_gpu_script_dry_run_on_cpu(tmp_path, capsys):
-    out = tmp_path / "RESULTS_GPU.md"
-    assert _gpu_script().main(["--device", "cpu", "--smoke", "--no-block", "--out", str(out)]) == 0
-    text = out.read_text()
-    assert "torch: " + torch.__version__ in text and "triton: " in text
-    assert "correctness of every kernel against float64: 24 of 24 pass" in text
-    # A dry run measures nothing: its timing verdicts must not claim met or NOT met.
-    timing = [line for line in text.splitlines() if line.startswith("- ") and "worst row" in line]
-    assert len(timing) == 6 and all(line.endswith(": unresolved") for line in timing)
-
-
-def test_gpu_script_without_cuda_exits_with_a_clear_message(capsys):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    assert _gpu_script().main([]) == 2
-    assert "no CUDA device" in capsys.readouterr().err
-
-
 def test_no_timing_and_the_same_bits_on_every_call(monkeypatch):
     # Tiles come from the shape alone: nothing is timed (a tuner's choice would follow timing
     # noise and change the reduction order between runs or ranks).

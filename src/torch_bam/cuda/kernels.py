@@ -37,7 +37,7 @@ program that takes the last one sums that image's partials in a fixed order (so 
 the same on every run), writes the finished vector in the requested dtype and resets the
 ticket. No second launch, no ``.sum(0)``. The tickets live in a small zeroed buffer kept per
 device and stream (:func:`_tickets`). On an H100 a copy moves about 3 TB/s; the kernels aim at
-0.8 of that forward and 0.7 backward (``benchmarks/gpu.py`` measures it).
+0.8 of that forward and 0.7 backward (``benchmarks/bench.py gate --device cuda`` measures it).
 
 ``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
@@ -945,6 +945,3 @@ def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, nee
     )  # fmt: skip
     return (*grads, dpool)
 
-
-# The tiles are chosen by shape; nothing is timed. (benchmarks/gpu.py still reads this name.)
-TUNE = False

@@ -1,6 +1,6 @@
 """What the memory-saving path's check on weights changed in place costs, per call.
 
-Run from the repository root:  PYTHONPATH=src python benchmarks/saved_weights_check.py
+Run from the repository root:  PYTHONPATH=src python benchmarks/studies/saved_weights_check.py
 
 ``torch_bam.cpu.block`` saves the block's parameters with ``ctx.save_for_backward`` (they
 are the module's own tensors: no copy) so that autograd's version check raises if one is

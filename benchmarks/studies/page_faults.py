@@ -1,7 +1,7 @@
 """Page faults per call: why single timings on this machine move so much between runs.
 
-Run from the repository root:  PYTHONPATH=src:. python benchmarks/page_faults.py
-Writes benchmarks/RESULTS_page_faults.md.
+Run from the repository root:  PYTHONPATH=src python benchmarks/studies/page_faults.py
+Writes benchmarks/studies/RESULTS_page_faults.md.
 
 PyTorch's CPU tensors come from glibc's malloc. glibc hands a large buffer back to the kernel
 when it is freed (or when the top of its heap is trimmed), so the next buffer of that size
@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import seed_bam  # noqa: E402
-from run_benchmarks import (  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks.studies._common import (  # noqa: E402
     SHAPES,
     bam_resnet50,
     fwd_bwd,
@@ -34,7 +33,7 @@ from run_benchmarks import (  # noqa: E402
     pair,
     write_results,
 )
-
+from tests.reference import seed_bam  # noqa: E402
 from torch_bam import BAM  # noqa: E402
 
 OUT = Path(__file__).with_name("RESULTS_page_faults.md")

@@ -1,7 +1,7 @@
 """Narrow gates (C // r < 16) and the channels_last layout on CPU.
 
-Run from the repository root:  PYTHONPATH=src:. python benchmarks/narrow_gate.py
-Writes benchmarks/RESULTS_narrow_gate.md, the evidence for ``torch_bam.cpu.layers.narrow`` and for
+Run from the repository root:  PYTHONPATH=src python benchmarks/studies/narrow_gate.py
+Writes benchmarks/studies/RESULTS_narrow_gate.md, the evidence for ``torch_bam.cpu.layers.narrow`` and for
 ``torch_bam.cpu.layers.final_1x1``:
 
 1. PyTorch's own BatchNorm2d, forward+backward in training and forward in eval, on NCHW and on
@@ -26,10 +26,10 @@ from unittest import mock
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch_bam.cpu.layers as bam_module  # noqa: E402
+from benchmarks.studies._common import interleaved as _interleaved  # noqa: E402
+from benchmarks.studies._common import loadavg, write_results  # noqa: E402
 from torch_bam import BAM  # noqa: E402
 
 OUT = Path(__file__).with_name("RESULTS_narrow_gate.md")

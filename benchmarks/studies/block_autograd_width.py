@@ -1,7 +1,7 @@
 """Training step of one BAM block: the memory-saving path against plain autograd, by gate width.
 
-Run from the repository root:  PYTHONPATH=src:. python benchmarks/block_autograd_width.py
-Writes benchmarks/RESULTS_block_autograd.md. It is the evidence for
+Run from the repository root:  PYTHONPATH=src python benchmarks/studies/block_autograd_width.py
+Writes benchmarks/studies/RESULTS_block_autograd.md. It is the evidence for
 ``torch_bam.cpu.block.MIN_HIDDEN``: below that width ``C // r`` the block keeps plain
 autograd. Both paths are timed here whatever the rule says, in turns, in the same run.
 """
@@ -17,10 +17,10 @@ from unittest import mock
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_benchmarks import _interleaved, loadavg, write_results  # noqa: E402
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import torch_bam.cpu.block as block_autograd  # noqa: E402
+from benchmarks.studies._common import interleaved as _interleaved  # noqa: E402
+from benchmarks.studies._common import loadavg, write_results  # noqa: E402
 from torch_bam import BAM  # noqa: E402
 
 OUT = Path(__file__).with_name("RESULTS_block_autograd.md")
