@@ -258,13 +258,31 @@ def cuda_block_correctness(ctx: Ctx) -> None:
             results.append([xx.grad] + [p.grad for p in block.parameters()])
     finally:
         set_backend(backend)
-    worst = 0.0
-    for a, e in zip(*results, strict=True):
-        err = (a.float() - e.float()).abs().max().item() / max(1.0, e.float().abs().max().item())
+    # bf16 against bf16 mixes two roundings; judge both paths against float64 instead: ours
+    # may be at most 0.05 (scaled) off, or no further than the plain bf16 path itself is.
+    truth = copy.deepcopy(plain).double()
+    set_backend("reference")
+    try:
+        for p in truth.parameters():
+            p.grad = None
+        xt = x.double().clone().requires_grad_()
+        truth(xt).backward(dy.double())
+    finally:
+        set_backend(backend)
+    exact = [xt.grad] + [p.grad for p in truth.parameters()]
+    worst = worst_plain = 0.0
+    for a, e, t in zip(*results, exact, strict=True):
+        scale = max(1.0, t.abs().max().item())
+        err = (a.double() - t).abs().max().item() / scale
         worst = max(worst, err if torch.isfinite(a).all() else float("inf"))
-    v = ctx.report.verdict("CUDA block grads, CUDA path vs plain path (bf16, worst scaled error)",
-                           worst, "<= 0.05", worst <= 0.05)  # fmt: skip
-    v.met = worst <= 0.05  # bf16 against bf16: two orders of summation; a check in a dry run too
+        worst_plain = max(worst_plain, (e.double() - t).abs().max().item() / scale)
+    bound = max(0.05, worst_plain)
+    v = ctx.report.verdict(
+        "CUDA block grads against float64 (bf16 autocast, worst scaled error; plain bf16 path: "
+        f"{worst_plain:.3f})",
+        worst, f"<= {bound:.3f}", worst <= bound,
+    )  # fmt: skip
+    v.met = worst <= bound  # a correctness check: it holds in a dry run too
 
 
 def cuda_blocks(compiled: bool):
