@@ -142,7 +142,7 @@ def test_gates_shapes_and_dilation():
 
 
 # The module's plain autograd path, element by element; the memory-saving path is checked
-# against it in tests/test_block_autograd.py (equal to 1e-10 in float64, and its own gradcheck).
+# against it in tests/cpu/test_block_autograd.py (equal to 1e-10 in float64, and its own gradcheck).
 @block_autograd_off
 def test_gradcheck_float64():
     bam = randomize_(BAM(32, reduction_ratio=8, dtype=torch.float64)).eval()
