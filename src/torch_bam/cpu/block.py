@@ -366,7 +366,8 @@ class _BAMBlockFunction(torch.autograd.Function):
         before, after = sp_spec[1 : k + 1], sp_spec[k + 2 :]
         # One leaf per slot: a tensor used by two layers gets one gradient per use, which
         # autograd adds up at the function's input.
-        leaves = [t.detach().requires_grad_() if n else t for t, n in zip(tensors, need, strict=True)]
+        pairs = zip(tensors, need, strict=True)
+        leaves = [t.detach().requires_grad_() if n else t for t, n in pairs]
         grads: list[Tensor | None] = [None] * len(tensors)
 
         def wanted(spec):
