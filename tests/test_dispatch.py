@@ -25,17 +25,53 @@ def test_cpu_training_takes_the_cpu_room():
     assert dispatch.block_path(BAM(WIDE).train(), _x()) == "cpu"
 
 
-def test_cpu_inference_takes_the_plain_path():
+def test_cpu_inference_takes_the_cpu_rooms_forward():
     block = BAM(WIDE).eval()
+    x = _x(requires_grad=False)
     with torch.no_grad():
-        assert dispatch.block_path(block, _x(requires_grad=False)) == "plain"
-        assert dispatch.run_block(block, _x(requires_grad=False)) is None
+        assert dispatch.block_path(block, x) == "cpu"
+        assert dispatch._choose(block, x)[1][0] == "forward"  # the tricks, no custom autograd
 
 
-def test_narrow_gates_take_the_plain_path():
-    assert dispatch.block_path(BAM(16 * (MIN_HIDDEN - 1)).train(), _x(16 * (MIN_HIDDEN - 1))) == (
-        "plain"
-    )
+def test_narrow_gates_train_through_the_cpu_rooms_forward():
+    c = 16 * (MIN_HIDDEN - 1)
+    block, x = BAM(c).train(), _x(c)
+    assert dispatch.block_path(block, x) == "cpu"
+    assert dispatch._choose(block, x)[1][0] == "forward"  # too narrow for the memory-saving one
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["forward hook", "pre-hook on a layer", "global hook", "replaced conv", "subclassed gate"],
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_blocks_the_rooms_do_not_know_take_the_plain_path(change, mode):
+    block = BAM(WIDE).train(mode == "train")
+    handle = None
+    if change == "forward hook":
+        handle = block.channel_att.gate_c[0].register_forward_hook(lambda *a: None)
+    elif change == "pre-hook on a layer":
+        handle = block.spatial_att.gate_s[4].register_forward_pre_hook(lambda *a: None)
+    elif change == "global hook":
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    elif change == "replaced conv":
+
+        class MyConv(torch.nn.Conv2d):
+            pass
+
+        block.spatial_att.gate_s.gate_s_conv_final = MyConv(WIDE // 16, 1, 1)
+    else:
+
+        class MyGate(type(block.spatial_att)):
+            pass
+
+        block.spatial_att.__class__ = MyGate
+    try:
+        with torch.set_grad_enabled(mode == "train"):
+            assert dispatch.block_path(block, _x(requires_grad=mode == "train")) == "plain"
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 @pytest.mark.parametrize("name", ["reference", "aten"])

@@ -252,3 +252,28 @@ def test_triton_backend_on_cpu_without_the_interpreter_says_how_to_enable_it(mon
             bam_gate(x, c, s)
     finally:
         functional.set_backend("auto")
+
+
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "vmap over grad", "vmap"])
+def test_torch_func_transforms_like_reference(backend, transform):
+    x, c, s = _inputs((4, 6, 3, 5), torch.float64)
+
+    def run(fn):
+        def loss(x, c, s):
+            return fn(x, c, s, "product").pow(2).sum()
+
+        if transform == "grad":
+            return torch.func.grad(loss, argnums=(0, 1, 2))(x, c, s)
+        if transform == "jacrev":
+            return torch.func.jacrev(lambda c: fn(x, c, s, "sum").sum((2, 3)))(c)
+        if transform == "vmap":
+            return torch.func.vmap(lambda *a: fn(*a, "sum"))(x[:, None], c[:, None], s[:, None])
+        return torch.func.vmap(torch.func.grad(loss, argnums=(0, 1, 2)))(
+            x[:, None], c[:, None], s[:, None]
+        )
+
+    ours = torch.utils._pytree.tree_leaves(run(bam_gate))
+    ref = torch.utils._pytree.tree_leaves(run(bam_gate_ref))
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -65,7 +65,6 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, AttentionMaps]]:
         def on_spatial(_m, _inp, out, name=name, block=block, pending=pending):
             maps[name] = AttentionMaps(pending.pop("c"), out.detach(), block.combine)
 
-        on_channel._torch_bam_observer = on_spatial._torch_bam_observer = True  # read-only
         handles.append(block.channel_att.register_forward_hook(on_channel))
         handles.append(block.spatial_att.register_forward_hook(on_spatial))
     try:

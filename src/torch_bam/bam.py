@@ -25,18 +25,13 @@ from ._validate import (
     check_hidden_width,
     check_positive_int,
 )
-from .cpu.layers import final_1x1, narrow_layout, reduce_1x1
 from .fold import fold_bam, folds
 from .functional import bam_gate
-
-# Leaves for FX: they branch on the input's device and strides.
-torch.fx.wrap("final_1x1")
-torch.fx.wrap("narrow_layout")
-torch.fx.wrap("reduce_1x1")
 
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 
 
+@dispatch.plain_gate
 @folds("gate_c")
 class ChannelGate(nn.Module):
     """Channel attention ``M_c``: global average pool, then a bottleneck MLP.
@@ -82,6 +77,7 @@ class ChannelGate(nn.Module):
         return self.gate_c(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+@dispatch.plain_gate
 @folds("gate_s")
 class SpatialGate(nn.Module):
     """Spatial attention ``M_s``: 1x1 reduce, dilated 3x3 convs, 1x1 to one map.
@@ -130,23 +126,7 @@ class SpatialGate(nn.Module):
         self.gate_s = nn.Sequential(layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        # The first and last layers (1x1 convs) and the maps' layout as the CPU room runs them
-        # on CPU (torch_bam.cpu.layers); on other devices these are the plain layers.
-        last = len(self.gate_s) - 1
-        i = 0
-        y = x
-        for layer in self.gate_s:
-            if i == 0:
-                conv = self.gate_s.gate_s_conv_reduce0
-                y = reduce_1x1(x, conv.weight, conv.bias)
-            elif i == last:
-                final = self.gate_s.gate_s_conv_final
-                y = final_1x1(y, final.weight, final.bias)
-            else:
-                y = layer(y)
-            y = narrow_layout(y, self.training)
-            i += 1
-        return y
+        return self.gate_s(x)
 
 
 @torch.fx.wrap  # a leaf for FX: the checks read shapes, which a Proxy cannot branch on

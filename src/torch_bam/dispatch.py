@@ -1,7 +1,9 @@
 """Which code runs a BAM block: the one place that chooses, per device and mode.
 
 :meth:`torch_bam.BAM.forward` calls :func:`run_block`; it returns the block's output, or None
-for the plain path (the modules' own forward: ATen layers and the ``bam_gate`` op).
+for the plain path (the modules' own forward: ATen layers and the ``bam_gate`` op, whose kernel
+torch's dispatcher picks by device from those ``torch_bam.cpu.gate`` and ``torch_bam.cuda.gate``
+register -- imported here, so that importing torch_bam registers them).
 
 ======================================  =================  =================================
 situation                               path               code
@@ -12,16 +14,19 @@ CUDA tensor, backend "auto"             CUDA room          cuda/block.py (ops) o
                                                            cuda/kernels.py (Triton)
 any device, backend "triton"            CUDA room          same; on CPU through the Triton
                                                            interpreter (TRITON_INTERPRET=1)
-CPU, backend "auto", autograd           CPU room           cpu/block.py (memory-saving
-recording, eager                                           autograd), cpu/gate.py (C kernel)
-CPU, backend "auto", otherwise          plain, CPU tricks  bam.py modules; cpu/layers.py
-(inference, torch.compile)                                 (1x1 convs as matmuls, NCHW rule)
+CPU, backend "auto", autograd           CPU room,          cpu/block.py (memory-saving
+recording, eager                        training           autograd), cpu/gate.py (C kernel)
+CPU, backend "auto", otherwise          CPU room,          cpu/block.py's layers with
+(inference, torch.compile, narrow)      forward            cpu/layers.py's tricks (1x1 convs
+                                                           as matmuls, NCHW rule)
 ======================================  =================  =================================
 
-A room declines a block it does not support (hooks inside the gates, layers BAM does not
-build, a gate narrower than the CPU room's ``MIN_HIDDEN``, ``inplace=True`` in inference on the
-CUDA room, ...) and the block takes the plain path; every path gives the same results to
-rounding (tests/test_dispatch.py, tests/cuda/test_block.py, tests/test_block_autograd.py).
+A room takes only a block whose gates are the ones BAM builds (:func:`plain_gate`) holding the
+layers BAM builds, with no hook attached; it declines any other (hooks, pruning, quantisation
+observers, a replaced layer, a ``torch.func`` transform on the CPU room, ``inplace=True`` in
+inference on the CUDA room, ...) and the block takes the plain path, so that hooks, pruning and
+quantisation see the modules' own computation. Every path gives the same results to rounding
+(tests/test_dispatch.py, tests/cuda/test_block.py, tests/cpu/test_block_autograd.py).
 """
 
 from __future__ import annotations
@@ -32,21 +37,34 @@ import torch
 from torch import Tensor, nn
 
 from .cpu import block as cpu_block
+from .cpu import gate as _cpu_gate  # noqa: F401 (registers the gate op's CPU kernel)
 from .cuda import block as cuda_block
+from .cuda import gate as _cuda_gate  # noqa: F401 (registers the gate op's CUDA kernel)
 from .functional import get_backend
 
-__all__ = ["block_path", "run_block"]
+__all__ = ["block_path", "plain_gate", "run_block"]
 
 
 # Looked up once, without importing triton (torch.compile traces block_path on every call).
 _TRITON = importlib.util.find_spec("triton") is not None
 
+_PLAIN_GATES: set[type] = set()
+
+
+def plain_gate(cls):
+    """Class decorator: a gate whose forward is exactly its Sequential's layers, which a room
+    may compute itself (not a subclass, which may compute otherwise)."""
+    _PLAIN_GATES.add(cls)
+    return cls
+
 
 def _choose(block: nn.Module, x: Tensor):
-    """``(path, plan)``: the path (see the table) and, for the CUDA room, the block's layers as
-    it checked them, so that running the block does not walk them a second time."""
+    """``(path, plan)``: the path (see the table) and what the room checked (its plan), so that
+    running the block does not walk the layers a second time."""
     if not isinstance(x, Tensor) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "plain", None  # FX proxies, traces and exports record the plain ops
+    if type(block.channel_att) not in _PLAIN_GATES or type(block.spatial_att) not in _PLAIN_GATES:
+        return "plain", None
     backend = get_backend()
     device = x.device.type
     if backend == "triton" or (backend == "auto" and device == "cuda" and _TRITON):
@@ -54,8 +72,12 @@ def _choose(block: nn.Module, x: Tensor):
             return "plain", None  # BAM(inplace=True) in inference writes into x: plain gate op
         plan = cuda_block.plan(block, x)
         return ("plain", None) if plan is None else ("cuda", plan)
-    if backend == "auto" and device == "cpu" and cpu_block.can_use(block, x):
-        return "cpu", None
+    if backend == "auto" and device == "cpu":
+        layers = cpu_block.plan(block, x)
+        if layers is None:
+            return "plain", None
+        mode = "train" if cpu_block.can_use(block, x, layers) else "forward"
+        return "cpu", (mode, layers)
     return "plain", None
 
 
@@ -70,5 +92,8 @@ def run_block(block: nn.Module, x: Tensor) -> Tensor | None:
     if path == "cuda":
         return cuda_block.block_forward(block, x, plan)
     if path == "cpu":
-        return cpu_block.bam_block_train(block, x)
+        mode, layers = plan
+        if mode == "train":
+            return cpu_block.bam_block_train(block, x, layers)
+        return cpu_block.block_forward(block, x, layers)
     return None

@@ -3,11 +3,17 @@
 Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
 
 :func:`bam_gate_ref` is the reference maths in plain PyTorch. :func:`bam_gate` is the public op:
-one ``torch.ops.torch_bam.bam_gate`` node (registered with ``torch.library``, with a fake
-implementation and autograd) that runs a fused kernel where one exists -- C on CPU (float32),
-Triton on CUDA (:mod:`torch_bam.cuda.kernels`) -- and an ATen composition with float32 maths
-elsewhere. Its backward recomputes the sigmoid, so autograd keeps only ``x``, ``c`` and ``s``;
-with ``create_graph=True`` it runs the same maths in ATen ops, so double backward works too.
+one ``torch.ops.torch_bam.bam_gate`` node, registered with ``torch.library``. This file holds
+what every device shares: the three ops' schemas (the gate, its backward, the in-place gate),
+their fake implementations, the autograd formula, and the ATen composition (float32 maths) that
+is each op's default kernel. The fused kernels are registered per device by their rooms --
+``torch_bam.cpu.gate`` (C, float32) for "cpu", ``torch_bam.cuda.gate`` (Triton) for "cuda" --
+and torch's dispatcher picks them by the tensors' device; each reads :func:`get_backend` to
+honour :func:`set_backend`. The backward recomputes the sigmoid, so autograd keeps only ``x``,
+``c`` and ``s``; with ``create_graph=True`` it runs the same maths in ATen ops, so double
+backward works too. Under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``), whose
+wrapped tensors a ``torch.library`` autograd formula cannot take, :func:`bam_gate` computes the
+ATen maths as plain differentiable ops.
 
 ``set_backend("reference")`` or the environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` make
 :func:`bam_gate` call :func:`bam_gate_ref` instead, for debugging.
@@ -15,8 +21,8 @@ with ``create_graph=True`` it runs the same maths in ATen ops, so double backwar
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import warnings
 
 import torch
 from torch import Tensor
@@ -27,7 +33,6 @@ __all__ = ["bam_gate", "bam_gate_ref", "get_backend", "set_backend"]
 
 _BACKENDS = ("auto", "reference", "aten", "triton")
 _backend = "auto"
-_warned_fallback = False
 
 
 def set_backend(name: str) -> None:
@@ -43,11 +48,8 @@ def set_backend(name: str) -> None:
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"set_backend: unknown backend {name!r}. Use one of {_BACKENDS}.")
-    if name == "triton":
-        from .cuda import kernels
-
-        if kernels.triton is None:
-            raise RuntimeError(
+    if name == "triton" and importlib.util.find_spec("triton") is None:
+        raise RuntimeError(
                 "set_backend('triton'): triton is not installed. Install it (pip install triton)."
             )
     _backend = name
@@ -117,58 +119,6 @@ def _out_format(x: Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def _fallback_warning(why: str) -> None:
-    global _warned_fallback
-    if not _warned_fallback:
-        _warned_fallback = True
-        warnings.warn(
-            f"torch_bam: the fused CPU kernel is unavailable ({why}); bam_gate falls back to "
-            f"the ATen composition (same results, slower). Install a C compiler (cc/gcc) or "
-            f"set CC to enable it.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-
-
-def _cpu_lib(x: Tensor):
-    """The compiled C kernel if it applies to x, else None."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or get_backend() != "auto":
-        return None
-    from .cpu import gate as _cpu
-
-    lib = _cpu.load()
-    if lib is None:
-        _fallback_warning(_cpu.last_error() or "build failed")
-    return lib
-
-
-def _triton_ok(x: Tensor) -> bool:
-    """Whether the Triton kernels run this call: CUDA tensors they take under ``auto``, every
-    tensor under ``triton`` (a clear error for what they cannot take)."""
-    backend = get_backend()
-    if backend == "auto" and x.device.type == "cuda":
-        from .cuda import kernels
-
-        # Any layout: the caller makes x contiguous (in its own memory format) first.
-        return kernels.triton is not None and x.dtype in kernels.DTYPES
-    if backend != "triton":
-        return False
-    from .cuda import kernels
-
-    if x.device.type == "cpu" and not kernels.INTERPRETED:
-        raise RuntimeError(
-            "bam_gate: backend 'triton' runs on CPU tensors only under the Triton interpreter. "
-            "Set TRITON_INTERPRET=1 in the environment before triton is imported, or move the "
-            "tensors to a CUDA device, or use set_backend('auto')."
-        )
-    if x.dtype not in kernels.DTYPES:
-        raise TypeError(
-            f"bam_gate: backend 'triton' takes float16, bfloat16 or float32 tensors, got "
-            f"{x.dtype}. Convert them, or use set_backend('auto')."
-        )
-    return True
-
-
 def _opmath(t: Tensor) -> Tensor:
     # float32 maths for float16/bfloat16 (one rounding at the end); float64 stays float64.
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
@@ -196,28 +146,45 @@ def _backward_aten(dy: Tensor, x: Tensor, c: Tensor, s: Tensor, combine: str):
     return dx, dc, ds
 
 
-@torch.library.custom_op("torch_bam::bam_gate", mutates_args=())
-def _bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
-    _check_shapes(x, channel_logits, spatial_logits, combine)
+def gate_operands(x: Tensor, c: Tensor, s: Tensor, combine: str):
+    """What every kernel of the op starts with: the checks, then ``(x, c, s, fmt)`` promoted to
+    one dtype, with ``fmt`` the output's memory format (x's)."""
+    _check_shapes(x, c, s, combine)
     fmt = _out_format(x)
-    x, channel_logits, spatial_logits = _common(x, channel_logits, spatial_logits)
-    product = combine == "product"
-    lib = _cpu_lib(x)
-    if lib is not None:
-        from .cpu import gate as _cpu
-
-        y = _cpu.forward(lib, x, channel_logits, spatial_logits, product)
-    elif _triton_ok(x):
-        from .cuda import kernels
-
-        x = x.contiguous(memory_format=fmt)
-        y = kernels.gate_forward(x, channel_logits, spatial_logits, product)
-    else:
-        y = _forward_aten(x, channel_logits, spatial_logits, combine)
-    return y.contiguous(memory_format=fmt)
+    return (*_common(x, c, s), fmt)
 
 
-@_bam_gate_op.register_fake
+def gate_grads(x: Tensor, c: Tensor, s: Tensor, dx: Tensor, dc: Tensor, ds: Tensor):
+    """What every backward kernel ends with: the grads in their inputs' dtypes and shapes."""
+    return (
+        dx.to(x.dtype).contiguous(memory_format=_out_format(x)),
+        dc.to(c.dtype).reshape(c.shape).contiguous(),
+        ds.to(s.dtype).reshape(s.shape).contiguous(),
+    )
+
+
+# The ops. Each one's default kernel (every device) is the ATen composition; cpu/gate.py and
+# cuda/gate.py register the fused kernels for their devices, which fall back to these.
+
+
+def gate_forward_aten(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str):
+    x, channel_logits, spatial_logits, fmt = gate_operands(
+        x, channel_logits, spatial_logits, combine
+    )
+    return _forward_aten(x, channel_logits, spatial_logits, combine).contiguous(memory_format=fmt)
+
+
+def gate_backward_aten(grad: Tensor, x: Tensor, c: Tensor, s: Tensor, combine: str):
+    dx, dc, ds = _backward_aten(grad, *_common(x, c, s), combine)
+    return gate_grads(x, c, s, dx, dc, ds)
+
+
+@torch.library.custom_op("torch_bam::bam_gate", mutates_args=())
+def bam_gate_op(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
+    return gate_forward_aten(x, channel_logits, spatial_logits, combine)
+
+
+@bam_gate_op.register_fake
 def _(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
     _check_shapes(x, channel_logits, spatial_logits, combine)
     dt = torch.promote_types(
@@ -227,31 +194,13 @@ def _(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -
 
 
 @torch.library.custom_op("torch_bam::bam_gate_backward", mutates_args=())
-def _bam_gate_backward_op(
+def bam_gate_backward_op(
     grad: Tensor, x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    product = combine == "product"
-    xx, cc, ss = _common(x, channel_logits, spatial_logits)
-    lib = _cpu_lib(xx)
-    if lib is not None:
-        from .cpu import gate as _cpu
-
-        dx, dc, ds = _cpu.backward(lib, grad, xx, cc, ss, product)
-    elif _triton_ok(xx):
-        from .cuda import kernels
-
-        xx = xx.contiguous(memory_format=_out_format(xx))
-        dx, dc, ds = kernels.gate_backward(grad, xx, cc, ss, product)  # one pass
-    else:
-        dx, dc, ds = _backward_aten(grad, xx, cc, ss, combine)
-    return (
-        dx.to(x.dtype).contiguous(memory_format=_out_format(x)),
-        dc.to(channel_logits.dtype).reshape(channel_logits.shape).contiguous(),
-        ds.to(spatial_logits.dtype).reshape(spatial_logits.shape).contiguous(),
-    )
+    return gate_backward_aten(grad, x, channel_logits, spatial_logits, combine)
 
 
-@_bam_gate_backward_op.register_fake
+@bam_gate_backward_op.register_fake
 def _(grad: Tensor, x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str):
     return (
         torch.empty_like(x, memory_format=_out_format(x)),
@@ -280,25 +229,26 @@ def _backward(ctx, grad: Tensor):
             ds.to(s.dtype).reshape(s.shape),
             None,
         )
-    dx, dc, ds = _bam_gate_backward_op(grad, x, c, s, ctx.combine)
+    dx, dc, ds = bam_gate_backward_op(grad, x, c, s, ctx.combine)
     return dx, dc, ds, None
 
 
-_bam_gate_op.register_autograd(_backward, setup_context=_setup_context)
+bam_gate_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("torch_bam::bam_gate_", mutates_args=("x",))
-def _bam_gate_inplace_op(
+def bam_gate_inplace_op(
     x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
 ) -> None:
-    _check_shapes(x, channel_logits, spatial_logits, combine)
-    lib = _cpu_lib(x)
-    if lib is not None and (x.is_contiguous() or _out_format(x) == torch.channels_last):
-        from .cpu import gate as _cpu
+    x.copy_(bam_gate_op(x, channel_logits, spatial_logits, combine))
 
-        _cpu.forward(lib, x, channel_logits, spatial_logits, combine == "product", out=x)
-    else:
-        x.copy_(_bam_gate_op(x, channel_logits, spatial_logits, combine))
+
+def _functorch_wrapped(*ts: Tensor) -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) sees one of these tensors: the
+    op's autograd (a torch.library registration) does not support those transforms."""
+    if torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active():
+        return False
+    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
 
 
 def bam_gate(
@@ -333,9 +283,14 @@ def bam_gate(
             )
         if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
             return x.copy_(bam_gate_ref(x, channel_logits, spatial_logits, combine))
-        _bam_gate_inplace_op(x, channel_logits, spatial_logits, combine)
+        bam_gate_inplace_op(x, channel_logits, spatial_logits, combine)
         return x
     # ONNX has no kernel for the custom op: export the reference maths it can translate.
     if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
         return bam_gate_ref(x, channel_logits, spatial_logits, combine)
-    return _bam_gate_op(x, channel_logits, spatial_logits, combine)
+    if _functorch_wrapped(x, channel_logits, spatial_logits):
+        # Under torch.func transforms: the op's ATen maths as plain, differentiable ops.
+        _check_shapes(x, channel_logits, spatial_logits, combine)
+        x, channel_logits, spatial_logits = _common(x, channel_logits, spatial_logits)
+        return _forward_aten(x, channel_logits, spatial_logits, combine)
+    return bam_gate_op(x, channel_logits, spatial_logits, combine)

@@ -1,9 +1,23 @@
-"""Memory-saving autograd for a whole BAM block in training.
+"""The CPU room: a BAM block as it runs fastest on CPU, forward and backward.
 
-Plain autograd keeps, for backward, ``x`` plus every intermediate of the spatial gate: six maps
-of ``C/r`` channels at full resolution, about 1.4x the input's bytes in all. This function keeps
-only ``x``, two ``C/r``-channel maps (the 1x1 reduce's output and the last dilated conv's),
-the global pool, ``M_c`` and ``M_s`` (about 1.13x) and, in backward:
+It takes a block only when its gates hold the layers BAM builds (Linear, BatchNorm, ReLU,
+Conv2d; Identity where folding removed a BatchNorm) and no hook is attached anywhere (on the
+gates, their layers, or globally): then computing the layers here is exactly what the modules'
+own forward would compute, and nothing (a hook, a pruning mask, a quantisation observer, a
+replaced layer) can see the difference. Every other block takes the plain path, the modules'
+own forward (:func:`plan` decides; ``torch_bam.dispatch`` calls it).
+
+Two entry points:
+
+- :func:`block_forward`: the layers with the CPU tricks of :mod:`torch_bam.cpu.layers` (the 1x1
+  convs as matmuls, narrow maps NCHW in training), differentiated by plain autograd. Inference,
+  torch.compile, and training where the memory-saving path below does not apply.
+- :func:`bam_block_train`: the memory-saving autograd for training.
+
+The memory-saving autograd. Plain autograd keeps, for backward, ``x`` plus every intermediate
+of the spatial gate: six maps of ``C/r`` channels at full resolution, about 1.4x the input's
+bytes in all. This path keeps only ``x``, two ``C/r``-channel maps (the 1x1 reduce's output and
+the last dilated conv's), the global pool, ``M_c`` and ``M_s`` (about 1.13x) and, in backward:
 
 1. runs the fused gate backward (``dx``, ``dM_c``, ``dM_s``);
 2. recomputes the gates' other intermediates (the channel MLP from the kept global pool, and
@@ -12,15 +26,19 @@ the global pool, ``M_c`` and ``M_s`` (about 1.13x) and, in backward:
 3. adds the pool's and the reduce conv's gradients into ``dx`` with one in-place batched
    matmul, instead of materialising two more full-size gradients and summing them.
 
-The forward pass calls the block's own submodules (under ``no_grad``), so BatchNorm running
-statistics are updated once, and forward hooks (``record_attention``) fire once. The recompute
-uses batch statistics and touches no running statistics. BatchNorms in eval mode inside a
-training block (frozen BN) recompute with their running statistics, as their forward did.
+Its forward calls the layers' modules (under ``no_grad``), so BatchNorm running statistics are
+updated once, as in the plain path. Backward depends only on what forward saved: the tensors
+the layers used (the parameters one slot per use, so a Parameter shared by two layers gets the
+sum of both contributions; under ``torch.func.functional_call`` the substituted tensors), and
+each layer's settings as they were (BatchNorm: batch or running statistics, eps; momentum is
+not needed, as the recompute updates no statistics). Switching ``train()``/``eval()`` or
+swapping weights between forward and backward changes nothing; changing a saved tensor in
+place raises autograd's usual error. Double backward (``create_graph=True``) recomputes the
+block from the saved tensors with plain autograd.
 
-:meth:`torch_bam.BAM.forward` takes this path in training when it applies (plain layers, no
-inner hooks, a gate width ``C // r`` of at least ``MIN_HIDDEN``, not under torch.compile, FX or
-TorchScript, backend ``"auto"``), and the plain autograd path otherwise; both give the same
-results. Double backward (``create_graph=True``) recomputes the block with plain autograd.
+The path applies in eager training on CPU with backend ``"auto"`` (see :func:`can_use`: a gate
+width ``C // r`` of at least ``MIN_HIDDEN``, no ``torch.func`` transform active); both paths
+give the same results (tests/cpu/test_block_autograd.py).
 """
 
 from __future__ import annotations
@@ -29,13 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..functional import _bam_gate_backward_op, bam_gate, get_backend
-from .layers import final_1x1, narrow_layout
+from ..functional import bam_gate, bam_gate_backward_op, get_backend
+from .layers import final_1x1, narrow_layout, reduce_1x1
 
 # ``block`` below is a torch_bam.BAM; not imported, as bam.py imports this room (via dispatch).
 BAM = nn.Module
 
-__all__ = ["bam_block_train", "can_use"]
+__all__ = ["MIN_HIDDEN", "bam_block_train", "block_forward", "can_use", "plan"]
 
 # Below this gate width (C // r) plain autograd is as fast or faster: the recompute's small
 # BatchNorms and convs cost about what the passes over x it saves do. From this width on the
@@ -43,74 +61,214 @@ __all__ = ["bam_block_train", "can_use"]
 # still keeps less memory (benchmarks/RESULTS_block_autograd.md).
 MIN_HIDDEN = 8
 
-_LAYERS = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.Identity)
+_MLP_LAYERS = (nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Identity)
+_SPATIAL_LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Identity)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-def _observer(hook) -> bool:
-    # Hooks that only read outputs (record_attention's) do not change what backward must see.
-    return getattr(hook, "_torch_bam_observer", False)
+# ---------------------------------------------------------------------------------------------
+# Which blocks this room takes
 
 
-def can_use(block: BAM, x: Tensor) -> bool:
-    """Whether ``block(x)`` may take the memory-saving path (training, plain layers, eager)."""
-    if not isinstance(x, Tensor) or get_backend() != "auto" or not torch.is_grad_enabled():
-        return False
-    if x.device.type == "meta":  # shape and FLOP counting: nothing to save memory for
+def _hooked(m: nn.Module) -> bool:
+    return bool(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+    )
+
+
+def _global_hooks() -> bool:
+    g = nn.modules.module
+    return bool(
+        g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    )
+
+
+def _pointwise_1x1(m: nn.Module) -> bool:
+    """A plain 1x1 conv, which :func:`reduce_1x1` and :func:`final_1x1` compute as matmuls."""
+    return (
+        type(m) is nn.Conv2d
+        and m.kernel_size == (1, 1)
+        and m.stride == (1, 1)
+        and m.padding == (0, 0)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+    )
+
+
+def plan(block: BAM, x: Tensor):
+    """The gates' layers ``(mlp, spatial)`` as lists if this room takes ``block(x)``, else None.
+
+    It takes plain CPU blocks (see the module docstring) in eager mode or under torch.compile,
+    but not under a ``torch.func`` transform, whose wrapped tensors the C kernel cannot read.
+    """
+    if not isinstance(x, Tensor) or x.device.type != "cpu" or get_backend() != "auto":
+        return None
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return None
+    if _global_hooks():
+        return None
+    channel, spatial = block.channel_att, block.spatial_att
+    if _hooked(channel) or _hooked(spatial) or _hooked(channel.gate_c) or _hooked(spatial.gate_s):
+        return None
+    mlp, sp = list(channel.gate_c), list(spatial.gate_s)
+    if not all(type(m) in _MLP_LAYERS and not _hooked(m) for m in mlp):
+        return None
+    if not mlp or type(mlp[0]) is not nn.Linear:
+        return None  # the pool's output is kept for backward: nothing in place on it
+    if not all(type(m) in _SPATIAL_LAYERS and not _hooked(m) for m in sp):
+        return None
+    if len(sp) < 2 or not (_pointwise_1x1(sp[0]) and _pointwise_1x1(sp[-1])):
+        return None
+    if sp[-1].out_channels != 1:
+        return None
+    return mlp, sp
+
+
+def _last_dilated(sp: list) -> int:
+    """Index, among the spatial gate's layers after the reduce, of the last dilated conv."""
+    return [i for i, m in enumerate(sp[1:]) if type(m) is nn.Conv2d][-2]
+
+
+def can_use(block: BAM, x: Tensor, layers=None) -> bool:
+    """Whether ``block(x)`` takes the memory-saving training path (eager autograd recording,
+    plain layers, a gate of at least ``MIN_HIDDEN`` channels); ``layers``: :func:`plan`'s."""
+    if not isinstance(x, Tensor) or not torch.is_grad_enabled():
         return False
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False  # the compiler plans memory itself; traces want the plain ops
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return False
-    params = list(block.parameters())
-    if not (x.requires_grad or any(p.requires_grad for p in params)):
+    layers = plan(block, x) if layers is None else layers
+    if layers is None:
         return False
-    for gate in (block.channel_att, block.spatial_att):
-        if gate._forward_pre_hooks or gate._backward_hooks or gate._backward_pre_hooks:
-            return False
-        if not all(_observer(h) for h in gate._forward_hooks.values()):
-            return False
-        for layer in gate.children():
-            for sub in layer.children():
-                if type(sub) not in _LAYERS or sub._forward_hooks or sub._forward_pre_hooks:
-                    return False
-                if sub._backward_hooks or sub._backward_pre_hooks:
-                    return False
-    gate_s = block.spatial_att.gate_s
-    convs = [m for m in gate_s if type(m) is nn.Conv2d]
+    mlp, sp = layers
+    if not (x.requires_grad or any(p.requires_grad for m in mlp + sp for p in _params(m))):
+        return False
+    convs = [m for m in sp if type(m) is nn.Conv2d]
     if len(convs) < 3 or any(
         m.padding_mode != "zeros" or isinstance(m.padding, str) for m in convs
     ):
         return False  # backward calls the kept conv's own backward with these settings
-    reduce = gate_s[0]
-    if type(reduce) is not nn.Conv2d or reduce.kernel_size != (1, 1) or reduce.groups != 1:
+    if sp[0].out_channels < MIN_HIDDEN:
         return False
-    if reduce.out_channels < MIN_HIDDEN:
-        return False
-    # The reduce's output is saved for backward: what follows it must not be in place on it
+    # The two kept maps are saved for backward: what follows each must not be in place on it
     # (a folded gate has Identity there, then an in-place ReLU).
-    return len(gate_s) > 1 and type(gate_s[1]) is nn.BatchNorm2d
+    k = _last_dilated(sp)
+    return type(sp[1]) is nn.BatchNorm2d and type(sp[k + 2]) is nn.BatchNorm2d
 
 
-def _run(layers, t: Tensor) -> Tensor:
-    """The layers' maths without their module calls: no hooks, no running-statistics update.
-    Narrow maps keep the NCHW layout in training, as in :class:`torch_bam.SpatialGate`."""
-    for layer in layers:
-        t = narrow_layout(t, layer.training)
-        kind = type(layer)
+def _params(m: nn.Module) -> list[Tensor]:
+    # Leaf layers only: their own parameters, without the recursive (and slow) parameters().
+    return [p for p in m._parameters.values() if p is not None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The layers with the CPU tricks
+
+
+def _spatial_forward(sp: list, x: Tensor, training: bool, kept: list | None = None) -> Tensor:
+    """The spatial gate: the 1x1 convs as matmuls, narrow maps NCHW in training (see
+    torch_bam.cpu.layers); ``kept`` collects the reduce's output and the last dilated conv's."""
+    reduce, final = sp[0], sp[-1]
+    y = narrow_layout(reduce_1x1(x, reduce.weight, reduce.bias), training)
+    k = _last_dilated(sp) if kept is not None else -1
+    if kept is not None:
+        kept.append(y)
+    for i, layer in enumerate(sp[1:-1]):
+        y = narrow_layout(layer(y), training)
+        if i == k:
+            kept.append(y)
+    return final_1x1(y, final.weight, final.bias)
+
+
+def _mlp_forward(mlp: list, pooled: Tensor) -> Tensor:
+    for layer in mlp:
+        pooled = layer(pooled)
+    return pooled
+
+
+def block_forward(block: BAM, x: Tensor, layers) -> Tensor:
+    """``block(x)`` with the CPU tricks, under plain autograd; ``layers``: :func:`plan`'s."""
+    mlp, sp = layers
+    channel_logits = _mlp_forward(mlp, F.adaptive_avg_pool2d(x, 1).flatten(1))
+    spatial_logits = _spatial_forward(sp, x, block.spatial_att.training)
+    inplace = block.inplace and not torch.is_grad_enabled()
+    return bam_gate(x, channel_logits, spatial_logits, block.combine, inplace)
+
+
+# ---------------------------------------------------------------------------------------------
+# What forward saves: each layer's settings, and its tensors one slot per use
+
+_LINEAR, _CONV, _REDUCE, _FINAL, _BATCHNORM, _RELU, _IDENTITY = range(7)
+
+
+def _describe(layers: list, tensors: list, spatial: bool) -> tuple:
+    """Each layer as a tuple ``(kind, slots..., settings...)``; appends its tensors to
+    ``tensors`` (a slot is an index into it, -1 for none)."""
+
+    def slot(t):
+        if t is None:
+            return -1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    out = []
+    last = len(layers) - 1
+    for i, m in enumerate(layers):
+        kind = type(m)
         if kind is nn.Linear:
-            t = F.linear(t, layer.weight, layer.bias)
-        elif kind is nn.Conv2d and layer.out_channels == 1 and layer.kernel_size == (1, 1):
-            t = final_1x1(t, layer.weight, layer.bias)  # as SpatialGate runs it
+            out.append((_LINEAR, slot(m.weight), slot(m.bias)))
         elif kind is nn.Conv2d:
-            t = layer._conv_forward(t, layer.weight, layer.bias)
+            code = _REDUCE if spatial and i == 0 else _FINAL if spatial and i == last else _CONV
+            out.append(
+                (code, slot(m.weight), slot(m.bias), m.stride, m.padding, m.dilation, m.groups)
+            )
         elif kind is nn.BatchNorm1d or kind is nn.BatchNorm2d:
-            batch_stats = layer.training or layer.running_mean is None
-            mean = None if batch_stats else layer.running_mean
-            var = None if batch_stats else layer.running_var
-            t = F.batch_norm(t, mean, var, layer.weight, layer.bias, batch_stats, 0.0, layer.eps)
+            batch_stats = m.training or (m.running_mean is None and m.running_var is None)
+            w, b = slot(m.weight), slot(m.bias)
+            rm = -1 if batch_stats else slot(m.running_mean)
+            rv = -1 if batch_stats else slot(m.running_var)
+            out.append((_BATCHNORM, w, b, rm, rv, batch_stats, m.eps))
         elif kind is nn.ReLU:
-            t = F.relu(t, inplace=layer.inplace)
+            out.append((_RELU, m.inplace))
+        else:
+            out.append((_IDENTITY,))
+    return tuple(out)
+
+
+def _run(spec: tuple, t: Tensor, tensors: list, training: bool) -> Tensor:
+    """The described layers' maths on ``tensors``: no module calls, no hooks, no running-
+    statistics update. The spatial gate's CPU tricks as in :func:`_spatial_forward`."""
+
+    def get(i):
+        return None if i < 0 else tensors[i]
+
+    for entry in spec:
+        t = narrow_layout(t, training)
+        kind = entry[0]
+        if kind == _LINEAR:
+            t = F.linear(t, get(entry[1]), get(entry[2]))
+        elif kind == _REDUCE:
+            t = reduce_1x1(t, get(entry[1]), get(entry[2]))
+        elif kind == _FINAL:
+            t = final_1x1(t, get(entry[1]), get(entry[2]))
+        elif kind == _CONV:
+            _, w, b, stride, padding, dilation, groups = entry
+            t = F.conv2d(t, get(w), get(b), stride, padding, dilation, groups)
+        elif kind == _BATCHNORM:
+            _, w, b, rm, rv, batch_stats, eps = entry
+            t = F.batch_norm(t, get(rm), get(rv), get(w), get(b), batch_stats, 0.0, eps)
+        elif kind == _RELU:
+            t = F.relu(t, inplace=entry[1])
     return t
+
+
+def _slots(spec: tuple) -> list[int]:
+    """The slots of the layers' weights and biases (not running statistics)."""
+    return [i for entry in spec if entry[0] <= _BATCHNORM for i in entry[1:3] if i >= 0]
 
 
 def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, dpool):
@@ -158,160 +316,145 @@ def _reduce_backward(x: Tensor, dr: Tensor, weight: Tensor, dx: Tensor | None, d
     return dweight.reshape(weight.shape).to(weight.dtype)
 
 
-def _last_dilated(block: BAM) -> int:
-    """Index, among the spatial gate's layers after the reduce, of the last dilated conv."""
-    layers = list(block.spatial_att.gate_s)[1:]
-    return [i for i, m in enumerate(layers) if type(m) is nn.Conv2d][-2]
+# ---------------------------------------------------------------------------------------------
+# The memory-saving autograd
+
+# Fixed leading arguments of _BAMBlockFunction.apply before the tensors' slots.
+_SPEC, _MODULES, _X, _FIRST_SLOT = range(4)
 
 
 class _BAMBlockFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, block: BAM, x: Tensor, *params: Tensor) -> Tensor:
-        # Grad mode is off here: the submodules run once, as in the plain path.
+    def forward(ctx, spec, modules, x: Tensor, *tensors: Tensor) -> Tensor:
+        # Grad mode is off here: the layers' modules run once, as in the plain path (BatchNorm
+        # updates its running statistics); backward reads only what is saved below.
+        mlp, sp = modules
+        combine, training = spec[2:4]
         # Keep the global pool (tiny: [B, C]); recomputing it would be one more pass over x.
-        pooled: list[Tensor] = []
-        pool_hook = block.channel_att.gate_c.register_forward_pre_hook(
-            lambda _m, inp: pooled.append(inp[0])
-        )
-        try:
-            channel_logits = block.channel_att(x)
-        finally:
-            pool_hook.remove()
-        # Keep the 1x1 reduce's output (the input of the layer after it) and the last dilated
-        # conv's output: backward recomputes only the layers between them.
-        layers = list(block.spatial_att.gate_s)[1:]
-        reduced: list[Tensor] = []
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        channel_logits = _mlp_forward(mlp, pooled)
+        # Keep the 1x1 reduce's output and the last dilated conv's: backward recomputes only
+        # the layers between them.
         kept: list[Tensor] = []
-        hooks = [
-            layers[0].register_forward_pre_hook(lambda _m, inp: reduced.append(inp[0])),
-            layers[_last_dilated(block)].register_forward_hook(
-                lambda _m, _i, out: kept.append(out)
-            ),
-        ]
-        try:
-            spatial_logits = block.spatial_att(x)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        # The parameters (and a frozen BN's running statistics) are saved too, though they are
-        # the module's own tensors: backward recomputes from them, and autograd's version check
-        # on saved tensors then raises, as in plain autograd, if one was changed in place
-        # between forward and backward (instead of silently using the new values).
-        frozen = [
-            stat
-            for gate in (block.channel_att.gate_c, block.spatial_att.gate_s)
-            for m in gate
-            if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and not m.training
-            for stat in (m.running_mean, m.running_var)
-            if stat is not None
-        ]
-        ctx.save_for_backward(
-            x, pooled[0], reduced[0], kept[0], channel_logits, spatial_logits, *params, *frozen
-        )
-        ctx.block, ctx.params = block, params
+        spatial_logits = _spatial_forward(sp, x, training, kept)
+        # The layers' tensors are saved too, though most are the modules' own parameters:
+        # backward computes from them, and autograd's version check on saved tensors then
+        # raises, as in plain autograd, if one was changed in place before backward.
+        ctx.save_for_backward(x, pooled, *kept, channel_logits, spatial_logits, *tensors)
+        ctx.spec = spec
         ctx.autocast = [
             (d, torch.get_autocast_dtype(d))
             for d in {x.device.type, "cpu"}
             if torch.amp.is_autocast_available(d) and torch.is_autocast_enabled(d)
         ]
-        return bam_gate(x, channel_logits, spatial_logits, block.combine)
+        return bam_gate(x, channel_logits, spatial_logits, combine)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, pooled, reduced, kept, channel_logits, spatial_logits = ctx.saved_tensors[:6]
-        block: BAM = ctx.block
+        saved = ctx.saved_tensors
+        x, pooled, reduced, kept, channel_logits, spatial_logits = saved[:6]
+        tensors = list(saved[6:])
+        mlp_spec, sp_spec, combine, training, k = ctx.spec
+        need = ctx.needs_input_grad[_FIRST_SLOT:]
         if torch.is_grad_enabled():
             # create_graph=True: the steps below are not differentiable (in-place matmuls, a
             # conv's own backward), so recompute the block with plain autograd instead.
-            return _BAMBlockFunction._differentiable_backward(ctx, x, grad)
-        dx, dc, ds = _bam_gate_backward_op(grad, x, channel_logits, spatial_logits, block.combine)
-        need_x = ctx.needs_input_grad[1]
-        reduce = block.spatial_att.gate_s[0]
-        layers = list(block.spatial_att.gate_s)[1:]
-        k = _last_dilated(block)
-        conv = layers[k]
+            return _differentiable_backward(ctx, x, tensors, grad)
+        dx, dc, ds = bam_gate_backward_op(grad, x, channel_logits, spatial_logits, combine)
+        need_x = ctx.needs_input_grad[_X]
+        reduce, conv = sp_spec[0], sp_spec[k + 1]
+        before, after = sp_spec[1 : k + 1], sp_spec[k + 2 :]
+        # One leaf per slot: a tensor used by two layers gets one gradient per use, which
+        # autograd adds up at the function's input.
+        pairs = zip(tensors, need, strict=True)
+        leaves = [t.detach().requires_grad_() if n else t for t, n in pairs]
+        grads: list[Tensor | None] = [None] * len(tensors)
 
-        def trainable(modules):
-            # Leaf layers only (can_use checked): their own parameters, without the recursive
-            # (and, per call, slow) Module.parameters().
-            return [
-                p
-                for m in modules
-                for p in m._parameters.values()
-                if p is not None and p.requires_grad
-            ]
+        def wanted(spec):
+            return [i for i in _slots(spec) if need[i]]
 
-        before, after = trainable(layers[:k]), trainable(layers[k + 1 :])
-        mlp = trainable(block.channel_att.gate_c)
-        by_param: dict[int, Tensor | None] = {}
+        after_slots, mlp_slots, before_slots = wanted(after), wanted(mlp_spec), wanted(before)
         with torch.enable_grad(), _autocast(ctx.autocast):
             pooled = pooled.detach().requires_grad_(need_x)
             reduced = reduced.detach().requires_grad_()  # its grad is also the bias's
-            conv_in = _run(layers[:k], reduced)
+            conv_in = _run(before, reduced, leaves, training)
             kept = kept.detach().requires_grad_()
-            c2 = _run(block.channel_att.gate_c, pooled)
-            s2 = _run(layers[k + 1 :], kept)
-            inputs = [kept, *after, *mlp] + ([pooled] if need_x else [])
+            c2 = _run(mlp_spec, pooled, leaves, training)
+            s2 = _run(after, kept, leaves, training)
+            inputs = [kept] + [leaves[i] for i in after_slots + mlp_slots]
+            inputs += [pooled] if need_x else []
             outs = [(c2, dc.reshape(c2.shape)), (s2, ds)]
             outs = [(o, g) for o, g in outs if o.requires_grad]  # c2 may be all frozen
-            grads = torch.autograd.grad(
+            found = torch.autograd.grad(
                 [o for o, _ in outs], inputs, [g for _, g in outs], allow_unused=True
             )
-            dkept = grads[0]
-            n = len(after) + len(mlp)
-            by_param.update(zip(map(id, after + mlp), grads[1 : 1 + n], strict=True))
-            dpool = grads[-1] if need_x else None
+            dkept = found[0]
+            n = len(after_slots) + len(mlp_slots)
+            for i, g in zip(after_slots + mlp_slots, found[1 : 1 + n], strict=True):
+                grads[i] = g
+            dpool = found[-1] if need_x else None
             # The kept conv's own backward, then on through the recomputed layers before it.
+            _, w_slot, b_slot, stride, padding, dilation, groups = conv
+            weight = tensors[w_slot]
             dt = dkept.dtype
-            has_bias = conv.bias is not None
+            has_bias = b_slot >= 0
             d_in, d_w, d_b = torch.ops.aten.convolution_backward(
                 dkept,
                 conv_in.detach().to(dt),
-                conv.weight.to(dt),
-                [conv.out_channels] if has_bias else None,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
+                weight.to(dt),
+                [weight.shape[0]] if has_bias else None,
+                stride,
+                padding,
+                dilation,
                 False,
                 [0, 0],
-                conv.groups,
-                [True, conv.weight.requires_grad, has_bias and conv.bias.requires_grad],
+                groups,
+                [True, need[w_slot], has_bias and need[b_slot]],
             )
-            grads = torch.autograd.grad(
-                conv_in, [reduced, *before], d_in.to(conv_in.dtype), allow_unused=True
+            found = torch.autograd.grad(
+                conv_in,
+                [reduced] + [leaves[i] for i in before_slots],
+                d_in.to(conv_in.dtype),
+                allow_unused=True,
             )
-        dr = grads[0]
-        by_param.update(zip(map(id, before), grads[1:], strict=True))
-        if conv.weight.requires_grad:
-            by_param[id(conv.weight)] = d_w.to(conv.weight.dtype)
-        if has_bias and conv.bias.requires_grad:
-            by_param[id(conv.bias)] = d_b.to(conv.bias.dtype)
-        dweight = _reduce_backward(x, dr, reduce.weight, dx if need_x else None, dpool)
-        if reduce.weight.requires_grad:
-            by_param[id(reduce.weight)] = dweight
-        if reduce.bias is not None and reduce.bias.requires_grad:
-            by_param[id(reduce.bias)] = dr.sum((0, 2, 3)).to(reduce.bias.dtype)
-        param_grads = [by_param.get(id(p)) for p in ctx.params]
-        return (None, dx if need_x else None, *param_grads)
+        dr = found[0]
+        for i, g in zip(before_slots, found[1:], strict=True):
+            grads[i] = g
+        if need[w_slot]:
+            grads[w_slot] = d_w.to(weight.dtype)
+        if has_bias and need[b_slot]:
+            grads[b_slot] = d_b.to(tensors[b_slot].dtype)
+        _, rw, rb = reduce[:3]
+        dweight = _reduce_backward(x, dr, tensors[rw], dx if need_x else None, dpool)
+        if need[rw]:
+            grads[rw] = dweight
+        if rb >= 0 and need[rb]:
+            grads[rb] = dr.sum((0, 2, 3)).to(tensors[rb].dtype)
+        return (None, None, dx if need_x else None, *grads)
 
-    @staticmethod
-    def _differentiable_backward(ctx, x: Tensor, grad: Tensor):
-        """Backward as a graph of its own (double backward): the block's maths in plain ops
-        from the saved ``x``, differentiated with ``create_graph=True``. It uses the same
-        statistics as the forward pass (batch or running) and updates none."""
-        block: BAM = ctx.block
-        need_x = ctx.needs_input_grad[1]
-        params = [p for p, need in zip(ctx.params, ctx.needs_input_grad[2:], strict=True) if need]
-        with _autocast(ctx.autocast):
-            xr = x if need_x else x.detach()
-            c = _run(block.channel_att.gate_c, F.adaptive_avg_pool2d(xr, 1).flatten(1))
-            s = _run(block.spatial_att.gate_s, xr)
-            y = bam_gate(xr, c, s, block.combine)
-        inputs = ([xr] if need_x else []) + params
-        grads = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
-        dx = next(grads) if need_x else None
-        by_param = {id(p): g for p, g in zip(params, grads, strict=True)}
-        return (None, dx, *(by_param.get(id(p)) for p in ctx.params))
+
+def _differentiable_backward(ctx, x: Tensor, tensors: list, grad: Tensor):
+    """Backward as a graph of its own (double backward): the block's maths in plain ops from
+    the saved ``x`` and tensors, differentiated with ``create_graph=True``. It uses the same
+    statistics as the forward pass (batch or running) and updates none."""
+    mlp_spec, sp_spec, combine, training, _ = ctx.spec
+    need_x = ctx.needs_input_grad[_X]
+    need = ctx.needs_input_grad[_FIRST_SLOT:]
+    # One view per slot (see backward); views keep the graph to the saved tensors.
+    slots = [t.view_as(t) if n else t.detach() for t, n in zip(tensors, need, strict=True)]
+    with _autocast(ctx.autocast):
+        xr = x if need_x else x.detach()
+        c = _run(mlp_spec, F.adaptive_avg_pool2d(xr, 1).flatten(1), slots, training)
+        s = _run(sp_spec, xr, slots, training)
+        y = bam_gate(xr, c, s, combine)
+    wanted = [i for i, n in enumerate(need) if n]
+    inputs = ([xr] if need_x else []) + [slots[i] for i in wanted]
+    found = iter(torch.autograd.grad(y, inputs, grad, create_graph=True, allow_unused=True))
+    dx = next(found) if need_x else None
+    grads: list[Tensor | None] = [None] * len(tensors)
+    for i, g in zip(wanted, found, strict=True):
+        grads[i] = g
+    return (None, None, dx, *grads)
 
 
 class _autocast:
@@ -329,6 +472,16 @@ class _autocast:
             c.__exit__(*exc)
 
 
-def bam_block_train(block: BAM, x: Tensor) -> Tensor:
-    """``block(x)`` through the memory-saving autograd function (see the module docstring)."""
-    return _BAMBlockFunction.apply(block, x, *block.parameters())
+def bam_block_train(block: BAM, x: Tensor, layers=None) -> Tensor:
+    """``block(x)`` through the memory-saving autograd function (see the module docstring);
+    ``layers``: :func:`plan`'s."""
+    mlp, sp = plan(block, x) if layers is None else layers
+    tensors: list[Tensor] = []
+    spec = (
+        _describe(mlp, tensors, spatial=False),
+        _describe(sp, tensors, spatial=True),
+        block.combine,
+        block.spatial_att.training,
+        _last_dilated(sp),
+    )
+    return _BAMBlockFunction.apply(spec, (mlp, sp), x, *tensors)

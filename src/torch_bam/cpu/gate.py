@@ -1,11 +1,25 @@
-"""Build, cache and call the C kernel in ``bam_gate_cpu.c`` through ctypes.
+"""The gate op's CPU kernel: the C code in ``bam_gate_cpu.c``, built, cached and called
+through ctypes, and registered with ``torch.library`` as the "cpu" kernel of
+``torch_bam::bam_gate``, its backward and its in-place form (``torch_bam.functional`` defines
+the ops).
+
+Which code a CPU tensor gets, by backend (``torch_bam.functional.set_backend``):
+
+- ``"auto"``: the C kernel for float32 (other dtypes, or no C compiler: the ATen composition,
+  with one warning for the missing compiler);
+- ``"aten"``: the ATen composition;
+- ``"triton"``: the CUDA room's Triton kernel (``torch_bam.cuda.gate``), which runs CPU tensors
+  under the Triton interpreter (``TRITON_INTERPRET=1``). To torch's dispatcher the interpreter
+  is just the CPU, so CPU tensors arrive here and are handed on: this is how CI, without a GPU,
+  runs the code a GPU runs.
 
 Why plain C + ctypes and not ``torch.utils.cpp_extension``: the kernel needs no torch headers,
 so it compiles in well under a second instead of the ~40 s a torch C++ extension takes, and
 the shared object is cached (keyed by source, compiler and flags) in ``TORCH_EXTENSIONS_DIR``
 (default ``~/.cache/torch_extensions``). benchmarks/RESULTS.md has the timings against an ATen
 composition and against torch.compile. If the build fails (no compiler), ``load()`` returns
-None and the caller falls back to the reference.
+None and the registered kernels
+fall back to the ATen composition.
 """
 
 from __future__ import annotations
@@ -17,15 +31,21 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
+from torch import Tensor
+
+from .. import functional
+from ..cuda import gate as _cuda_gate
 
 _SOURCE = Path(__file__).with_name("bam_gate_cpu.c")
 _FLAGS = ["-O3", "-fPIC", "-shared", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
+_warned_fallback = False
 
 _i64, _int, _ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
 
@@ -159,3 +179,69 @@ def backward(lib, dy: torch.Tensor, x: torch.Tensor, c: torch.Tensor, s: torch.T
     else:
         ds = part
     return dx, dc, ds.view(b, 1, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered kernels
+
+
+def _fallback_warning(why: str) -> None:
+    global _warned_fallback
+    if not _warned_fallback:
+        _warned_fallback = True
+        warnings.warn(
+            f"torch_bam: the fused CPU kernel is unavailable ({why}); bam_gate falls back to "
+            f"the ATen composition (same results, slower). Install a C compiler (cc/gcc) or "
+            f"set CC to enable it.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _c_kernel(x: Tensor) -> ctypes.CDLL | None:
+    """The compiled C kernel if it runs this call (backend "auto", float32), else None."""
+    if x.dtype != torch.float32 or functional.get_backend() != "auto":
+        return None
+    lib = load()
+    if lib is None:
+        _fallback_warning(last_error() or "build failed")
+    return lib
+
+
+@functional.bam_gate_op.register_kernel("cpu")
+def _gate_cpu(x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str) -> Tensor:
+    if functional.get_backend() == "triton":
+        return _cuda_gate.gate_forward(x, channel_logits, spatial_logits, combine)
+    x, c, s, fmt = functional.gate_operands(x, channel_logits, spatial_logits, combine)
+    lib = _c_kernel(x)
+    if lib is None:
+        return functional.gate_forward_aten(x, c, s, combine)
+    return forward(lib, x, c, s, combine == "product").contiguous(memory_format=fmt)
+
+
+@functional.bam_gate_backward_op.register_kernel("cpu")
+def _gate_backward_cpu(
+    grad: Tensor, x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    if functional.get_backend() == "triton":
+        return _cuda_gate.gate_backward(grad, x, channel_logits, spatial_logits, combine)
+    xx, cc, ss, _ = functional.gate_operands(x, channel_logits, spatial_logits, combine)
+    lib = _c_kernel(xx)
+    if lib is None:
+        return functional.gate_backward_aten(grad, x, channel_logits, spatial_logits, combine)
+    dx, dc, ds = backward(lib, grad, xx, cc, ss, combine == "product")
+    return functional.gate_grads(x, channel_logits, spatial_logits, dx, dc, ds)
+
+
+@functional.bam_gate_inplace_op.register_kernel("cpu")
+def _gate_inplace_cpu(
+    x: Tensor, channel_logits: Tensor, spatial_logits: Tensor, combine: str
+) -> None:
+    functional.gate_operands(x, channel_logits, spatial_logits, combine)  # the checks
+    lib = _c_kernel(x)
+    if lib is not None and (
+        x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        forward(lib, x, channel_logits, spatial_logits, combine == "product", out=x)
+    else:
+        x.copy_(functional.bam_gate_op(x, channel_logits, spatial_logits, combine))

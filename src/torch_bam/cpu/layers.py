@@ -1,9 +1,11 @@
 """The spatial gate's layers as they run fastest on CPU (benchmarks/RESULTS.md,
 benchmarks/RESULTS_narrow_gate.md).
 
-:class:`torch_bam.SpatialGate` calls these three functions for its first and last layers and
-after each layer. On other devices they do what the plain layers do (``F.conv2d``, nothing):
-none of these tricks has been measured to help on a GPU.
+The CPU room (:mod:`torch_bam.cpu.block`) calls these three functions for the spatial gate's
+first and last layers and after each layer, for blocks whose layers are the plain ones BAM
+builds; :class:`torch_bam.SpatialGate` itself only calls its layers. On other devices they do
+what the plain layers do (``F.conv2d``, nothing): none of these tricks has been measured to
+help on a GPU.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the real annotations.

@@ -184,22 +184,18 @@ def test_saves_about_one_input_for_backward(memory_format):
     assert plain > 1.3
 
 
-def test_record_attention_works_and_hooks_fire_once_in_training():
+def test_record_attention_and_hooks_take_the_plain_path_and_fire_once():
+    # Hooks see the modules' own computation: the room declines a block with any hook.
     block = BAM(64, reduction_ratio=8).train()
     x = torch.randn(4, 64, 8, 8, requires_grad=True)
     calls = []
-
-    def count(*_):
-        calls.append(1)
-
-    count._torch_bam_observer = True  # as record_attention tags its own read-only hooks
-    block.spatial_att.register_forward_hook(count)
+    block.spatial_att.register_forward_hook(lambda *_: calls.append(1))
     with record_attention(block) as maps:
-        assert block_autograd.can_use(block, x)  # observers keep the memory-saving path
+        assert not block_autograd.can_use(block, x)
         block(x).sum().backward()
     assert maps[""].spatial_logits.shape == (4, 1, 8, 8)
     assert maps[""].channel_logits.shape == (4, 64)
-    assert calls == [1]  # once per forward: the backward's recompute calls no module
+    assert calls == [1]  # once per forward
 
 
 @pytest.mark.parametrize(
@@ -307,3 +303,156 @@ def test_trains_inside_a_network():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backward uses what forward saved, never the modules' live state
+
+
+def _reference():
+    """The plain path with the reference gate: what the memory-saving path must equal."""
+
+    class Reference:
+        def __enter__(self):
+            set_backend("reference")
+
+        def __exit__(self, *exc):
+            set_backend("auto")
+
+    return Reference()
+
+
+def _both(fn, block):
+    """``fn(block)`` on the memory-saving path, then on a copy of the block on the reference
+    path; the two results and the parameters' grads of each."""
+    other = copy.deepcopy(block)
+    ours = fn(block)
+    with _reference():
+        ref = fn(other)
+    grads = [{n: p.grad for n, p in b.named_parameters()} for b in (block, other)]
+    return ours, ref, grads[0], grads[1]
+
+
+def _assert_grads_equal(ours, ref):
+    assert ours.keys() == ref.keys()
+    for name in ref:
+        assert (ours[name] is None) == (ref[name] is None), name
+        if ref[name] is not None:
+            torch.testing.assert_close(ours[name], ref[name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_functional_call_fast_weights_get_the_gradient():
+    # MAML-style fast weights: the gradient flows to the tensors the forward used.
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train()
+    x = torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def run(b):
+        fast = {n: 2 * p for n, p in b.named_parameters()}
+        assert block_autograd.can_use(b, x) == (b is block)
+        torch.func.functional_call(b, fast, (x,)).pow(2).sum().backward()
+
+    _, _, ours, ref = _both(run, block)
+    assert all(g is not None for g in ref.values())
+    _assert_grads_equal(ours, ref)
+
+
+def test_maml_outer_gradient_with_create_graph():
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train()
+    gen = torch.Generator().manual_seed(4)
+    x1, x2 = (torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=gen) for _ in range(2))
+
+    def run(b):
+        params = dict(b.named_parameters())
+        inner = torch.func.functional_call(b, params, (x1,)).pow(2).mean()
+        grads = torch.autograd.grad(inner, list(params.values()), create_graph=True)
+        fast = {n: p - 0.1 * g for (n, p), g in zip(params.items(), grads, strict=True)}
+        torch.func.functional_call(b, fast, (x2,)).pow(2).mean().backward()
+
+    _, _, ours, ref = _both(run, block)
+    _assert_grads_equal(ours, ref)
+
+
+@pytest.mark.parametrize("switch", ["eval", "train"])
+def test_mode_switch_between_forward_and_backward_changes_nothing(switch):
+    # BatchNorm's mode is the forward's: backward does not read module.training again.
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train(switch == "train")
+    x = torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+
+    def run(b):
+        xx = x.clone().requires_grad_()
+        y = b(xx)
+        b.train(switch != "train")
+        y.pow(2).sum().backward()
+        return xx.grad
+
+    dx, dx_ref, ours, ref = _both(run, block)
+    torch.testing.assert_close(dx, dx_ref, rtol=1e-9, atol=1e-10)
+    _assert_grads_equal(ours, ref)
+
+
+@pytest.mark.parametrize("tied", ["dilated conv weights", "BN weights", "MLP and spatial BN"])
+def test_tied_parameters_get_the_sum_of_their_contributions(tied):
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train()
+    g, c = block.spatial_att.gate_s, block.channel_att.gate_c
+    if tied == "dilated conv weights":
+        g.gate_s_conv_di_1.weight = g.gate_s_conv_di_0.weight
+    elif tied == "BN weights":
+        g.gate_s_bn_di_1.weight = g.gate_s_bn_di_0.weight
+    else:  # one BatchNorm weight in both gates (both hidden widths are 8)
+        c[1].weight = g.gate_s_bn_reduce0.weight
+    x = torch.randn(3, 64, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+
+    def run(b):
+        assert block_autograd.can_use(b, x.requires_grad_()) == (b is block)
+        b(x).pow(2).sum().backward()
+
+    _, _, ours, ref = _both(run, block)
+    _assert_grads_equal(ours, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# torch.func transforms
+
+
+def _func_block(mode):
+    block = randomize_(BAM(64, reduction_ratio=8)).double().train(mode == "train")
+    if mode == "train":
+        # functorch cannot update running statistics in place (as in plain PyTorch): batch
+        # statistics only, as torch.func's own recipe does.
+        torch.func.replace_all_batch_norm_modules_(block)
+    return block
+
+
+@pytest.mark.parametrize("backend", ["auto", "aten"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "vmap over grad"])
+def test_torch_func_transforms_like_reference(backend, mode, transform):
+    block = _func_block(mode)
+    params = {n: p.detach() for n, p in block.named_parameters()}
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 64, 5, 4, dtype=torch.float64, generator=gen)
+
+    def loss(p, t):
+        return torch.func.functional_call(block, p, (t,)).pow(2).sum()
+
+    def run():
+        if transform == "grad":
+            return torch.func.grad(loss, argnums=(0, 1))(params, x)
+        if transform == "jacrev":
+            return torch.func.jacrev(lambda t: block(t).sum((1, 2, 3)))(x)
+        # per-sample gradients: vmap over groups of two images
+        return torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(
+            params, x.reshape(2, 2, *x.shape[1:])
+        )
+
+    with _reference():
+        ref = run()
+    set_backend(backend)
+    try:
+        ours = run()
+    finally:
+        set_backend("auto")
+    ours, ref = torch.utils._pytree.tree_leaves(ours), torch.utils._pytree.tree_leaves(ref)
+    assert len(ours) == len(ref) and any(r.abs().max() > 0 for r in ref)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from tests.helpers import assert_close
-from torch_bam import functional
 from torch_bam.cpu import gate as _cpu
 from torch_bam.functional import bam_gate, bam_gate_ref
 
@@ -15,7 +14,7 @@ from torch_bam.functional import bam_gate, bam_gate_ref
 def fresh_kernel(monkeypatch, tmp_path):
     """A private cache dir and no loaded kernel; restored afterwards."""
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-    monkeypatch.setattr(functional, "_warned_fallback", False)
+    monkeypatch.setattr(_cpu, "_warned_fallback", False)
     _cpu.reset()
     yield tmp_path
     _cpu.reset()
