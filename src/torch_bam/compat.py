@@ -14,7 +14,7 @@ pytorchcv's ``bam_resnet*`` has the official layout under its own names
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from torch import Tensor, nn
 
@@ -128,11 +128,22 @@ def _examples(keys, n: int = 3) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str):
+def load_state_dict_strict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str, new: Collection[str] = ()
+):
     """``model.load_state_dict(state_dict, strict=True)``, but a mismatch is one line: how many
-    keys are missing, unexpected or of another shape, with a few of each, naming ``source``."""
+    keys are missing, unexpected or of another shape, with a few of each, naming ``source``.
+
+    ``new`` names keys the weights may lack (a new classifier); BatchNorm's
+    ``num_batches_tracked`` may be missing too (files from before PyTorch 0.4.1, or converted
+    from other frameworks, have none; BatchNorm fills it in).
+    """
     own = model.state_dict()
-    missing = own.keys() - state_dict.keys()
+    missing = {
+        k
+        for k in own.keys() - state_dict.keys()
+        if k not in set(new) and not k.endswith("num_batches_tracked")
+    }
     unexpected = state_dict.keys() - own.keys()
     shapes = [
         f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
@@ -151,7 +162,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
             f"{source}: the weights do not fit the model ({'; '.join(parts)}). Build the "
             f"network the weights were trained in (same depth, classes and layout)."
         )
-    return model.load_state_dict(state_dict, strict=True)
+    return model.load_state_dict(state_dict, strict=not new)
 
 
 def check_official_layout(
@@ -267,9 +278,9 @@ def official_bam_resnet(
 
 _PTCV_UNIT = re.compile(r"^features\.stage(?P<s>[1-4])\.unit(?P<u>\d+)\.(?P<rest>.+)$")
 _PTCV_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-# (pattern on the rest of a unit's key, replacement); {u} is the unit's index from 0.
+# (pattern on the rest of a unit's key, its torch_bam name inside layer<s>.<unit - 1>)
 _PTCV_RES = [
-    (rf"res_unit\.body\.conv(\d)\.conv\.weight", r"conv\1.weight"),
+    (r"res_unit\.body\.conv(\d)\.conv\.weight", r"conv\1.weight"),
     (rf"res_unit\.body\.conv(\d)\.bn\.{_PTCV_BN}", r"bn\1.\2"),
     (r"res_unit\.identity_conv\.conv\.weight", r"downsample.0.weight"),
     (rf"res_unit\.identity_conv\.bn\.{_PTCV_BN}", r"downsample.1.\1"),
@@ -281,9 +292,9 @@ _PTCV_BAM = [
     (rf"sp_att\.init_conv\.bn\.{_PTCV_BN}", r"spatial_att.gate_s.gate_s_bn_reduce0.\1"),
     (r"sp_att\.final_conv\.(weight|bias)", r"spatial_att.gate_s.gate_s_conv_final.\1"),
 ]
-_PTCV_MAIN_FC = re.compile(rf"^ch_att\.main_fcs\.fc(\d+)\.(fc|bn)\.(.+)$")
+_PTCV_MAIN_FC = re.compile(r"^ch_att\.main_fcs\.fc(\d+)\.(fc|bn)\.(.+)$")
 _PTCV_FINAL_FC = re.compile(r"^ch_att\.final_fc\.(weight|bias)$")
-_PTCV_DIL = re.compile(rf"^sp_att\.dil_convs\.conv(\d+)\.(conv|bn)\.(.+)$")
+_PTCV_DIL = re.compile(r"^sp_att\.dil_convs\.conv(\d+)\.(conv|bn)\.(.+)$")
 _PTCV_TOP = [
     (r"features\.init_block\.conv\.conv\.weight", "conv1.weight"),
     (rf"features\.init_block\.conv\.bn\.{_PTCV_BN}", r"bn1.\1"),
