@@ -7,8 +7,12 @@
     model = torch.hub.load("OWNER/torch-bam", "bam_resnet50")  # OWNER: where your copy is hosted
 
 Keyword arguments go to ``torch_bam.create_model`` (``num_classes=10``, ``combine=...``).
-No pretrained weights ship: ``pretrained=True`` is an error that says how to load the official
-code's checkpoint (``torch_bam.compat.official_bam_resnet``).
+``pretrained=True`` loads the architecture's default weights (``torch_bam.list_pretrained()``),
+``tag=`` picks others, ``file=`` loads a weight file you have:
+
+    model = torch.hub.load(path, "bam_resnet50", source="local", pretrained=True)
+    model = torch.hub.load(path, "bam_resnet50", source="local", pretrained=True,
+                           tag="official_in1k", file="RESNET50_IMAGENET_BAM_best.pth.tar")
 """
 
 import sys
@@ -25,11 +29,12 @@ import torch_bam  # noqa: E402
 
 
 def _entry(name):
-    def entry(pretrained: bool = False, **kwargs):
-        return torch_bam.create_model(name, pretrained=pretrained, **kwargs)
+    def entry(pretrained: bool = False, tag: str = "", **kwargs):
+        full = f"{name}.{tag}" if tag else name  # a hub entry name cannot hold the tag
+        return torch_bam.create_model(full, pretrained=pretrained, **kwargs)
 
     entry.__name__ = name
-    entry.__doc__ = f"torch_bam.create_model({name!r}, **kwargs)"
+    entry.__doc__ = f"torch_bam.create_model('{name}[.tag]', pretrained=False, **kwargs)"
     return entry
 
 

@@ -20,6 +20,6 @@ def test_hub_offers_every_model():
     assert set(torch_bam.list_models()) <= entries
 
 
-def test_hub_pretrained_says_none_ship_and_how_to_load_the_official_file():
+def test_hub_pretrained_without_weights_says_so_and_how_to_load_the_official_file():
     with pytest.raises(ValueError, match="no pretrained weights.*official_bam_resnet"):
-        torch.hub.load(str(ROOT), "bam_resnet50", source="local", pretrained=True)
+        torch.hub.load(str(ROOT), "bam_resnet18", source="local", pretrained=True)

@@ -7,7 +7,7 @@ from .attention import AttentionMaps, record_attention
 from .bam import BAM, ChannelGate, SpatialGate
 from .functional import bam_gate
 from .insert import BAMInsertion, BAMReport, add_bam
-from .models import create_model, list_models
+from .models import create_model, list_models, list_pretrained
 
 __version__ = "0.1.0"
 
@@ -22,5 +22,6 @@ __all__ = [
     "bam_gate",
     "create_model",
     "list_models",
+    "list_pretrained",
     "record_attention",
 ]

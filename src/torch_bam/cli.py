@@ -69,6 +69,24 @@ def _run_demo(run, args: argparse.Namespace) -> None:
     )
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, report
+
+    print(
+        report(
+            evaluate(
+                args.model,
+                args.data,
+                file=args.file,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                device=args.device,
+            )
+        )
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-bam", description="BAM, the Bottleneck Attention Module, for PyTorch."
@@ -122,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_profile)
+    p = sub.add_parser("eval", help="top-1/top-5 of pretrained weights on an ImageNet folder")
+    p.add_argument("model", help="weights by name, e.g. bam_resnet50.ptcv_in1k")
+    p.add_argument("--data", required=True, help="imagefolder:PATH (one folder per class)")
+    p.add_argument("--file", default=None, help="a weight file you have (else the cache)")
+    p.add_argument("--batch-size", type=int, default=50, help="batch size (default 50)")
+    p.add_argument("--workers", type=int, default=2, help="data loading workers (default 2)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(func=_eval)
     whats = ("train", "evaluate on the validation set", "test")
     for name, what in zip(_LIGHTNING, whats, strict=True):
         sub.add_parser(

@@ -30,9 +30,9 @@ def test_list_models_pattern():
     )
 
 
-def test_pretrained_true_says_none_ship_and_how_to_load_the_official_file():
+def test_pretrained_true_without_weights_says_so_and_how_to_load_the_official_file():
     with pytest.raises(ValueError, match="no pretrained weights") as error:
-        torch_bam.create_model("bam_resnet50", pretrained=True)
+        torch_bam.create_model("bam_resnet18", pretrained=True)
     message = str(error.value)
     assert "official_bam_resnet" in message and "load_official_checkpoint" in message
     assert "weights_only=True" in message

@@ -3,10 +3,13 @@
 Written from that file, in test code only, to check torch_bam.compat's whole-network loading.
 As there: the stride of a downsampling bottleneck is in its 3x3 conv (torchvision's "v1.5"),
 the BAMs are attributes ``bam1``..``bam3`` applied after ``layer1``..``layer3``, the ImageNet
-head is ``AvgPool2d(7)`` (so 224x224 inputs), and BAM combines its maps by a product.
+head is ``AvgPool2d(7)`` (so 224x224 inputs), and BAM combines its maps by a product. Its CIFAR
+networks (``network_type`` "CIFAR10"/"CIFAR100") have a 3x3 stride-1 stem, no max-pool, and
+``avg_pool2d(x, 4)`` (32x32 inputs).
 """
 
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .official_bam import BAM
 
@@ -63,12 +66,16 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, block, layers, num_classes=1000):
+    def __init__(self, block, layers, num_classes=1000, network_type="ImageNet"):
         super().__init__()
         self.inplanes = 64
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.avgpool = nn.AvgPool2d(7)
+        self.network_type = network_type
+        if network_type == "ImageNet":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.avgpool = nn.AvgPool2d(7)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
         self.bam1 = BAM(64 * block.expansion)
@@ -100,18 +107,22 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.network_type == "ImageNet":
+            x = self.maxpool(x)
         x = self.bam1(self.layer1(x))
         x = self.bam2(self.layer2(x))
         x = self.bam3(self.layer3(x))
         x = self.layer4(x)
-        x = self.avgpool(x)
+        x = self.avgpool(x) if self.network_type == "ImageNet" else F.avg_pool2d(x, 4)
         return self.fc(x.view(x.size(0), -1))
 
 
-def ResidualNet(depth, num_classes=1000):
+def ResidualNet(depth, num_classes=1000, network_type="ImageNet"):
     if depth == 18:
-        return ResNet(BasicBlock, [2, 2, 2, 2], num_classes)
+        return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, network_type)
+    if depth == 34:
+        return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, network_type)
     if depth == 50:
-        return ResNet(Bottleneck, [3, 4, 6, 3], num_classes)
+        return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, network_type)
     raise ValueError(depth)

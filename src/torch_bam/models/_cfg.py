@@ -65,6 +65,7 @@ class PretrainedCfg:
     model_args: dict[str, Any] = field(default_factory=dict)  # flags the weights need
     published_top1: float | None = None  # accuracy as published by the weights' authors (%)
     published_top5: float | None = None
+    filename: str = ""  # the weight file's name in the cache (where a user may place it by hand)
 
     @property
     def name(self) -> str:

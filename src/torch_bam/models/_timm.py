@@ -12,8 +12,7 @@ import importlib.util
 import sys
 import warnings
 
-from ..errors import UsageError
-from ._registry import _MODELS, NO_PRETRAINED, create_model
+from ._registry import _MODELS, create_model
 
 __all__ = ["install", "register_with_timm", "timm_name"]
 
@@ -29,12 +28,19 @@ def _entrypoint(name: str):
     def build(
         pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
     ):
-        if pretrained:
-            raise UsageError(
-                f"{timm_name(name)}: {NO_PRETRAINED} Or put BAM into a pretrained timm model "
-                f"with torch_bam.add_bam."
-            )
-        return create_model(name, **kwargs)
+        # timm hands the tag of "bam_resnet50.ptcv_in1k" over as pretrained_cfg.
+        if isinstance(pretrained_cfg, str):
+            tag = pretrained_cfg
+        elif isinstance(pretrained_cfg, dict):
+            tag = pretrained_cfg.get("tag") or ""
+        else:
+            tag = getattr(pretrained_cfg, "tag", None) or ""
+        return create_model(
+            f"{name}.{tag}" if tag else name,
+            pretrained=pretrained,
+            pretrained_cfg_overlay=pretrained_cfg_overlay if pretrained else None,
+            **kwargs,
+        )
 
     build.__name__ = build.__qualname__ = timm_name(name)
     build.__module__ = __name__

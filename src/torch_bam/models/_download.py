@@ -1,0 +1,138 @@
+"""Weight files in torch.hub's cache: fetched once, checked before use, never half-written.
+
+The cache is torch.hub's (``torch.hub.get_dir()/checkpoints``, under ``$TORCH_HOME``), the one
+``load_state_dict_from_url`` uses. A download goes through ``torch.hub.download_url_to_file``
+(progress bar) to a temporary name beside the final one; a zip archive (pytorchcv ships its
+``.pth`` zipped) is unpacked to another temporary name; the file's hash is checked; only then is
+it renamed to its final name. Any failure removes the temporaries and raises one
+:class:`~torch_bam.errors.UsageError` naming the address, the cache path and how to place the
+file by hand. There is no retry: a failed download fails once, at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import os
+import uuid
+import zipfile
+import zlib
+from pathlib import Path
+from urllib.error import URLError
+
+from ..errors import UsageError
+from ._cfg import PretrainedCfg
+
+__all__ = ["cache_path", "fetch", "file_sha1"]
+
+_CHUNK = 1 << 20
+
+
+def cache_path(cfg: PretrainedCfg) -> Path:
+    """Where ``cfg``'s weight file lives in torch.hub's cache (whether it is there or not)."""
+    import torch.hub
+
+    name = cfg.filename or os.path.basename(cfg.url).removesuffix(".zip")
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def file_sha1(path: str | os.PathLike) -> str:
+    sha1 = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha1.update(chunk)
+    return sha1.hexdigest()
+
+
+def _by_hand(cfg: PretrainedCfg, path: Path) -> str:
+    source = cfg.url or cfg.origin_url
+    unzip = ", unzip it" if cfg.archive == "zip" else ""
+    return (
+        f"To place the file by hand: download {source}{unzip} and put {path.name} at {path}, "
+        f"or pass its path as file=PATH (timm: pretrained_cfg_overlay=dict(file=PATH); "
+        f"torch-bam eval: --file PATH)."
+    )
+
+
+def check_hash(cfg: PretrainedCfg, path: Path) -> str | None:
+    """The SHA-1 of ``path`` if it differs from ``cfg.hash_sha1``, else None (no hash: None)."""
+    if not cfg.hash_sha1:
+        return None
+    actual = file_sha1(path)
+    return actual if actual != cfg.hash_sha1 else None
+
+
+def fetch(cfg: PretrainedCfg, progress: bool = True) -> Path:
+    """The path of ``cfg``'s weight file in the cache, downloaded and checked first if absent.
+
+    A file already in the cache is not fetched again; its hash is checked at every use.
+    """
+    path = cache_path(cfg)
+    if path.is_file():
+        wrong = check_hash(cfg, path)
+        if wrong:
+            raise UsageError(
+                f"{cfg.name}: the cached weight file {path} has SHA-1 {wrong}, not the "
+                f"published {cfg.hash_sha1}: it is damaged or not this file. Delete it to "
+                f"download it again from {cfg.url or cfg.origin_url}. {_by_hand(cfg, path)}"
+            )
+        return path
+    if not cfg.url:
+        raise UsageError(
+            f"{cfg.name}: these weights are not downloadable by torch-bam and {path} does not "
+            f"exist. {_by_hand(cfg, path)}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = f".{path.name}.{uuid.uuid4().hex}"
+    download = path.with_name(stem + ".download")
+    unpacked = path.with_name(stem + ".unpacked")
+    try:
+        try:
+            import torch.hub
+
+            torch.hub.download_url_to_file(cfg.url, str(download), progress=progress)
+        except (URLError, OSError, http.client.HTTPException, ValueError) as e:
+            reason = getattr(e, "reason", None) or e
+            raise UsageError(
+                f"{cfg.name}: could not download {cfg.url} into {path.parent} ({reason}). "
+                f"{_by_hand(cfg, path)}"
+            ) from None
+        if cfg.archive == "zip":
+            _unzip(cfg, download, unpacked, path)
+        else:
+            os.replace(download, unpacked)
+        wrong = check_hash(cfg, unpacked)
+        if wrong:
+            raise UsageError(
+                f"{cfg.name}: the file downloaded from {cfg.url} has SHA-1 {wrong}, not the "
+                f"published {cfg.hash_sha1} (a changed or damaged download); nothing was kept "
+                f"in {path.parent}. {_by_hand(cfg, path)}"
+            )
+        os.replace(unpacked, path)
+    finally:
+        for tmp in (download, unpacked):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+    return path
+
+
+def _unzip(cfg: PretrainedCfg, archive: Path, out: Path, path: Path) -> None:
+    """Copy the weight file out of ``archive`` (zip's CRC check included) into ``out``."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+            member = path.name if path.name in names else (names[0] if len(names) == 1 else None)
+            if member is None:
+                raise UsageError(
+                    f"{cfg.name}: the archive from {cfg.url} holds {names[:3]}, not {path.name}. "
+                    f"{_by_hand(cfg, path)}"
+                )
+            with zf.open(member) as src, open(out, "wb") as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+        raise UsageError(
+            f"{cfg.name}: the archive downloaded from {cfg.url} is truncated or corrupt ({e}); "
+            f"nothing was kept in {path.parent}. {_by_hand(cfg, path)}"
+        ) from None
