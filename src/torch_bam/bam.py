@@ -33,6 +33,9 @@ from .functional import bam_gate
 torch.fx.wrap("final_1x1")
 torch.fx.wrap("narrow_layout")
 torch.fx.wrap("reduce_1x1")
+# The gate too: FX records one bam_gate call (eager: the fused op), which TorchScript can then
+# compile (its scripted form is the reference maths); the op node itself is not scriptable.
+torch.fx.wrap("bam_gate")
 
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 
