@@ -135,8 +135,10 @@ def resolve_cfg(
         pretrained_cfg = None
     if isinstance(pretrained_cfg, PretrainedCfg):
         cfg = pretrained_cfg
-    elif pretrained_cfg is None or isinstance(pretrained_cfg, dict) or hasattr(
-        pretrained_cfg, "to_dict"
+    elif (
+        pretrained_cfg is None
+        or isinstance(pretrained_cfg, dict)
+        or hasattr(pretrained_cfg, "to_dict")
     ):
         given = {}
         if pretrained_cfg is not None:  # timm's object or a dict: over our configuration

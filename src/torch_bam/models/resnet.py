@@ -195,7 +195,6 @@ def _pair(name: str, doc: str, **model_args) -> None:
     register_pair(ResNet, name, doc, 100 if cifar else 1000, cfg, **model_args)
 
 
-
 _pair("resnet18", "ResNet-18 (ImageNet).", block="basic", layers=(2, 2, 2, 2))
 _pair("resnet34", "ResNet-34 (ImageNet).", block="basic", layers=(3, 4, 6, 3))
 _pair("resnet50", "ResNet-50 v1 (ImageNet).", block="bottleneck", layers=(3, 4, 6, 3))

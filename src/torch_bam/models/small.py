@@ -53,7 +53,7 @@ class SmallCNN(TimmInterface, nn.Module):
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return self._forward_checkpointed(x)
         first = True
-        for stage, bam in zip(self.stages, self.bams):
+        for stage, bam in zip(self.stages, self.bams):  # noqa: B905 (TorchScript has no strict)
             if not first:
                 x = self.pool(x)
             x = bam(stage(x))
