@@ -28,6 +28,10 @@ from ._validate import (
 from .fold import fold_bam, folds
 from .functional import bam_gate
 
+# The gate too: FX records one bam_gate call (eager: the fused op), which TorchScript can then
+# compile (its scripted form is the reference maths); the op node itself is not scriptable.
+torch.fx.wrap("bam_gate")
+
 __all__ = ["BAM", "ChannelGate", "SpatialGate"]
 
 

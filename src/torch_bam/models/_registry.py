@@ -1,29 +1,56 @@
-"""Model registry: networks registered by name, built with ``create_model``."""
+"""Model registry: networks registered by name, built with ``create_model``.
 
-from collections.abc import Callable
+Each name has a default configuration (:class:`~torch_bam.models._cfg.PretrainedCfg`, tag
+``""``): the input it expects, its first conv and classifier. ``create_model`` builds the
+network, attaches that configuration as ``model.pretrained_cfg`` (timm's attribute), loads
+weights if asked (:func:`_load_pretrained`, the one place weights come in), and wraps it for
+``features_only``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
 from ..errors import UsageError
+from ._cfg import PretrainedCfg, get_pretrained_cfg, register_pretrained_cfg, split_tag
 
 __all__ = ["create_model", "list_models", "register_model", "register_pair"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name (``bam_resnet50``, ...)."""
-    name = fn.__name__
-    if name in _MODELS:
-        raise ValueError(f"register_model: a model named {name!r} is already registered.")
-    _MODELS[name] = fn
-    return fn
+def register_model(
+    fn: Callable[..., nn.Module] | None = None, **cfg: Any
+) -> Callable[..., nn.Module]:
+    """Register a builder under its function name (``bam_resnet50``, ...), with its default
+    configuration: ``cfg`` holds :class:`PretrainedCfg` fields (``input_size``, ``mean``,
+    ``classifier``, ...). Use as ``@register_model`` or ``@register_model(input_size=...)``."""
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f"register_model: a model named {name!r} is already registered.")
+        _MODELS[name] = fn
+        if get_pretrained_cfg(name) is None:
+            register_pretrained_cfg(PretrainedCfg(architecture=name, **cfg))
+        return fn
+
+    return register if fn is None else register(fn)
 
 
 def register_pair(
-    cls: Callable[..., nn.Module], name: str, doc: str, num_classes: int = 1000, **model_args
+    cls: Callable[..., nn.Module],
+    name: str,
+    doc: str,
+    num_classes: int = 1000,
+    cfg: dict[str, Any] | None = None,
+    **model_args,
 ) -> None:
-    """Register ``name`` (baseline) and ``bam_<name>``: ``cls(use_bam=..., **model_args)``.
+    """Register ``name`` (baseline) and ``bam_<name>``: ``cls(use_bam=..., **model_args)``,
+    both with the default configuration ``cfg`` (:class:`PretrainedCfg` fields).
 
     Keyword arguments given to ``create_model`` override ``model_args``; for the BAM version,
     those that ``cls`` does not take go to BAM (``reduction_ratio``, ``combine``, ...).
@@ -38,7 +65,7 @@ def register_pair(
         build.__name__ = build.__qualname__ = prefix + name
         build.__doc__ = ("BAM-" if use_bam else "") + doc
         build.__module__ = cls.__module__
-        register_model(build)
+        register_model(build, num_classes=num_classes, **(cfg or {}))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -64,76 +91,154 @@ NO_PRETRAINED = (
 )
 
 
-def _load_pretrained(model: nn.Module, cfg, num_classes, in_chans, file) -> nn.Module:
-    """Load ``cfg``'s weights into ``model`` (``models/_pretrained.py``)."""
+def _load_pretrained(
+    model: nn.Module, cfg: PretrainedCfg, num_classes: int, in_chans: int, file: str | None
+) -> None:
+    """Load the weights ``cfg`` describes (or ``file``) into ``model``, adapting the classifier
+    to ``num_classes`` and the first conv to ``in_chans``. The one place weights come in
+    (``models/_pretrained.py``)."""
+    if not cfg.has_weights:
+        from ._pretrained import no_pretrained_message
+
+        why = no_pretrained_message(cfg.architecture)
+        raise UsageError(f"create_model({cfg.name!r}, pretrained=True): {why}")
     from ._pretrained import load_pretrained
 
-    return load_pretrained(model, cfg, num_classes=num_classes, in_chans=in_chans, file=file)
+    load_pretrained(model, cfg, num_classes=num_classes, in_chans=in_chans, file=file)
+
+
+def _check_name(name: object) -> tuple[str, str]:
+    if not isinstance(name, str):
+        raise UsageError(
+            f"create_model: the model name must be a string such as 'bam_resnet50', got "
+            f"{name!r} ({type(name).__name__}). See torch_bam.list_models() for the names."
+        )
+    arch, tag = split_tag(name)
+    if arch not in _MODELS:
+        raise UsageError(
+            f"create_model: unknown model {name!r}.{unknown_model_hint(arch)} See "
+            f"torch_bam.list_models() for all {len(_MODELS)} names."
+        )
+    return arch, tag
+
+
+def _check_count(owner: str, what: str, value: object, least: int, hint: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise UsageError(f"{owner}: {what} must be an integer >= {least}, got {value!r}. {hint}")
+
+
+def resolve_cfg(
+    name: str,
+    pretrained: bool = False,
+    pretrained_cfg: PretrainedCfg | dict | str | None = None,
+    pretrained_cfg_overlay: dict | None = None,
+) -> tuple[str, PretrainedCfg]:
+    """``(architecture, configuration)`` for ``name``, as timm resolves them: a tag in the
+    name or in ``pretrained_cfg`` (a tag string), or a whole configuration (object or dict),
+    then ``pretrained_cfg_overlay`` on top (e.g. ``dict(file=PATH)``)."""
+    arch, tag = _check_name(name)
+    if isinstance(pretrained_cfg, str):
+        tag = tag or pretrained_cfg
+        pretrained_cfg = None
+    if isinstance(pretrained_cfg, PretrainedCfg):
+        cfg = pretrained_cfg
+    elif (
+        pretrained_cfg is None
+        or isinstance(pretrained_cfg, dict)
+        or hasattr(pretrained_cfg, "to_dict")
+    ):
+        given = {}
+        if pretrained_cfg is not None:  # timm's object or a dict: over our configuration
+            given = pretrained_cfg if isinstance(pretrained_cfg, dict) else pretrained_cfg.to_dict()
+            tag = tag or (given.get("tag") or "")
+        full = f"{arch}.{tag}" if tag else arch
+        cfg = get_pretrained_cfg(full, pretrained)
+        if cfg is None:
+            from ._cfg import list_pretrained
+
+            known = ", ".join(list_pretrained(f"{arch}.*")) or "none"
+            raise UsageError(
+                f"create_model: {arch!r} has no configuration tagged {tag!r}. Its tagged "
+                f"weights: {known}."
+            )
+        if given:
+            cfg = _cfg_from_dict({**cfg.to_dict(), **given, "architecture": arch})
+    else:
+        raise UsageError(
+            f"create_model: pretrained_cfg must be a tag, a dict or a PretrainedCfg, got "
+            f"{type(pretrained_cfg).__name__}."
+        )
+    if pretrained_cfg_overlay:
+        cfg = _cfg_from_dict({**cfg.to_dict(), **pretrained_cfg_overlay})
+    return arch, cfg
+
+
+def _cfg_from_dict(d: dict) -> PretrainedCfg:
+    """A configuration from a dict (timm's fields and ours; others are dropped)."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    known = {k: v for k, v in d.items() if k in fields and v is not None}
+    for key in ("input_size", "mean", "std", "pool_size", "notes"):
+        if isinstance(known.get(key), list):
+            known[key] = tuple(known[key])
+    return PretrainedCfg(**known)
 
 
 def create_model(
     name: str,
     num_classes: int | None = None,
     pretrained: bool = False,
+    *,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
     file: str | None = None,
+    pretrained_cfg: PretrainedCfg | dict | str | None = None,
     pretrained_cfg_overlay: dict | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a registered model by name: ``arch`` or ``arch.tag`` (``bam_resnet50.ptcv_in1k``).
+    """Build a registered model by name, as ``timm.create_model`` does.
 
-    ``num_classes`` defaults to each model's own: 1000 for ImageNet networks, 100 for CIFAR
-    ones, 10 for the small CNN. A tag selects a set of weights (:func:`list_pretrained`): the
-    network is built as those weights need (their ``model_args``; ``kwargs`` override them),
-    and ``pretrained=True`` loads them (the architecture's default tag if none is given),
-    downloading them once into torch.hub's cache, or from ``file`` (a file you have).
-    ``num_classes`` other than the weights' leaves the classifier new, for fine-tuning.
+    Args:
+        name: a registered name (:func:`list_models`), optionally with a weights tag
+            (``"bam_resnet50.official_in1k"``).
+        num_classes: outputs of the classifier; default each model's own (1000 for ImageNet
+            networks, 100 for CIFAR ones, 10 for the small CNN); 0 for none (the model then
+            returns pooled features).
+        pretrained: load the weights of the configuration (the name's tag, or the default
+            tag of the architecture).
+        features_only: return a :class:`~torch_bam.models.FeatureNet`: the feature maps at
+            ``out_indices`` (default: every level), with ``feature_info``.
+        file: a local weights file, for ``pretrained=True``.
+        pretrained_cfg, pretrained_cfg_overlay: timm's: a tag or whole configuration, and
+            fields to change in it.
+        **kwargs: the network's arguments (``in_chans``, ``drop_rate``, ``global_pool``,
+            ``stride_in_3x3``, ...) or BAM's (``reduction_ratio``, ``combine``, ...).
+
+    The model carries its configuration as ``model.pretrained_cfg`` (and ``default_cfg``).
     """
-    from ._cfg import get_pretrained_cfg, split_tag
-
-    arch, tag = split_tag(name) if isinstance(name, str) else (name, "")
-    if arch not in _MODELS:
+    if file and not pretrained:
         raise UsageError(
-            f"create_model: unknown model {name!r}.{unknown_model_hint(str(name))} See "
-            f"torch_bam.list_models() for all {len(_MODELS)} names."
+            f"create_model({name!r}, file=...): file= names weights to load; pass "
+            f"pretrained=True with it."
         )
-    cfg = get_pretrained_cfg(name, pretrained) if (tag or pretrained) else None
-    if tag and cfg is None:
-        from ._cfg import list_pretrained
-
-        raise UsageError(
-            f"create_model: {arch} has no weights tagged {tag!r}; tagged names: "
-            f"{', '.join(list_pretrained(arch + '.*')) or 'none'}."
-        )
-    if pretrained and (cfg is None or not cfg.has_weights):
-        from ._pretrained import no_pretrained_message
-
-        raise UsageError(f"create_model({name!r}, pretrained=True): {no_pretrained_message(arch)}")
-    if (file or pretrained_cfg_overlay) and not pretrained:
-        raise UsageError(
-            f"create_model({name!r}): file= and pretrained_cfg_overlay= describe weights to "
-            f"load; pass pretrained=True with them."
-        )
-    if cfg is not None and pretrained_cfg_overlay:
-        cfg = _overlay(cfg, pretrained_cfg_overlay)
-    if cfg is not None:
-        kwargs = {**cfg.model_args, **kwargs}
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    model = _MODELS[arch](**kwargs)
+    arch, cfg = resolve_cfg(name, pretrained, pretrained_cfg, pretrained_cfg_overlay)
+    if num_classes is None:
+        num_classes = kwargs.pop("num_classes", None)
+    owner = f"create_model({name!r})"
+    num_classes = cfg.num_classes if num_classes is None else num_classes
+    _check_count(owner, "num_classes", num_classes, 0, "Use num_classes=0 for no classifier.")
+    in_chans = kwargs.get("in_chans", 3)
+    _check_count(owner, "in_chans", in_chans, 1, "Use the image's channels, e.g. in_chans=3.")
+    args = {**cfg.model_args, **kwargs, "num_classes": num_classes}
+    model = _MODELS[arch](**args)
+    model.pretrained_cfg = model.default_cfg = cfg.to_dict()
     if pretrained:
-        _load_pretrained(model, cfg, num_classes, kwargs.get("in_chans"), file)
+        _load_pretrained(model, cfg, num_classes, in_chans, file or cfg.file or None)
+    if features_only:
+        from ._features import FeatureNet
+
+        model = FeatureNet(model, out_indices)
+    elif out_indices is not None:
+        raise UsageError(f"{owner}: out_indices is for features_only=True; pass that too.")
     return model
-
-
-def _overlay(cfg, overlay: dict):
-    """``cfg`` with ``overlay``'s fields (timm's ``pretrained_cfg_overlay``)."""
-    import dataclasses
-
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(overlay) - fields)
-    if unknown:
-        raise UsageError(
-            f"pretrained_cfg_overlay: unknown fields {unknown}; a configuration has "
-            f"{', '.join(sorted(fields))}."
-        )
-    return cfg.replace(**overlay)

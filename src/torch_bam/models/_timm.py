@@ -5,6 +5,14 @@ Only names timm does not have are registered, and none of timm's own is ever rep
 torchvision-style v1.5; ours is the paper's v1). timm is never imported by torch_bam itself:
 if timm is already imported, registration happens at once, otherwise right after the program
 imports it (an import hook), so ``import torch_bam`` stays as fast as importing torch.
+
+Each network's configurations (the default one, and any tagged weights) go into timm's
+registry too, through this module's ``default_cfgs`` (where timm's ``register_model`` looks),
+so ``timm.list_models(pretrained=True)``, ``timm.models.get_pretrained_cfg`` and
+``timm.data.resolve_data_config`` know them. Building goes through
+:func:`torch_bam.create_model`, with timm's ``pretrained``, ``pretrained_cfg`` (a tag, as timm
+passes it for ``"name.tag"``, or a whole configuration) and ``pretrained_cfg_overlay``
+(e.g. ``dict(file=PATH)``).
 """
 
 import importlib.abc
@@ -12,11 +20,13 @@ import importlib.util
 import sys
 import warnings
 
+from ._cfg import _CFGS, _DEFAULT_TAG
 from ._registry import _MODELS, create_model
 
 __all__ = ["install", "register_with_timm", "timm_name"]
 
 _done = False
+default_cfgs: dict = {}  # timm name -> timm DefaultCfg; read by timm's register_model
 
 
 def timm_name(name: str) -> str:
@@ -28,17 +38,11 @@ def _entrypoint(name: str):
     def build(
         pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
     ):
-        # timm hands the tag of "bam_resnet50.ptcv_in1k" over as pretrained_cfg.
-        if isinstance(pretrained_cfg, str):
-            tag = pretrained_cfg
-        elif isinstance(pretrained_cfg, dict):
-            tag = pretrained_cfg.get("tag") or ""
-        else:
-            tag = getattr(pretrained_cfg, "tag", None) or ""
         return create_model(
-            f"{name}.{tag}" if tag else name,
+            name,
             pretrained=pretrained,
-            pretrained_cfg_overlay=pretrained_cfg_overlay if pretrained else None,
+            pretrained_cfg=pretrained_cfg,
+            pretrained_cfg_overlay=pretrained_cfg_overlay,
             **kwargs,
         )
 
@@ -60,9 +64,34 @@ def register_with_timm() -> list[str]:
     for name in sorted(_MODELS):
         alias = timm_name(name)
         if not is_model(alias):
+            default_cfgs[alias] = _timm_default_cfg(name)
             register_model(_entrypoint(name))
             added.append(alias)
     return added
+
+
+def _timm_default_cfg(name: str):
+    """timm's ``DefaultCfg`` for ``name``: its tagged weights, the default tag first, or the
+    default (no weights) configuration if it has none."""
+    import dataclasses
+    from collections import deque
+
+    from timm.models._pretrained import DefaultCfg, PretrainedCfg
+
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    ours = _CFGS.get(name, {})
+    tags = [t for t in ours if t]
+    if tags:
+        first = _DEFAULT_TAG.get(name, tags[0])
+        tags = [first] + [t for t in tags if t != first]
+    else:
+        tags = [""]
+    cfgs = {}
+    for tag in tags:
+        d = {k: v for k, v in ours[tag].to_dict().items() if k in fields}
+        d.update(architecture=timm_name(name), url=d["url"] or None, file=d["file"] or None)
+        cfgs[tag] = PretrainedCfg(**d)
+    return DefaultCfg(tags=deque(tags), cfgs=cfgs)
 
 
 class _AfterTimmImport(importlib.abc.MetaPathFinder):

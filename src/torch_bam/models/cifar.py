@@ -12,9 +12,11 @@ pre-activation nets take the pre-activated input, as in the WRN code; the same p
 FLOPs as taking the raw input.
 """
 
+import torch
 from torch import Tensor, nn
 
 from ..bam import BAM
+from ._interface import TimmInterface, check_head_args
 from ._registry import register_pair
 
 __all__ = ["PreActResNet", "ResNeXtCifar"]
@@ -43,7 +45,7 @@ class PreActBlock(nn.Module):
         return out + identity
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(TimmInterface, nn.Module):
     """Pre-activation ResNet for CIFAR: PreResNet and WideResNet.
 
     Args:
@@ -62,10 +64,13 @@ class PreActResNet(nn.Module):
         num_classes: int = 100,
         dropout: float = 0.0,
         in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         use_bam: bool = False,
         **bam_kwargs,
     ) -> None:
         super().__init__()
+        check_head_args("PreActResNet", num_classes, global_pool, drop_rate)
         self.conv1 = nn.Conv2d(in_chans, 16, 3, 1, 1, bias=False)
         cin = 16
         for i, w in enumerate(widths):
@@ -81,15 +86,29 @@ class PreActResNet(nn.Module):
                 self.add_module(f"bam{i + 1}", BAM(w, **bam_kwargs) if use_bam else nn.Identity())
         self.bn = nn.BatchNorm2d(cin)
         self.relu = nn.ReLU(inplace=True)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
+        self._init_interface(
+            cin,
+            num_classes,
+            global_pool,
+            drop_rate,
+            [
+                (("conv1",), 16, 1),
+                (("layer1", "bam1"), widths[0], 1),
+                (("layer2", "bam2"), widths[1], 2),
+                (("layer3", "bn", "relu"), widths[2], 4),  # pre-activation: the final BN, ReLU
+            ],
+        )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(x)
         x = self.conv1(x)
         x = self.bam1(self.layer1(x))
         x = self.bam2(self.layer2(x))
-        x = self.relu(self.bn(self.layer3(x)))
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.relu(self.bn(self.layer3(x)))
+
+    def _group_matcher(self, coarse: bool) -> dict:
+        return _cifar_matcher("^conv1", coarse, tail=r"^bn")
 
 
 class ResNeXtBlock(nn.Module):
@@ -119,7 +138,7 @@ class ResNeXtBlock(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNeXtCifar(nn.Module):
+class ResNeXtCifar(TimmInterface, nn.Module):
     """ResNeXt-29 for CIFAR: 3x3 stem with 64 channels, three stages of bottlenecks.
 
     Args:
@@ -139,10 +158,13 @@ class ResNeXtCifar(nn.Module):
         widths: tuple[int, int, int] = (256, 512, 1024),
         stride_in_3x3: bool = False,
         in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         use_bam: bool = False,
         **bam_kwargs,
     ) -> None:
         super().__init__()
+        check_head_args("ResNeXtCifar", num_classes, global_pool, drop_rate)
         self.conv1 = nn.Conv2d(in_chans, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -166,24 +188,77 @@ class ResNeXtCifar(nn.Module):
             self.add_module(f"layer{i + 1}", stage)
             if i < 2:
                 self.add_module(f"bam{i + 1}", BAM(w, **bam_kwargs) if use_bam else nn.Identity())
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
+        self._init_interface(
+            cin,
+            num_classes,
+            global_pool,
+            drop_rate,
+            [
+                (("conv1", "bn1", "relu"), 64, 1),
+                (("layer1", "bam1"), widths[0], 1),
+                (("layer2", "bam2"), widths[1], 2),
+                (("layer3",), widths[2], 4),
+            ],
+        )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(x)
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.bam1(self.layer1(x))
         x = self.bam2(self.layer2(x))
-        x = self.layer3(x)
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.layer3(x)
+
+    def _group_matcher(self, coarse: bool) -> dict:
+        return _cifar_matcher("^conv1|^bn1", coarse)
+
+
+def _cifar_matcher(stem: str, coarse: bool, tail: str | None = None) -> dict:
+    """Stem, blocks of ``layer1``..``layer3`` (a BAM with its stage's last block), ``tail``
+    (a final norm) with the last block."""
+    stage = r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"
+    blocks = [(stage, None), (r"^bam(\d+)", (99999,))]
+    if tail:
+        blocks.append((tail, (99999,)))
+    return dict(stem=stem, blocks=blocks)
+
+
+CIFAR100 = dict(
+    input_size=(3, 32, 32),
+    pool_size=(8, 8),
+    crop_pct=1.0,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+    first_conv="conv1",
+    classifier="fc",
+)
 
 
 register_pair(
-    PreActResNet, "preresnet110", "PreResNet-110 (CIFAR).", 100, blocks=18, widths=(16, 32, 64)
+    PreActResNet,
+    "preresnet110",
+    "PreResNet-110 (CIFAR).",
+    100,
+    CIFAR100,
+    blocks=18,
+    widths=(16, 32, 64),
 )
 register_pair(
-    PreActResNet, "wrn28_8", "WideResNet-28-8 (CIFAR).", 100, blocks=4, widths=(128, 256, 512)
+    PreActResNet,
+    "wrn28_8",
+    "WideResNet-28-8 (CIFAR).",
+    100,
+    CIFAR100,
+    blocks=4,
+    widths=(128, 256, 512),
 )
 register_pair(
-    PreActResNet, "wrn28_10", "WideResNet-28-10 (CIFAR).", 100, blocks=4, widths=(160, 320, 640)
+    PreActResNet,
+    "wrn28_10",
+    "WideResNet-28-10 (CIFAR).",
+    100,
+    CIFAR100,
+    blocks=4,
+    widths=(160, 320, 640),
 )
-register_pair(ResNeXtCifar, "resnext29_8x64d", "ResNeXt-29 8x64d (CIFAR).", 100)
+register_pair(ResNeXtCifar, "resnext29_8x64d", "ResNeXt-29 8x64d (CIFAR).", 100, CIFAR100)

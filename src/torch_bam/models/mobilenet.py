@@ -11,9 +11,11 @@ the paper, and it gives the paper's +0.09M parameters. The width multiplier scal
 layer's channels, rounded down (``int(c * alpha)``).
 """
 
+import torch
 from torch import Tensor, nn
 
 from ..bam import BAM
+from ._interface import TimmInterface, check_head_args
 from ._registry import register_pair
 
 __all__ = ["MobileNetV1"]
@@ -40,7 +42,7 @@ def _separable(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(_conv_bn(cin, cin, 3, stride, groups=cin), _conv_bn(cin, cout, 1, 1))
 
 
-class MobileNetV1(nn.Module):
+class MobileNetV1(TimmInterface, nn.Module):
     """MobileNet v1.
 
     Args:
@@ -55,37 +57,54 @@ class MobileNetV1(nn.Module):
         num_classes: int = 1000,
         width_mult: float = 1.0,
         in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         use_bam: bool = False,
         **bam_kwargs,
     ) -> None:
         super().__init__()
+        check_head_args("MobileNetV1", num_classes, global_pool, drop_rate)
         if width_mult <= 0:
             raise ValueError(f"MobileNetV1: width_mult must be positive, got {width_mult}.")
         cin = int(32 * width_mult)
         self.stem = _conv_bn(in_chans, cin, 3, 2)
+        levels = [(("stem",), cin, 2)]
+        reduction = 2
         for i, stage in enumerate(_STAGES):
             blocks = []
             for cout, stride in stage:
                 cout = int(cout * width_mult)
                 blocks.append(_separable(cin, cout, stride))
-                cin = cout
+                cin, reduction = cout, reduction * stride
             self.add_module(f"stage{i + 1}", nn.Sequential(*blocks))
+            names = (f"stage{i + 1}",)
             if i < len(_STAGES) - 1:
                 self.add_module(f"bam{i + 1}", BAM(cin, **bam_kwargs) if use_bam else nn.Identity())
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
+                names += (f"bam{i + 1}",)
+            levels.append((names, cin, reduction))
+        self._init_interface(cin, num_classes, global_pool, drop_rate, levels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(x)
         x = self.stem(x)
         x = self.bam1(self.stage1(x))
         x = self.bam2(self.stage2(x))
         x = self.bam3(self.stage3(x))
         x = self.bam4(self.stage4(x))
-        x = self.stage5(x)
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.stage5(x)
+
+    def _group_matcher(self, coarse: bool) -> dict:
+        stage = r"^stage(\d+)" if coarse else r"^stage(\d+)\.(\d+)"
+        return dict(stem=r"^stem", blocks=[(stage, None), (r"^bam(\d+)", (99999,))])
 
 
-register_pair(MobileNetV1, "mobilenet_v1", "MobileNet v1, width 1.0 (ImageNet).")
+IMAGENET = dict(pool_size=(7, 7), first_conv="stem.0", classifier="fc")
+register_pair(MobileNetV1, "mobilenet_v1", "MobileNet v1, width 1.0 (ImageNet).", cfg=IMAGENET)
 register_pair(
-    MobileNetV1, "mobilenet_v1_0_7", "MobileNet v1, width 0.7 (ImageNet).", width_mult=0.7
+    MobileNetV1,
+    "mobilenet_v1_0_7",
+    "MobileNet v1, width 0.7 (ImageNet).",
+    cfg=IMAGENET,
+    width_mult=0.7,
 )

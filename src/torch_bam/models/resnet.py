@@ -10,9 +10,11 @@ the BAMs are ``bam1``, ``bam2``, ``bam3`` after ``layer1``..``layer3`` as in the
 (``nn.Identity`` in the baselines), so both kinds of checkpoint load.
 """
 
+import torch
 from torch import Tensor, nn
 
 from ..bam import BAM
+from ._interface import TimmInterface, check_head_args
 from ._registry import register_pair
 
 __all__ = ["ResNet"]
@@ -70,7 +72,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(TimmInterface, nn.Module):
     """ResNet with an optional BAM after each of the first three stages.
 
     Args:
@@ -81,6 +83,9 @@ class ResNet(nn.Module):
         groups, width_per_group: ResNeXt cardinality and width.
         stride_in_3x3: torchvision's v1.5 if True; the paper's v1 (stride in the 1x1) if False.
         stem: ``"imagenet"`` (7x7/2 conv, 3x3/2 max-pool) or ``"cifar"`` (3x3/1 conv, no pool).
+        in_chans: input channels.
+        drop_rate: dropout before the classifier.
+        global_pool: ``"avg"``, ``"max"``, or ``""`` (no pooling, with ``num_classes=0``).
         use_bam: insert BAM after ``layer1``, ``layer2`` and ``layer3``.
         **bam_kwargs: passed to BAM (``reduction_ratio``, ``combine``, ...).
     """
@@ -96,10 +101,13 @@ class ResNet(nn.Module):
         stride_in_3x3: bool = False,
         stem: str = "imagenet",
         in_chans: int = 3,
+        drop_rate: float = 0.0,
+        global_pool: str = "avg",
         use_bam: bool = False,
         **bam_kwargs,
     ) -> None:
         super().__init__()
+        check_head_args("ResNet", num_classes, global_pool, drop_rate)
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"ResNet: block must be 'basic' or 'bottleneck', got {block!r}.")
         if stem not in ("imagenet", "cifar"):
@@ -122,9 +130,21 @@ class ResNet(nn.Module):
             if i < 3:
                 c = w * block_cls.expansion
                 self.add_module(f"bam{i + 1}", BAM(c, **bam_kwargs) if use_bam else nn.Identity())
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(self.inplanes, num_classes)
-        self.num_features = self.inplanes
+        s = 1 if stem == "cifar" else 2
+        expansion = block_cls.expansion
+        self._init_interface(
+            self.inplanes,
+            num_classes,
+            global_pool,
+            drop_rate,
+            [
+                (("conv1", "bn1", "relu"), 64, s),
+                (("maxpool", "layer1", "bam1"), widths[0] * expansion, 2 * s),
+                (("layer2", "bam2"), widths[1] * expansion, 4 * s),
+                (("layer3", "bam3"), widths[2] * expansion, 8 * s),
+                (("layer4",), widths[3] * expansion, 16 * s),
+            ],
+        )
         in_bam = {id(m) for b in self.modules() if isinstance(b, BAM) for m in b.modules()}
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and id(m) not in in_bam:
@@ -142,18 +162,37 @@ class ResNet(nn.Module):
         layers += [block(self.inplanes, planes, **kw) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last stage's map, unpooled (``[B, num_features, H/32, W/32]``)."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.bam1(self.layer1(x))
         x = self.bam2(self.layer2(x))
         x = self.bam3(self.layer3(x))
-        x = self.layer4(x)
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.layer4(x)
+
+    def _group_matcher(self, coarse: bool) -> dict:
+        stage = r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)"
+        return dict(stem=r"^conv1|^bn1|^maxpool", blocks=[(stage, None), (r"^bam(\d+)", (99999,))])
+
+
+# Default configurations (ImageNet mean and std are PretrainedCfg's defaults).
+IMAGENET = dict(first_conv="conv1", classifier="fc")
+CIFAR100 = dict(
+    input_size=(3, 32, 32),
+    crop_pct=1.0,
+    mean=(0.5071, 0.4865, 0.4409),
+    std=(0.2673, 0.2564, 0.2762),
+    first_conv="conv1",
+    classifier="fc",
+)
 
 
 def _pair(name: str, doc: str, **model_args) -> None:
-    num_classes_default = 100 if model_args.get("stem") == "cifar" else 1000
-    register_pair(ResNet, name, doc, num_classes_default, **model_args)
+    cifar = model_args.get("stem") == "cifar"
+    cfg = dict(CIFAR100, pool_size=(4, 4)) if cifar else dict(IMAGENET, pool_size=(7, 7))
+    register_pair(ResNet, name, doc, 100 if cifar else 1000, cfg, **model_args)
 
 
 _pair("resnet18", "ResNet-18 (ImageNet).", block="basic", layers=(2, 2, 2, 2))
