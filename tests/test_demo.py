@@ -222,9 +222,10 @@ def test_a_second_demo_on_the_same_out_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
     with RunDirLock(out):
         assert main(["demo", *TINY, "--out", str(out)]) == 2
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's, untouched
     err = capsys.readouterr().err
     assert "in use" in err and len(err.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert list(out.iterdir()) == []  # released: no lock file left
 
 
 def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):

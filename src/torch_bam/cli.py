@@ -138,7 +138,10 @@ def _lightning(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return train_main(argv)
+    from ._upstream_warnings import lightning_calls
+
+    with lightning_calls():
+        return train_main(argv)
 
 
 def _run(argv: list[str]) -> int:
