@@ -222,9 +222,10 @@ def test_a_second_demo_on_the_same_out_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
     with RunDirLock(out):
         assert main(["demo", *TINY, "--out", str(out)]) == 2
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the holder's, untouched
     err = capsys.readouterr().err
     assert "in use" in err and len(err.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    assert list(out.iterdir()) == []  # released: no lock file left
 
 
 def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):
@@ -259,3 +260,38 @@ def test_piped_output_is_a_line_per_epoch_without_tips(tmp_path):
     assert "it/s" not in out and "\r" not in out
     assert "Tip:" not in out and "GPU available" not in out
     assert out.count("epoch 2/2") == 2  # one line for each model's last epoch
+
+
+def test_a_torchvision_of_another_torch_ends_in_one_line(tmp_path):
+    # A torchvision built for another torch fails while it is imported (here: as it does when
+    # its compiled operators do not match); the demo says so in one line, naming both versions.
+    import subprocess
+    import sys
+
+    import torch
+
+    fake = tmp_path / "site"
+    (fake / "torchvision").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text(
+        'raise RuntimeError("operator torchvision::nms does not exist")\n'
+    )
+    (fake / "torchvision-0.0.1.dist-info").mkdir()
+    (fake / "torchvision-0.0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: torchvision\nVersion: 0.0.1\nRequires-Dist: torch (==1.0.0)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(fake), *sys.path]))
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch_bam", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "torchvision 0.0.1, which asks for torch ==1.0.0," in err
+    assert f"installed torch {torch.__version__}" in err and "nms does not exist" in err
+    assert "pip install --force-reinstall torch==" in err
+    assert not out.exists()

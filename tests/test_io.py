@@ -108,3 +108,34 @@ def test_undo_on_failure_removes_only_what_the_block_made(tmp_path):
     with undo_on_failure():  # a block that succeeds keeps everything
         atomic_write_text(tmp_path / "kept.txt", "x")
     assert (tmp_path / "kept.txt").read_text() == "x"
+
+
+def test_run_dir_lock_leaves_no_lock_file(tmp_path):
+    with RunDirLock(tmp_path):
+        assert os.listdir(tmp_path) == [".lock"]
+    assert os.listdir(tmp_path) == []  # a finished run leaves no .lock behind
+
+
+def test_run_dir_lock_taken_on_a_removed_file_is_taken_again(tmp_path, monkeypatch):
+    # B opens the lock file, then A releases (and removes it) before B locks: B holds a file
+    # that is no longer the directory's lock and must take the new one, or a third run could
+    # hold the directory beside it.
+    import fcntl
+
+    a = RunDirLock(tmp_path).acquire()
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        if op & fcntl.LOCK_EX and not calls:
+            a.release()
+        calls.append(op)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    b = RunDirLock(tmp_path).acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    assert len([op for op in calls if op & fcntl.LOCK_EX]) == 2  # locked, saw it stale, again
+    with pytest.raises(UsageError, match="in use"):
+        RunDirLock(tmp_path).acquire()  # B holds the file now at the path
+    b.release()
+    assert os.listdir(tmp_path) == []

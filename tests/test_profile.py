@@ -133,3 +133,21 @@ def test_cli_profile_json_has_every_turn(capsys):
     assert first["timing_run"] == second["timing_run"]
     assert len(first["latency_turns_ms"]) == len(second["latency_turns_ms"]) == 3
     assert first["latency_min_ms"] <= first["latency_ms"] <= first["latency_max_ms"]
+
+
+def test_cli_profile_refuses_an_input_that_leaves_bam_maps_1x1(capsys):
+    # bam_resnet18's BAMs sit at strides 4, 8 and 16: at 4 pixels every map is 1x1.
+    assert main(["profile", "bam_resnet18", "--input", "4", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "1x1 map" in err and "bam1, bam2, bam3" in err and "--input 32 or more" in err
+    # At 32 every map is at least 2x2: profiled.
+    assert main(["profile", "bam_resnet18", "--input", "32", "--runs", "1"]) == 0
+
+
+def test_cli_profile_says_out_of_memory_not_too_small(capsys):
+    assert main(["profile", "bam_small_cnn", "--input", "1000000", "--runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "ran out of memory" in err and "too small" not in err
+    assert "GiB" in err and "smaller --input" in err

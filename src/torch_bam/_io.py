@@ -159,7 +159,10 @@ class RunDirLock:
 
     A second process (or a second ``RunDirLock`` in the same process) that asks for the same
     directory gets a :class:`UsageError` naming the directory and the fix. The lock dies with
-    the process, so a killed run never leaves the directory locked.
+    the process, so a killed run never leaves the directory locked. ``release`` removes the
+    lock file (while still holding it), so a finished run leaves no ``.lock`` behind; a run
+    that takes the lock checks that the file it locked is still the one at the path, so a file
+    removed under it never lets two runs hold the directory.
 
     Example:
         >>> with RunDirLock("runs/demo"):
@@ -175,29 +178,47 @@ class RunDirLock:
         import fcntl  # POSIX only; imported here so the module imports everywhere
 
         _makedirs(self.directory)
-        lock = os.path.join(self.directory, ".lock")
-        new = not os.path.lexists(lock)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        if new:
-            _note_made(os.path.abspath(lock))
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        path = self.path
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    raise UsageError(
+                        f"{self.directory} is in use by another {self.what} (it holds "
+                        f"{path}). Wait for it to finish, or choose another output directory."
+                    ) from None
+                raise
+            if self._is_at_path(fd):
+                break
+            # The holder released (and removed) the file between our open and our lock: the
+            # file we hold is no longer the directory's lock. Try again with the new one.
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                raise UsageError(
-                    f"{self.directory} is in use by another {self.what} (it holds "
-                    f"{os.path.join(self.directory, '.lock')}). Wait for it to finish, or "
-                    f"choose another output directory."
-                ) from None
-            raise
         self._fd = fd
         return self
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.directory, ".lock")
+
+    def _is_at_path(self, fd: int) -> bool:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
     def release(self) -> None:
         if self._fd is not None:
             import fcntl
 
+            # Remove the file while still holding it, and only if it is ours.
+            if self._is_at_path(self._fd):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -43,7 +43,45 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _torch_pair() -> None:
+    """Import torchvision here, so a torchvision built for another torch ends the command in
+    one line naming both versions and the fix, not in a traceback from deep inside Lightning.
+    (torchvision not installed at all is left to the commands' own "install the extra".)"""
+    import importlib.metadata
+    import re
+
+    import torch
+
+    try:
+        import torchvision  # noqa: F401
+    except ImportError as e:
+        if e.name == "torchvision":
+            return
+        error: Exception = e
+    except Exception as e:  # "operator torchvision::nms does not exist", a missing symbol, ...
+        error = e
+    else:
+        return
+    try:
+        tv = importlib.metadata.version("torchvision")
+        wants = [
+            r for r in importlib.metadata.requires("torchvision") or [] if re.match(r"torch\b", r)
+        ]
+    except importlib.metadata.PackageNotFoundError:
+        tv, wants = "(unknown version)", []
+    asks = re.sub(r"^torch\s*\(?([^;)]*)\)?.*$", r"\1", wants[0]).strip() if wants else ""
+    built = f", which asks for torch {asks}," if asks else ""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+    raise UsageError(
+        f"torchvision {tv}{built} does not work with the installed torch {torch.__version__} "
+        f"({type(error).__name__}: {first}). Install a matching pair: pip install "
+        f"--force-reinstall torch=={torch.__version__.split('+')[0]} torchvision, from the index "
+        f"torch came from (--index-url); pip then picks the torchvision built for that torch."
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
+    _torch_pair()
     from ._io import undo_on_failure
     from .demo import run
 
@@ -162,6 +200,7 @@ _LIGHTNING = ("fit", "validate", "test")
 
 
 def _lightning(argv: list[str]) -> int:
+    _torch_pair()
     try:
         from .train.cli import main as train_main
     except ImportError as e:
@@ -171,7 +210,10 @@ def _lightning(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    return train_main(argv)
+    from ._upstream_warnings import lightning_calls
+
+    with lightning_calls():
+        return train_main(argv)
 
 
 def _run(argv: list[str]) -> int:

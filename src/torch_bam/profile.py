@@ -369,6 +369,60 @@ def _check_names(names: list[str]) -> None:
             )
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """An allocation that failed (torch's CPU allocator, CUDA, or Python's own)."""
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "not enough memory" in text
+
+
+def _out_of_memory(name: str, input: int, batch: int, error: BaseException) -> UsageError:
+    import re
+
+    text = str(error).strip()
+    asked = re.search(r"allocate (\d+) bytes", text)
+    if asked:  # torch's CPU allocator: say how much, without its C++ location
+        cause = f"one allocation of {int(asked.group(1)) / 2**30:,.1f} GiB failed"
+    else:
+        cause = text.splitlines()[0] if text else type(error).__name__
+    return UsageError(
+        f"--input {input} (batch {batch}) ran out of memory for {name} on this machine "
+        f"({cause[:200]}). Pass a smaller --input or --batch, e.g. --input {_SIDES}."
+    )
+
+
+def _bam_map_sides(model: nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """``{BAM name: (h, w)}`` of each BAM's spatial map for input ``x``."""
+    from .attention import record_attention
+
+    with record_attention(model) as maps, torch.no_grad():
+        model(x)
+    return {k: tuple(m.spatial_logits.shape[-2:]) for k, m in maps.items()}
+
+
+def _check_bam_maps(name: str, model: nn.Module, in_chans: int, input: int) -> None:
+    """Refuse an input so small that a BAM sees a 1x1 map: its spatial attention would have
+    nothing to choose between, and the profile would not be of the model as it is used."""
+    if not any(isinstance(m, BAM) for m in model.modules()):
+        return
+    sides = _bam_map_sides(model, torch.randn(1, in_chans, input, input))
+    flat = [k for k, (h, w) in sides.items() if h * w == 1]
+    if not flat:
+        return
+    probe = 256  # any side large enough that every map is wider than 1: gives each stride
+    strides = {
+        k: probe / max(hw)
+        for k, hw in _bam_map_sides(model, torch.randn(1, in_chans, probe, probe)).items()
+    }
+    need = math.ceil(2 * max(strides[k] for k in flat))
+    raise UsageError(
+        f"--input {input} is too small for the BAMs of {name}: {len(flat)} of its {len(sides)} "
+        f"BAMs ({', '.join(flat)}) would see a 1x1 map, where spatial attention has nothing to "
+        f"attend to. Pass --input {need} or more (the model is built for {_SIDES})."
+    )
+
+
 def _build(name: str, num_classes: int, in_chans: int, input: int) -> nn.Module:
     """The model, after one forward pass that shows the input size suits it."""
     from .models import create_model
@@ -377,11 +431,15 @@ def _build(name: str, num_classes: int, in_chans: int, input: int) -> nn.Module:
     try:
         with torch.no_grad():
             model(torch.randn(1, in_chans, input, input))
-    except RuntimeError as e:  # a feature map shrank to nothing: the image is too small
+    except (RuntimeError, MemoryError) as e:
+        if _is_out_of_memory(e):
+            raise _out_of_memory(name, input, 1, e) from None
+        # A feature map shrank to nothing: the image is too small.
         cause = str(e).strip().splitlines()[0]
         raise UsageError(
             f"--input {input} is too small for {name} ({cause}). Pass a larger side, e.g. {_SIDES}."
         ) from e
+    _check_bam_maps(name, model, in_chans, input)
     return model
 
 
@@ -403,7 +461,12 @@ def run(
     names = [model] + ([vs] if vs else [])
     _check_names(names)
     models = [(name, _build(name, num_classes, in_chans, input)) for name in names]
-    profiles = profile_models(models, (in_chans, input, input), batch, runs=runs)
+    try:
+        profiles = profile_models(models, (in_chans, input, input), batch, runs=runs)
+    except (RuntimeError, MemoryError) as e:
+        if not _is_out_of_memory(e):
+            raise
+        raise _out_of_memory(" and ".join(names), input, batch, e) from None
     if as_json:
         return json.dumps([p.to_dict() for p in profiles], indent=2)
     return format_profiles(profiles)

@@ -69,3 +69,38 @@ def test_report_claims_follow_the_rule():
     assert claims["error"]["difference"] == pytest.approx(-0.10)
     assert "localisation" not in claims
     assert math.isclose(claims["error"]["spread"], 0.01)
+
+
+def test_sentence_difference_is_that_of_the_rounded_table_values():
+    from torch_bam.demo.claims import describe
+    from torch_bam.demo.report import pct
+
+    # The tables print 16.3% and 14.7%; the exact difference, 1.52 points, would print as
+    # 1.5: the sentence says what the tables show.
+    a, b = [0.1626, 0.1626], [0.1474, 0.1474]
+    assert (pct(a[0]), pct(b[0])) == ("16.3%", "14.7%")
+    c = compare(a, b)
+    assert f"{100 * c.difference:.1f}" == "1.5"
+    assert describe(c, "BAM", "higher", "lower").startswith("BAM is 1.6 points higher")
+
+
+def test_verdict_states_the_order_and_controls_that_beat_bam():
+    pointing = {
+        "chance": [0.06] * 3,
+        "small_cnn feature norm": [0.984, 0.985, 0.986],
+        "small_cnn Grad-CAM": [0.975, 0.976, 0.977],
+        "bam_small_cnn BAM": [0.941, 0.942, 0.943],
+    }
+    verdict = claims_of(_report([0.1] * 3, [0.1] * 3, pointing))["localisation"]["verdict"]
+    assert verdict.startswith(
+        "Hit rates, highest first: small_cnn feature norm 98.5%, small_cnn Grad-CAM 97.6%, "
+        "BAM 94.2%, chance 6.0%."
+    )
+    beaten = "small_cnn feature norm (98.5%) and small_cnn Grad-CAM (97.6%) beat BAM (94.2%)"
+    assert beaten in verdict
+    assert "no claim that BAM localises" in verdict and "saturated" in verdict
+    # Controls far below BAM, BAM ahead beyond the spread: the claim, and no saturation.
+    low = {"chance": [0.06] * 3, "bam_small_cnn BAM": [0.5, 0.52, 0.54]}
+    verdict = claims_of(_report([0.1] * 3, [0.1] * 3, low))["localisation"]["verdict"]
+    assert verdict.startswith("BAM localises") and "saturated" not in verdict
+    assert verdict.endswith("Hit rates, highest first: BAM 52.0%, chance 6.0%.")

@@ -91,8 +91,8 @@ def test_run_dir_in_use_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     with RunDirLock(run):
         rc, err = _run(capsys, "fit", *TINY, f"--run_dir={run}", "--trainer.max_epochs=1")
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
     _assert_one_line_error(rc, err, "fit", "in use")
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
 
 
 @pytest.mark.parametrize(

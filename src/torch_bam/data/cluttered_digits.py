@@ -13,18 +13,28 @@ from torch.utils.data import Dataset
 
 __all__ = ["ClutteredDigits"]
 
-# The 1797 source digits are split once: the last 297 are the test split's, the 297 before them
-# the validation split's, the rest (1203) train. No source digit is shared between two splits.
-_NUM_HELD = 297
+# The 1797 source digits are split once, the same way for every seed: within each class, a
+# fixed random permutation gives HELD_FRACTION of the class to validation, as many others to
+# test, and the rest to train. No source digit is shared between two splits, and the three
+# splits have the same mix of classes and of writers (scikit-learn's digits are stored in
+# writer order, so a split by position gives the last writers to one split alone).
+HELD_FRACTION = 1 / 6
+SPLIT_SEED = 0
 SPLITS = ("train", "val", "test")
 
 
-def _source_indices(split: str, total: int) -> torch.Tensor:
-    if split == "train":
-        return torch.arange(0, total - 2 * _NUM_HELD)
-    if split == "val":
-        return torch.arange(total - 2 * _NUM_HELD, total - _NUM_HELD)
-    return torch.arange(total - _NUM_HELD, total)
+def _source_indices(split: str, labels: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of the source digits of ``split``, stratified by class."""
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    parts: dict[str, list[torch.Tensor]] = {s: [] for s in SPLITS}
+    for c in range(int(labels.max()) + 1):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = round(len(idx) * HELD_FRACTION)
+        parts["val"].append(idx[:k])
+        parts["test"].append(idx[k : 2 * k])
+        parts["train"].append(idx[2 * k :])
+    return torch.cat(parts[split]).sort().values
 
 
 def _load_digits() -> torch.Tensor:
@@ -53,8 +63,9 @@ class ClutteredDigits(Dataset):
     """Deterministic cluttered digits: ``dataset[i] -> (image [1, S, S], label)``.
 
     Args:
-        split: ``"train"`` (1203 source digits), ``"val"`` (297 others) or ``"test"`` (297
-            others again): the three splits share no source digit and no clutter stream.
+        split: ``"train"`` (1199 source digits), ``"val"`` (299 others) or ``"test"`` (299
+            others again), chosen at random within each class: the three splits share no
+            source digit and no clutter stream, and come from one distribution.
         num_samples: images to generate (sources are reused with new positions and clutter).
         canvas_size: side ``S`` of the square canvas.
         scale: integer upscaling of each 8x8 digit (digit side ``8 * scale``).
@@ -105,7 +116,7 @@ class ClutteredDigits(Dataset):
                 f"{num_fragments} and {num_blots}."
             )
         all_images, all_labels = _load_digits()
-        indices = _source_indices(split, len(all_images))
+        indices = _source_indices(split, all_labels)
         src_images, src_labels = all_images[indices], all_labels[indices]
         n = len(src_images) if num_samples is None else int(num_samples)
         if n < 1:

@@ -32,6 +32,14 @@ class Comparison:
     difference: float
     spread: float | None
     exceeds: bool  # |difference| > spread (never true when the spread is unknown)
+    mean_a: float = 0.0
+    mean_b: float = 0.0
+
+    @property
+    def points(self) -> float:
+        """The difference in percentage points as the report prints it: of the two means each
+        rounded to 0.1%, so the text agrees with the tables (16.3% - 14.7% is 1.6 points)."""
+        return round(round(100 * self.mean_a, 1) - round(100 * self.mean_b, 1), 1)
 
 
 def compare(a: list[float], b: list[float]) -> Comparison:
@@ -39,9 +47,9 @@ def compare(a: list[float], b: list[float]) -> Comparison:
     sa, sb = summarize(a), summarize(b)
     difference = sa["mean"] - sb["mean"]
     if sa["std"] is None or sb["std"] is None:
-        return Comparison(difference, None, False)
+        return Comparison(difference, None, False, sa["mean"], sb["mean"])
     spread = max(sa["std"], sb["std"])
-    return Comparison(difference, spread, abs(difference) > spread)
+    return Comparison(difference, spread, abs(difference) > spread, sa["mean"], sb["mean"])
 
 
 def localisation_claim(
@@ -68,7 +76,7 @@ def localisation_claim(
 def describe(c: Comparison, subject: str, up: str, down: str, than: str = "") -> str:
     """``"BAM is 12.3 points higher, more than the seed-to-seed spread (2.1 points)"``."""
     direction = up if c.difference > 0 else down
-    size = f"{abs(c.difference) * 100:.1f} points {direction}"
+    size = f"{abs(c.points):.1f} points {direction}"
     if than:
         size += f" than {than}"
     if c.spread is None:

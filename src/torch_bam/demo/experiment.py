@@ -72,6 +72,7 @@ def _fit(name, splits, seed, epochs, batch_size, lr, progress):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
+    from .._upstream_warnings import lightning_calls
     from ..train import ImageClassifier
     from ..train.progress import EpochLines, hide_tips, wants_lines
     from .callbacks import Record
@@ -94,7 +95,7 @@ def _fit(name, splits, seed, epochs, batch_size, lr, progress):
     hide_tips()
     train_loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True)
     val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
-    with _quiet_banner():
+    with _quiet_banner(), lightning_calls():
         trainer = L.Trainer(
             max_epochs=epochs,
             accelerator="cpu",
@@ -299,14 +300,14 @@ def run(
         _clear_earlier_run(out)
         return _run_locked(splits, config, out, progress)
     except BaseException:
+        lock.release()  # removes the lock file
         if created:  # leave no empty run directory behind
             with contextlib.suppress(OSError):
-                os.unlink(os.path.join(out, ".lock"))
                 for d in created:
                     os.rmdir(d)  # fails (and stops) at the first one that is not empty
         raise
     finally:
-        lock.release()
+        lock.release()  # a second release does nothing
 
 
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:

@@ -57,23 +57,60 @@ def claims_of(report: dict) -> dict:
         bam_key = next(k for k in pointing if k == f"{bam}{BAM_KEY_SUFFIX}")
         controls = {k: v for k, v in pointing.items() if k != bam_key}
         claimed, best, sentences = localisation_claim(pointing[bam_key], controls)
-        if claimed:
-            verdict = (
-                f"BAM localises the digit better than every control: its hit rate beats the "
-                f"best control ({best}) by more than the seed-to-seed spread."
-            )
-        else:
-            verdict = (
-                f"No claim that BAM localises the digit: its hit rate does not beat the best "
-                f"control ({best}) by more than the seed-to-seed spread."
-            )
         claims["localisation"] = {
             "claimed": claimed,
             "best_control": best,
-            "verdict": verdict,
+            "verdict": _localisation_verdict(pointing, bam_key, claimed, best),
             "against_each_control": sentences,
         }
     return claims
+
+
+# Above this hit rate, a control leaves fewer than 1 image in 10 on which BAM could do better:
+# the task is too easy to show that BAM localises.
+SATURATED = 0.9
+
+
+def _localisation_verdict(pointing: dict, bam_key: str, claimed: bool, best: str) -> str:
+    """The order the table shows, in words, then what may be claimed from it."""
+    mean = {k: summarize(v)["mean"] for k, v in pointing.items()}
+    order = sorted(mean, key=mean.get, reverse=True)
+    ranking = (
+        "Hit rates, highest first: "
+        + ", ".join(f"{'BAM' if k == bam_key else k} {pct(mean[k])}" for k in order)
+        + "."
+    )
+    if claimed:
+        return (
+            f"BAM localises the digit better than every control: its hit rate beats the best "
+            f"control ({best}) by more than the seed-to-seed spread. {ranking}"
+        )
+    bam = pointing[bam_key]
+    better = [k for k in order if k != bam_key and compare(pointing[k], bam).difference > 0]
+    beyond = [k for k in better if compare(pointing[k], bam).exceeds]
+    if beyond:
+        names = " and ".join(f"{k} ({pct(mean[k])})" for k in beyond)
+        verb = "beats" if len(beyond) == 1 else "beat"
+        standing = f"{names} {verb} BAM ({pct(mean[bam_key])}) by more than the seed-to-seed spread"
+    elif better:
+        standing = (
+            f"The best control, {best} ({pct(mean[best])}), is above BAM "
+            f"({pct(mean[bam_key])}), within the seed-to-seed spread"
+        )
+    else:
+        standing = (
+            f"BAM ({pct(mean[bam_key])}) is above the best control, {best} "
+            f"({pct(mean[best])}), but within the seed-to-seed spread"
+        )
+    verdict = (
+        f"{ranking} {standing}: no claim that BAM localises the digit better than the controls."
+    )
+    if mean[best] >= SATURATED:
+        verdict += (
+            f" The task is saturated: {best}, which owes nothing to BAM, already finds the digit "
+            f"in {pct(mean[best])} of the images, so this task cannot show BAM localising better."
+        )
+    return verdict
 
 
 def _timing_section(timing: dict) -> list[str]:

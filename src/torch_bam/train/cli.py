@@ -243,8 +243,7 @@ class BamCLI(LightningCLI):
                 return run(**kwargs)
         except BaseException:
             # A run that failed before writing anything (missing data, say) leaves no directory.
-            if created and os.listdir(cfg.run_dir) == [".lock"]:
-                os.unlink(os.path.join(cfg.run_dir, ".lock"))
+            if created and not os.listdir(cfg.run_dir):  # the lock removes its file
                 os.rmdir(cfg.run_dir)
             raise
 
@@ -316,13 +315,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> None:
-    BamCLI(
-        ImageClassifier,
-        L.LightningDataModule,
-        subclass_mode_model=False,
-        subclass_mode_data=True,
-        # From a shell the arguments are the process's own: LightningCLI reads them itself
-        # (given both, it warns that they may disagree).
-        args=None if argv == sys.argv[1:] else argv,
-        auto_configure_optimizers=False,
-    )
+    # LightningCLI reads its arguments from sys.argv; handed `args` while sys.argv holds others
+    # (main([...]) from Python or a test), it warns that the two may disagree. So it reads argv
+    # from sys.argv, put there for the duration of the run.
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "torch-bam", *argv]
+    try:
+        BamCLI(
+            ImageClassifier,
+            L.LightningDataModule,
+            subclass_mode_model=False,
+            subclass_mode_data=True,
+            args=None,
+            auto_configure_optimizers=False,
+        )
+    finally:
+        sys.argv = saved
