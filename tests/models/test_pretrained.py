@@ -254,7 +254,7 @@ def test_official_weights_by_file_or_placed_in_the_cache(tmp_path, torch_home):
 
 
 def test_unknown_tag_and_file_without_pretrained():
-    with pytest.raises(ValueError, match="no weights tagged 'imagenet'.*ptcv_in1k"):
+    with pytest.raises(ValueError, match="no configuration tagged 'imagenet'.*ptcv_in1k"):
         torch_bam.create_model("bam_resnet50.imagenet")
     with pytest.raises(ValueError, match="pass pretrained=True"):
         torch_bam.create_model("bam_resnet50", file="x.pth")

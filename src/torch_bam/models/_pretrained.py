@@ -97,7 +97,7 @@ def read_weights(path: str | os.PathLike, cfg: PretrainedCfg):
 
 
 def _convert(state_dict, cfg: PretrainedCfg) -> dict[str, Tensor]:
-    from ..compat import _state_dict_of, convert_official_state_dict, convert_pytorchcv_state_dict
+    from .._convert import _state_dict_of, convert_official_state_dict, convert_pytorchcv_state_dict
 
     if cfg.converter == "pytorchcv":
         return convert_pytorchcv_state_dict(state_dict)
@@ -145,7 +145,7 @@ def load_pretrained(
     the cache, downloaded once from ``cfg.url``. ``num_classes`` and ``in_chans`` default to
     the model's own (its classifier's outputs, its first conv's inputs).
     """
-    from ..compat import check_official_layout, load_state_dict_strict
+    from .._convert import check_official_layout, load_state_dict_strict
 
     if cfg is None or not cfg.has_weights:
         arch = cfg.architecture if cfg is not None else type(model).__name__

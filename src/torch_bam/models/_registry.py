@@ -169,6 +169,15 @@ def resolve_cfg(
             f"{type(pretrained_cfg).__name__}."
         )
     if pretrained_cfg_overlay:
+        import dataclasses
+
+        fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
+        unknown = sorted(set(pretrained_cfg_overlay) - fields)
+        if unknown:
+            raise UsageError(
+                f"pretrained_cfg_overlay: unknown fields {unknown}; a configuration has "
+                f"{', '.join(sorted(fields))}."
+            )
         cfg = _cfg_from_dict({**cfg.to_dict(), **pretrained_cfg_overlay})
     return arch, cfg
 
