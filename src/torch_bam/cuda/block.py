@@ -96,6 +96,13 @@ def _plain_layer(m: nn.Module) -> bool:
                 or m._backward_pre_hooks)  # fmt: skip
 
 
+def _global_hooks() -> bool:
+    """Hooks registered for every module (``nn.modules.module.register_module_*_hook``)."""
+    g = nn.modules.module
+    return bool(g._global_forward_hooks or g._global_forward_pre_hooks
+                or g._global_backward_hooks or g._global_backward_pre_hooks)  # fmt: skip
+
+
 def _bn_ok(m: nn.Module, kind) -> bool:
     if type(m) is not kind or not m.affine or not m.track_running_stats:
         return False
@@ -123,8 +130,10 @@ def _conv_ok(m: nn.Module, cin: int, cout: int, k: int) -> bool:
 def _structure(block: nn.Module):
     """(mlp layers, spatial layers) as lists if the gates are the layers BAM builds, else None."""
     channel, spatial = block.channel_att, block.spatial_att
-    if not (_plain_layer(channel) and _plain_layer(spatial)):
-        return None  # hooks on a gate (record_attention): the plain path calls the gates
+    if _global_hooks():
+        return None  # they would see every layer's call: the plain path makes them
+    if not all(map(_plain_layer, (channel, spatial, channel.gate_c, spatial.gate_s))):
+        return None  # hooks on a gate (record_attention) or its Sequential
     mlp, sp = list(channel.gate_c), list(spatial.gate_s)
     if not all(_plain_layer(m) for m in mlp + sp):
         return None
@@ -152,8 +161,8 @@ def _structure(block: nn.Module):
 def plan(block: nn.Module, x: Tensor):
     """The gates' layers ``(mlp, spatial)`` for :func:`block_forward` if it takes ``block(x)``,
     else None: it takes it when the kernels take x and the gates hold exactly the layers BAM
-    builds (no hooks, biases present, affine BatchNorms with running statistics and a
-    momentum)."""
+    builds (no hooks, on them or global; biases present; affine BatchNorms with running
+    statistics and a momentum)."""
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         return None
     if not _kernels().supported(x):
