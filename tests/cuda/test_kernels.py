@@ -405,3 +405,38 @@ def test_channel_mlp_forward_and_backward(dtype, train):
     names = ("dw1", "db1", "dgamma", "dbeta", "dw2", "db2", "dpool")
     for name, got, ref in zip(names, grads, refs, strict=True):
         _check(got, ref, 16 * TOL[dtype], seed, name)
+
+
+def _range_loops(source: str) -> dict[str, bool]:
+    """The ``for ... in range(...)`` loops of the @triton.jit functions in ``source``: whether
+    their bounds are literals or ``tl.constexpr`` parameters. triton 3.6's interpreter fails on
+    a run-time bound under NumPy >= 2.4 (``int()`` of a one-element array): the kernels loop
+    over those with ``while``."""
+    import ast
+
+    loops = {}
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        if not any("jit" in ast.unparse(d) for d in fn.decorator_list):
+            continue
+        args = fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs
+        const = {a.arg for a in args if a.annotation and "constexpr" in ast.unparse(a.annotation)}
+        for loop in ast.walk(fn):
+            if not (isinstance(loop, ast.For) and isinstance(loop.iter, ast.Call)):
+                continue
+            names = {n.id for b in loop.iter.args for n in ast.walk(b) if isinstance(n, ast.Name)}
+            loops[f"{fn.name}: {ast.unparse(loop.iter)}"] = not names - const
+    return loops
+
+
+def test_kernel_loops_have_compile_time_bounds():
+    with open(kernels.__file__) as f:
+        loops = _range_loops(f.read())
+    assert len(loops) >= 4 and all(loops.values()), loops
+    sample = (  # the check sees a run-time bound
+        "@triton.jit\ndef k(n, K: tl.constexpr):\n"
+        "    for i in range(0, K, 4):\n        pass\n"
+        "    for i in range(0, n):\n        pass\n"
+    )
+    assert _range_loops(sample) == {"k: range(0, K, 4)": True, "k: range(0, n)": False}
