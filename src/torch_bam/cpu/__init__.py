@@ -1,4 +1,4 @@
-"""The CPU path of BAM, measured on CPUs (benchmarks/RESULTS*.md).
+"""The CPU path of BAM, measured on CPUs (benchmarks/RESULTS.md, benchmarks/studies/).
 
 - ``gate``: the fused gate as a C kernel, built at first use and called through ctypes, and
   registered as the CPU kernel of the ``torch_bam::bam_gate`` ops;

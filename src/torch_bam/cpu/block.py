@@ -58,7 +58,7 @@ __all__ = ["MIN_HIDDEN", "bam_block_train", "block_forward", "can_use", "plan"]
 # Below this gate width (C // r) plain autograd is as fast or faster: the recompute's small
 # BatchNorms and convs cost about what the passes over x it saves do. From this width on the
 # path is faster on large maps, and up to ~20% slower on small ones (16x16 and less), where it
-# still keeps less memory (benchmarks/RESULTS_block_autograd.md).
+# still keeps less memory (benchmarks/studies/RESULTS_block_autograd.md).
 MIN_HIDDEN = 8
 
 _MLP_LAYERS = (nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Identity)

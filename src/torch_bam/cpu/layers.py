@@ -1,5 +1,5 @@
 """The spatial gate's layers as they run fastest on CPU (benchmarks/RESULTS.md,
-benchmarks/RESULTS_narrow_gate.md).
+benchmarks/studies/RESULTS_narrow_gate.md).
 
 The CPU room (:mod:`torch_bam.cpu.block`) calls these three functions for the spatial gate's
 first and last layers and after each layer, for blocks whose layers are the plain ones BAM
@@ -20,7 +20,7 @@ __all__ = ["final_1x1", "narrow_layout", "reduce_1x1"]
 
 # PyTorch's CPU BatchNorm is several times slower on channels_last maps of fewer than 16
 # channels than on NCHW ones, in training (batch statistics) above all
-# (benchmarks/RESULTS_narrow_gate.md). Gates this narrow compute their reduced map in NCHW,
+# (benchmarks/studies/RESULTS_narrow_gate.md). Gates this narrow compute their reduced map in NCHW,
 # and in training keep their maps NCHW even in a channels_last model (whose conv weights would
 # make conv outputs channels_last).
 def narrow(width: int) -> bool:
@@ -65,7 +65,7 @@ def reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # 
 def final_1x1(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
     """The final 1x1 conv from ``h`` channels to one; on CPU ``[1, h] @ [B, h, HW]`` (NCHW) or
     ``[B, HW, h] @ [h, 1]`` (channels_last, from 8 channels): about 2x faster than the conv,
-    forward and backward (benchmarks/RESULTS_narrow_gate.md)."""
+    forward and backward (benchmarks/studies/RESULTS_narrow_gate.md)."""
     if y.device.type != "cpu" or y.dim() != 4 or torch.jit.is_tracing():
         return F.conv2d(y, weight, bias)
     b, h, hh, ww = y.shape
