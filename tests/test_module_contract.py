@@ -199,14 +199,14 @@ def test_a_conv_or_linear_with_other_weights_changes_the_output(path, mode):
 # Pruning
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "spatial_att.gate_s.gate_s_conv_reduce0",
-        "spatial_att.gate_s.gate_s_conv_final",
-        "channel_att.gate_c.0",
-    ],
-)
+LAYERS = [  # the spatial gate's two 1x1 convs, which the CPU room computes as matmuls, and a linear
+    "spatial_att.gate_s.gate_s_conv_reduce0",
+    "spatial_att.gate_s.gate_s_conv_final",
+    "channel_att.gate_c.0",
+]
+
+
+@pytest.mark.parametrize("name", LAYERS)
 def test_a_pruned_layer_trains_for_several_steps(path, name):
     block, x = _block(path, "train"), _x(path, "train")
     _check_route(path, block, x, "train")
@@ -231,6 +231,22 @@ def test_a_pruned_layer_trains_for_several_steps(path, name):
         mask.fill_(1.0)  # undo the pruning: the output must change
         unpruned = block(x)
     assert (pruned - unpruned).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", LAYERS)
+def test_a_parametrized_layer_trains(path, name):
+    """torch.nn.utils.parametrize (here weight_norm): the weight is computed from the original
+    tensors at each call, which then get the gradients."""
+    block, x = _block(path, "train"), _x(path, "train")
+    _check_route(path, block, x, "train")
+    layer = block.get_submodule(name)
+    torch.nn.utils.parametrizations.weight_norm(layer)
+    block(x).square().mean().backward()
+    weight = layer.parametrizations.weight
+    magnitude, direction = weight.original0, weight.original1
+    # (the magnitude's gradient is zero in exact maths where a training BatchNorm follows)
+    assert magnitude.grad is not None, name
+    assert direction.grad is not None and (direction.grad != 0).any(), name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from tests.test_module_contract import (  # noqa: F401 (collected here with this
     Path,
     test_a_conv_or_linear_with_other_weights_changes_the_output,
     test_a_hook_on_any_one_module_fires_once,
+    test_a_parametrized_layer_trains,
     test_a_pruned_layer_trains_for_several_steps,
     test_a_subclassed_conv_or_linear_changes_the_output,
     test_forward_hooks_on_every_module_fire_once,
