@@ -22,10 +22,11 @@ CPU, backend "auto", otherwise          CPU room,          cpu/block.py's layers
 ======================================  =================  =================================
 
 A room takes only a block whose gates are the ones BAM builds (:func:`plain_gate`) holding the
-layers BAM builds, with no hook attached; it declines any other (hooks, pruning, quantisation
-observers, a replaced layer, a ``torch.func`` transform on the CPU room, ``inplace=True`` in
-inference on the CUDA room, ...) and the block takes the plain path, so that hooks, pruning and
-quantisation see the modules' own computation. Every path gives the same results to rounding
+layers BAM builds, with no hook attached (on a layer, a Sequential, a gate, or global); it
+declines any other (hooks, pruning, quantisation observers, a replaced layer, a ``torch.func``
+transform on the CPU room, ``inplace=True`` in inference on the CUDA room, ...) and the block
+takes the plain path, so that hooks, pruning and quantisation see the modules' own computation
+(tests/test_module_contract.py). Every path gives the same results to rounding
 (tests/test_dispatch.py, tests/cuda/test_block.py, tests/cpu/test_block_autograd.py).
 """
 
