@@ -206,6 +206,12 @@ def test_blocks_it_does_not_take_use_the_plain_path():
     x = _x()
     block.spatial_att.register_forward_hook(lambda *a: None)  # the plain path calls the gates
     assert dispatch.block_path(block, x) == "plain"
+    on_sequential = BAM(32)
+    on_sequential.channel_att.gate_c.register_forward_pre_hook(lambda *a: None)
+    assert dispatch.block_path(on_sequential, x) == "plain"
+    with torch.nn.modules.module.register_module_forward_hook(lambda *a: None):
+        assert dispatch.block_path(BAM(32), x) == "plain"  # a global hook sees every layer
+    assert dispatch.block_path(BAM(32), x) == "cuda"
     folded = BAM(32).eval().fuse_for_inference()  # Identity where the BNs were
     assert dispatch.block_path(folded, x) == "plain"
     assert dispatch.block_path(BAM(32), x.double()) == "plain"  # the kernels take fp16-fp32
