@@ -31,7 +31,7 @@ NARROW = 16 * (MIN_HIDDEN - 1)  # ... and not this one: the CPU room's forward t
 class Path(NamedTuple):
     backend: str
     channels: int
-    train: tuple  # (path, CPU room mode) the plain block takes in training
+    train: tuple  # (path, CPU room mode) the plain block takes in training (and eval-grad)
     eval: tuple  # ... and in inference (eval mode, no grad)
 
 
@@ -40,7 +40,7 @@ PATHS = {
     "cpu-room-narrow": Path("auto", NARROW, ("cpu", "forward"), ("cpu", "forward")),
     "reference": Path("reference", WIDE, ("plain", None), ("plain", None)),
 }
-MODES = ["train", "eval"]
+MODES = ["train", "eval", "eval-grad"]  # eval-grad: eval mode with autograd (saliency, attacks)
 WEIGHTED = (nn.Conv2d, nn.Linear)
 
 
@@ -57,23 +57,23 @@ def _block(path, mode):
 
 def _x(path, mode, seed=0):
     x = torch.randn(4, path.channels, 5, 5, generator=torch.Generator().manual_seed(seed))
-    return x.requires_grad_(mode == "train")
+    return x.requires_grad_(mode != "eval")
 
 
 def _forward(block, x, mode):
-    with torch.set_grad_enabled(mode == "train"):
+    with torch.set_grad_enabled(mode != "eval"):
         return block(x)
 
 
 def _route(block, x, mode):
     """(path, CPU room mode or None) that ``block(x)`` takes."""
-    with torch.set_grad_enabled(mode == "train"):
+    with torch.set_grad_enabled(mode != "eval"):
         path, plan = dispatch._choose(block, x)
     return path, plan[0] if path == "cpu" else None
 
 
 def _check_route(path, block, x, mode):
-    expected = path.train if mode == "train" else path.eval
+    expected = path.eval if mode == "eval" else path.train
     assert _route(block, x, mode) == expected
 
 
