@@ -410,8 +410,8 @@ def test_channel_mlp_forward_and_backward(dtype, train):
 def _range_loops(source: str) -> dict[str, bool]:
     """The ``for ... in range(...)`` loops of the @triton.jit functions in ``source``: whether
     their bounds are literals or ``tl.constexpr`` parameters. triton 3.6's interpreter fails on
-    a run-time bound under NumPy >= 2.4 (``int()`` of a one-element array): the kernels loop
-    over those with ``while``."""
+    a run-time bound under NumPy >= 2.4 (its tensors' ``__index__`` is ``int()`` of a
+    one-element array, triton-lang/triton#9171): the kernels loop over those with ``while``."""
     import ast
 
     loops = {}
