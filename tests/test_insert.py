@@ -477,3 +477,39 @@ def test_trainable_backbone_trains_with_one_image():
     model(torch.randn(1, 3, 64, 64)).mean().backward()
     bam = next(m for m in model.modules() if isinstance(m, BAM))
     assert all(p.grad is not None for p in bam.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dilated backbones: BAM at the stage ends, as without dilation
+
+
+@pytest.mark.parametrize(
+    "dilation, sizes",
+    [
+        ([False, False, False], [16, 8, 4]),
+        ([False, False, True], [16, 8, 4]),
+        ([False, True, True], [16, 8, 8]),
+    ],
+)
+def test_dilated_resnet_gets_bam_at_the_stage_ends(dilation, sizes):
+    model = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=dilation)
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    assert [p.path for p in model.bam_report] == ["layer1", "layer2", "layer3"]
+    assert [p.size[0] for p in model.bam_report] == sizes
+    assert [p.channels for p in model.bam_report] == [256, 512, 1024]
+
+
+def test_deeplab_gets_bam_in_its_backbone_not_in_its_head():
+    seg = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, aux_loss=True
+    )
+    add_bam(seg, torch.randn(1, 3, 64, 64))
+    paths = [p.path for p in seg.bam_report]
+    assert paths == ["backbone.layer1", "backbone.layer2", "backbone.layer3"]
+    seg.train()
+    out = seg(torch.randn(2, 3, 64, 64))
+    assert out["out"].shape == (2, 21, 64, 64)
+    # timm's output_stride: the same stage ends.
+    dilated = timm.create_model("resnet18", output_stride=8)
+    add_bam(dilated, torch.randn(1, 3, 64, 64))
+    assert [p.path for p in dilated.bam_report] == ["layer1", "layer2", "layer3"]

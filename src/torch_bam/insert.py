@@ -25,6 +25,13 @@ Skipped on purpose, as in the paper:
   max-pool before the classifier);
 - global pooling to 1x1.
 
+Dilated backbones (DeepLab's ResNets, torchvision's ``replace_stride_with_dilation``, timm's
+``output_stride``) replace a stage's downsampling by dilated convs, so the map keeps its size
+from one stage to the next. Such a stage -- the outermost call that keeps the map's size,
+widens it and holds a dilated conv -- counts as a downsampling module, so the BAMs go where the
+paper puts them, at the ends of the stages before it: ``layer1``, ``layer2``, ``layer3`` in a
+ResNet, dilated or not.
+
 How BAM is inserted, and what happens to state_dict keys. The original keys never change:
 - the bottleneck is a plain ``nn.Sequential`` (``layer1``, ``features.3``): BAM is appended to
   it as a child named ``bam`` (new keys ``layer1.bam.*``);
@@ -214,6 +221,20 @@ def _keeps_size(c: _Call) -> bool:
     )
 
 
+def _dilated_stage(c: _Call) -> bool:
+    """A stage whose first block would downsample but dilates instead (DeepLab's ResNets,
+    ``replace_stride_with_dilation``): a call that keeps the map's size, widens it, and holds
+    a dilated conv. (A segmentation head's ASPP dilates too, but narrows the map.)"""
+    return (
+        _keeps_size(c)
+        and c.output.shape[1] > c.input.shape[1]
+        and any(
+            isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and max(m.kernel_size) > 1
+            for m in c.module.modules()
+        )
+    )
+
+
 def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
     """The module calls after which :func:`add_bam` puts a BAM (see the module docstring)."""
     example_input = _default_input(model) if example_input is None else example_input
@@ -244,6 +265,11 @@ def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> 
                 break
             top = c
         downs[top.start] = top
+    # Dilated stages stand where the downsampling was (see the module docstring).
+    dilated = [c for c in calls if _dilated_stage(c)]
+    for c in dilated:
+        if not any(o.start < c.start and o.end > c.end for o in dilated):
+            downs.setdefault(c.start, c)
 
     conv_starts = sorted(c.start for c in calls if _has_conv(c.module))
     # Convs that keep the spatial size: the layers of a stage, as opposed to a stem's strided
