@@ -214,9 +214,10 @@ class BAM(nn.Module):
     channel gate's pooled ``[1, C]`` vector, so its BatchNorm1d normalises with its running
     statistics, as in eval, and does not update them; the spatial gate's BatchNorm2d still
     uses the batch statistics of the ``H x W`` map (a single 1x1 map is refused). Gradients
-    flow as usual. A detector that trains with one image per GPU should rather use frozen
-    norms, as its backbone does: ``add_bam(detector.backbone)`` does that by itself when the
-    backbone's norms are frozen.
+    flow as usual. (A scripted BAM or an FX graph runs the recorded layers as they are: there
+    a batch of one in training is BatchNorm1d's own error.) A detector that trains with one
+    image per GPU should rather use frozen norms, as its backbone does:
+    ``add_bam(detector.backbone)`` does that by itself when the backbone's norms are frozen.
 
     Shape:
         input and output ``[B, C, H, W]``; the output keeps the input's memory format.
