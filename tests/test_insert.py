@@ -466,8 +466,14 @@ def test_batchnorms_frozen_by_requires_grad_count_as_frozen_and_trainable_ones_d
     partly.layer1.requires_grad_(False)
     add_bam(partly, torch.randn(1, 3, 64, 64))
     assert _bam_norms(partly) == ["frozen", "batch", "batch"]
+    # timm's frozen BatchNorm, in a features_only backbone.
+    body = timm.layers.freeze_batch_norm_2d(timm.create_model("resnet18", features_only=True))
+    add_bam(body, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(body) == ["frozen"] * 3
     # An explicit choice wins.
-    add_bam(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64), norm="frozen")
+    chosen = torchvision.models.resnet18(weights=None)
+    add_bam(chosen, torch.randn(1, 3, 64, 64), norm="frozen")
+    assert _bam_norms(chosen) == ["frozen"] * 3
     with pytest.raises(ValueError, match="unknown norm='auto_'"):
         add_bam(torchvision.models.resnet18(weights=None), norm="auto_")
 
