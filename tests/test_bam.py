@@ -284,3 +284,97 @@ def test_device_and_dtype_factory_kwargs():
 def test_repr_names_the_hyperparameters():
     r = repr(BAM(64, dilation=2, combine="product"))
     assert "channels=64" in r and "dilation=2" in r and "combine='product'" in r
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch size 1 in training, and frozen norms
+
+
+def _bn_state(module):
+    state = module.state_dict().items()
+    return {k: v.clone() for k, v in state if "running" in k or "batches" in k}
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_batch_one_in_training_uses_running_stats_in_the_channel_gate(backend):
+    torch.manual_seed(0)
+    bam = randomize_(BAM(64), seed=1).train()
+    expected_model = copy.deepcopy(bam)
+    expected_model.channel_att.eval()  # running statistics; the spatial gate: batch statistics
+    channel_before = _bn_state(bam.channel_att)
+    spatial_before = _bn_state(bam.spatial_att)
+    x = torch.randn(1, 64, 8, 8, requires_grad=True)
+    previous = functional.get_backend()
+    functional.set_backend(backend)
+    try:
+        out = bam(x)
+        assert_close(out, expected_model(x))
+        out.square().mean().backward()
+    finally:
+        functional.set_backend(previous)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in bam.parameters())
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # The channel gate's statistics are untouched; the spatial gate's were updated (H*W values).
+    for k, v in _bn_state(bam.channel_att).items():
+        assert torch.equal(v, channel_before[k]), k
+    assert bam.spatial_att.gate_s.gate_s_bn_reduce0.num_batches_tracked == 1
+    key = "gate_s.gate_s_bn_reduce0.running_mean"
+    assert not torch.equal(_bn_state(bam.spatial_att)[key], spatial_before[key])
+    # Every norm is back in training mode.
+    assert all(m.training for m in bam.modules())
+
+
+def test_batch_one_in_training_runs_every_layer_with_its_hooks():
+    bam = BAM(64).train()
+    called = []
+    for name, m in bam.named_modules():
+        m.register_forward_hook(lambda mod, args, out, name=name: called.append(name))
+    bam(torch.randn(1, 64, 8, 8))
+    assert set(called) == {name for name, _ in bam.named_modules()}
+    # The BatchNorm1d's hook saw it in eval mode, on the one sample, and it is back in training.
+    assert bam.channel_att.gate_c[1].training
+
+
+def test_batch_one_channel_gate_equals_eval_and_eval_output_is_unchanged():
+    bam = randomize_(BAM(32), seed=2).train()
+    x = torch.randn(1, 32, 6, 6)
+    with torch.no_grad():
+        in_eval = bam.channel_att.eval()(x)
+        bam.channel_att.train()
+        in_training = bam.channel_att(x)
+        assert_close(in_training, in_eval)
+        assert_close(bam.channel_att.eval()(x), in_eval)  # a batch-1 step changed nothing
+
+
+def test_single_1x1_map_in_training_names_the_cause():
+    with pytest.raises(ValueError, match=r"one 1x1 map in training mode.*norm='frozen'"):
+        BAM(64).train()(torch.randn(1, 64, 1, 1))
+    # Frozen norms need no batch statistics; a batch of two 1x1 maps has them.
+    assert BAM(64, norm="frozen").train()(torch.randn(1, 64, 1, 1)).shape == (1, 64, 1, 1)
+    assert BAM(64).train()(torch.randn(2, 64, 1, 1)).shape == (2, 64, 1, 1)
+
+
+def test_frozen_norms_keep_keys_and_equal_batch_norms_in_eval():
+    from torch_bam.norm import FrozenBatchNorm
+
+    batch = randomize_(BAM(64), seed=3)
+    frozen = BAM(64, norm="frozen")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in frozen.modules())
+    assert sum(isinstance(m, FrozenBatchNorm) for m in frozen.modules()) == 4
+    keys = {k for k in batch.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(frozen.state_dict()) == keys
+    frozen.load_state_dict(batch.state_dict(), strict=True)  # num_batches_tracked dropped
+    assert "norm='frozen'" in repr(frozen)
+    assert sum(p.numel() for p in frozen.parameters()) < sum(p.numel() for p in batch.parameters())
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    for n in (1, 2):
+        x = torch.randn(n, 64, 8, 8)
+        out = frozen.train()(x)  # the same in training: no batch statistics, nothing updated
+        assert_close(out, batch.eval()(x))
+        out.mean().backward()
+    assert all(torch.equal(v, before[k]) for k, v in frozen.state_dict().items())
+    assert all(p.grad is not None for p in frozen.parameters())
+    # freeze_norms keeps the trained statistics.
+    assert_close(copy.deepcopy(batch).freeze_norms().train()(x), batch.eval()(x))
+    with pytest.raises(ValueError, match="unknown norm='group'.*'batch'.*'frozen'"):
+        BAM(64, norm="group")

@@ -425,3 +425,97 @@ def test_at_a_module_called_more_than_once_per_forward_is_refused(name, at, call
 def test_reduction_ratio_zero_is_a_clear_value_error():
     with pytest.raises(ValueError, match="reduction_ratio must be a positive integer, got 0"):
         add_bam(torchvision.models.resnet18(), torch.randn(2, 3, 64, 64), reduction_ratio=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# BAM's norms follow the backbone's
+
+
+def _bam_norms(model):
+    return [m.norm for m in model.modules() if isinstance(m, BAM)]
+
+
+def test_frozen_backbone_gets_frozen_bam_norms_and_trains_with_one_image():
+    from torchvision.ops import FrozenBatchNorm2d
+
+    model = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(model) == ["frozen"] * 3
+    assert [p.norm for p in model.bam_report] == ["frozen"] * 3
+    assert "frozen" in str(model.bam_report)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model(torch.randn(1, 3, 64, 64)).mean().backward()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # no stats move
+    bam_params = [p for m in model.modules() if isinstance(m, BAM) for p in m.parameters()]
+    assert all(p.grad is not None for p in bam_params)
+
+
+def test_batchnorms_frozen_by_requires_grad_count_as_frozen_and_trainable_ones_do_not():
+    model = torchvision.models.resnet18(weights=None)
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(model) == ["batch"] * 3
+    detector_style = torchvision.models.resnet18(weights=None)
+    for m in detector_style.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.requires_grad_(False)
+    add_bam(detector_style, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(detector_style) == ["frozen"] * 3
+    # Per BAM: frozen only where the stage it follows is (timm's / mmdet's frozen stages).
+    partly = torchvision.models.resnet18(weights=None)
+    partly.layer1.requires_grad_(False)
+    add_bam(partly, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(partly) == ["frozen", "batch", "batch"]
+    # timm's frozen BatchNorm, in a features_only backbone.
+    body = timm.layers.freeze_batch_norm_2d(timm.create_model("resnet18", features_only=True))
+    add_bam(body, torch.randn(1, 3, 64, 64))
+    assert _bam_norms(body) == ["frozen"] * 3
+    # An explicit choice wins.
+    chosen = torchvision.models.resnet18(weights=None)
+    add_bam(chosen, torch.randn(1, 3, 64, 64), norm="frozen")
+    assert _bam_norms(chosen) == ["frozen"] * 3
+    with pytest.raises(ValueError, match="unknown norm='auto_'"):
+        add_bam(torchvision.models.resnet18(weights=None), norm="auto_")
+
+
+def test_trainable_backbone_trains_with_one_image():
+    model = add_bam(torchvision.models.resnet18(weights=None), torch.randn(1, 3, 64, 64)).train()
+    model(torch.randn(1, 3, 64, 64)).mean().backward()
+    bam = next(m for m in model.modules() if isinstance(m, BAM))
+    assert all(p.grad is not None for p in bam.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# Dilated backbones: BAM at the stage ends, as without dilation
+
+
+@pytest.mark.parametrize(
+    "dilation, sizes",
+    [
+        ([False, False, False], [16, 8, 4]),
+        ([False, False, True], [16, 8, 4]),
+        ([False, True, True], [16, 8, 8]),
+    ],
+)
+def test_dilated_resnet_gets_bam_at_the_stage_ends(dilation, sizes):
+    model = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=dilation)
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    assert [p.path for p in model.bam_report] == ["layer1", "layer2", "layer3"]
+    assert [p.size[0] for p in model.bam_report] == sizes
+    assert [p.channels for p in model.bam_report] == [256, 512, 1024]
+
+
+def test_deeplab_gets_bam_in_its_backbone_not_in_its_head():
+    seg = torchvision.models.segmentation.deeplabv3_resnet50(
+        weights=None, weights_backbone=None, aux_loss=True
+    )
+    add_bam(seg, torch.randn(1, 3, 64, 64))
+    paths = [p.path for p in seg.bam_report]
+    assert paths == ["backbone.layer1", "backbone.layer2", "backbone.layer3"]
+    seg.train()
+    out = seg(torch.randn(2, 3, 64, 64))
+    assert out["out"].shape == (2, 21, 64, 64)
+    # timm's output_stride: the same stage ends.
+    dilated = timm.create_model("resnet18", output_stride=8)
+    add_bam(dilated, torch.randn(1, 3, 64, 64))
+    assert [p.path for p in dilated.bam_report] == ["layer1", "layer2", "layer3"]

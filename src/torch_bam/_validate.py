@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 COMBINE_MODES = ("sum", "product")
+NORM_MODES = ("batch", "frozen")
 
 
 def check_positive_int(name: str, value: object, owner: str) -> int:
@@ -53,3 +54,12 @@ def check_factory_dtype(dtype: torch.dtype | None, owner: str) -> None:
             f"{owner}: dtype={dtype} is not a floating-point type; BAM's weights must be "
             f"floating point. Use dtype=torch.float32 (or float16, bfloat16, float64)."
         )
+
+
+def check_norm(norm: object, owner: str) -> str:
+    if norm not in NORM_MODES:
+        raise ValueError(
+            f"{owner}: unknown norm={norm!r}. Use 'batch' (the paper: BatchNorm in both gates) "
+            f"or 'frozen' (fixed statistics, for a backbone with frozen BatchNorm, as detectors)."
+        )
+    return norm  # type: ignore[return-value]

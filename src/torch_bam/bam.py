@@ -23,10 +23,12 @@ from ._validate import (
     check_combine,
     check_factory_dtype,
     check_hidden_width,
+    check_norm,
     check_positive_int,
 )
 from .fold import fold_bam, folds
 from .functional import bam_gate
+from .norm import FrozenBatchNorm
 
 # The gate too: FX records one bam_gate call (eager: the fused op), which TorchScript can then
 # compile (its scripted form is the reference maths); the op node itself is not scriptable.
@@ -78,7 +80,27 @@ class ChannelGate(nn.Module):
         self.gate_c = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.gate_c(F.adaptive_avg_pool2d(x, 1).flatten(1))
+        pooled = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if not torch.jit.is_scripting():
+            if self.training and isinstance(pooled, Tensor) and pooled.shape[0] == 1:
+                return self._forward_one_sample(pooled)
+        return self.gate_c(pooled)
+
+    @torch.jit.unused
+    def _forward_one_sample(self, pooled: Tensor) -> Tensor:
+        # One sample has no batch statistics (BatchNorm1d refuses it): its BatchNorms normalise
+        # with their running statistics, as in eval, and leave them as they are. They are put
+        # in eval for this one call and called as usual, so hooks see the real computation.
+        norms = [
+            m for m in self.gate_c if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        ]
+        for m in norms:
+            m.train(False)
+        try:
+            return self.gate_c(pooled)
+        finally:
+            for m in norms:
+                m.train(True)
 
 
 @dispatch.plain_gate
@@ -134,7 +156,7 @@ class SpatialGate(nn.Module):
 
 
 @torch.fx.wrap  # a leaf for FX: the checks read shapes, which a Proxy cannot branch on
-def _check_input(x: Tensor, channels: int, training: bool, weight_dtype: torch.dtype) -> None:
+def _check_input(x: Tensor, channels: int, batch_stats: bool, weight_dtype: torch.dtype) -> None:
     if torch.jit.is_tracing():  # a trace records a fixed graph; checks would only warn
         return
     if x.dim() != 4:
@@ -153,11 +175,12 @@ def _check_input(x: Tensor, channels: int, training: bool, weight_dtype: torch.d
             f"BAM expects a floating-point input, got {x.dtype}. Convert it first, "
             f"e.g. x.float() (and scale images to [0, 1])."
         )
-    if training and x.shape[0] == 1:
+    if batch_stats and x.shape[0] * x.shape[2] * x.shape[3] == 1:
         raise ValueError(
-            "BAM got batch size 1 in training mode: the channel gate's BatchNorm1d needs more "
-            "than one sample to compute batch statistics. Call model.eval() for inference, "
-            "or train with a batch size of at least 2."
+            f"BAM got one 1x1 map in training mode (shape {list(x.shape)}): the spatial gate's "
+            f"BatchNorm2d has a single value per channel, no batch statistics. Train with a "
+            f"batch of at least 2 or larger maps, put BAM where the map is larger than 1x1, "
+            f"build it with norm='frozen', or call model.eval() for inference."
         )
     if not torch.jit.is_scripting():
         if x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
@@ -183,6 +206,18 @@ class BAM(nn.Module):
         inplace: in inference (grad mode off) write the output into the input tensor, saving
             one feature map of memory; with grad mode on it silently computes out of place, so
             the same module still trains.
+        norm: ``"batch"`` (paper): BatchNorm in both gates. ``"frozen"``: their
+            :class:`~torch_bam.norm.FrozenBatchNorm` copies, fixed statistics, scale and shift,
+            for a backbone whose own norms are frozen (detectors; see :meth:`freeze_norms`).
+
+    Batch size 1 in training (``norm="batch"``): one sample has no batch statistics over the
+    channel gate's pooled ``[1, C]`` vector, so its BatchNorm1d normalises with its running
+    statistics, as in eval, and does not update them; the spatial gate's BatchNorm2d still
+    uses the batch statistics of the ``H x W`` map (a single 1x1 map is refused). Gradients
+    flow as usual. (A scripted BAM or an FX graph runs the recorded layers as they are: there
+    a batch of one in training is BatchNorm1d's own error.) A detector that trains with one
+    image per GPU should rather use frozen norms, as its backbone does:
+    ``add_bam(detector.backbone)`` does that by itself when the backbone's norms are frozen.
 
     Shape:
         input and output ``[B, C, H, W]``; the output keeps the input's memory format.
@@ -196,6 +231,7 @@ class BAM(nn.Module):
     combine: str
     channels: int
     inplace: bool
+    norm: str
 
     def __init__(
         self,
@@ -208,9 +244,11 @@ class BAM(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         inplace: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         owner = f"BAM(channels={channels!r})"
+        check_norm(norm, owner)
         check_positive_int("channels", channels, owner)
         check_positive_int("reduction_ratio", reduction_ratio, owner)
         check_positive_int("dilation", dilation, owner)
@@ -230,10 +268,13 @@ class BAM(nn.Module):
         self.spatial_att = SpatialGate(
             channels, reduction_ratio, dilation, num_dilated_convs, device, dtype
         )
+        self.norm = "batch"
+        if norm == "frozen":
+            self.freeze_norms()
 
     def forward(self, x: Tensor) -> Tensor:
         weight_dtype = self.spatial_att.gate_s.gate_s_conv_final.weight.dtype
-        _check_input(x, self.channels, self.training, weight_dtype)
+        _check_input(x, self.channels, self.training and self.norm == "batch", weight_dtype)
         if not torch.jit.is_scripting():
             y = self._dispatched_forward(x)
             if y is not None:
@@ -249,6 +290,17 @@ class BAM(nn.Module):
         # (torch_bam.dispatch has the table).
         return dispatch.run_block(self, x)
 
+    def freeze_norms(self) -> "BAM":
+        """Replace each gate's BatchNorms by :class:`~torch_bam.norm.FrozenBatchNorm` copies
+        with their statistics, scale and shift as they are now (in place; the state_dict keys
+        stay, less ``num_batches_tracked``). Returns ``self``."""
+        for gate in (self.channel_att.gate_c, self.spatial_att.gate_s):
+            for name, m in list(gate.named_children()):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    setattr(gate, name, FrozenBatchNorm.from_batchnorm(m))
+        self.norm = "frozen"
+        return self
+
     def fuse_for_inference(self) -> "BAM":
         """Fold each gate's BatchNorms into the conv/linear before them (eval mode, in place).
 
@@ -262,4 +314,5 @@ class BAM(nn.Module):
             f"dilation={self.dilation}, num_dilated_convs={self.num_dilated_convs}, "
             f"channel_mlp_layers={self.channel_mlp_layers}, combine={self.combine!r}"
             + (", inplace=True" if self.inplace else "")
+            + (", norm='frozen'" if self.norm == "frozen" else "")
         )

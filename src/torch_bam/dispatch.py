@@ -64,6 +64,8 @@ def _choose(block: nn.Module, x: Tensor):
     running the block does not walk the layers a second time."""
     if not isinstance(x, Tensor) or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return "plain", None  # FX proxies, traces and exports record the plain ops
+    if block.training and x.shape[0] == 1:
+        return "plain", None  # one sample: the channel gate normalises as in eval (bam.py)
     if type(block.channel_att) not in _PLAIN_GATES or type(block.spatial_att) not in _PLAIN_GATES:
         return "plain", None
     backend = get_backend()

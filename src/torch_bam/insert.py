@@ -25,6 +25,13 @@ Skipped on purpose, as in the paper:
   max-pool before the classifier);
 - global pooling to 1x1.
 
+Dilated backbones (DeepLab's ResNets, torchvision's ``replace_stride_with_dilation``, timm's
+``output_stride``) replace a stage's downsampling by dilated convs, so the map keeps its size
+from one stage to the next. Such a stage -- the outermost call that keeps the map's size,
+widens it and holds a dilated conv -- counts as a downsampling module, so the BAMs go where the
+paper puts them, at the ends of the stages before it: ``layer1``, ``layer2``, ``layer3`` in a
+ResNet, dilated or not.
+
 How BAM is inserted, and what happens to state_dict keys. The original keys never change:
 - the bottleneck is a plain ``nn.Sequential`` (``layer1``, ``features.3``): BAM is appended to
   it as a child named ``bam`` (new keys ``layer1.bam.*``);
@@ -45,8 +52,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._validate import check_positive_int
+from ._validate import check_norm, check_positive_int
 from .bam import BAM
+from .norm import is_frozen_norm
 
 __all__ = ["BAMAfter", "BAMInsertion", "BAMReport", "add_bam"]
 
@@ -59,14 +67,17 @@ class BAMInsertion:
     channels: int
     size: tuple[int, int]  # (H, W) at the example input's size
     bam_path: str  # where the BAM lives in the model (its state_dict prefix)
+    norm: str = "batch"  # the BAM's norm layers: "batch" or "frozen" (see add_bam's norm=)
 
 
 class BAMReport(list):
     """The list of :class:`BAMInsertion` s, with a readable ``str``."""
 
     def __str__(self) -> str:
-        rows = [f"{'after':<32} {'channels':>8}  size"]
-        rows += [f"{p.path:<32} {p.channels:>8}  {p.size[0]}x{p.size[1]}" for p in self]
+        rows = [f"{'after':<32} {'channels':>8}  size     norm"]
+        rows += [
+            f"{p.path:<32} {p.channels:>8}  {f'{p.size[0]}x{p.size[1]}':<8} {p.norm}" for p in self
+        ]
         return "\n".join(rows)
 
 
@@ -210,6 +221,20 @@ def _keeps_size(c: _Call) -> bool:
     )
 
 
+def _dilated_stage(c: _Call) -> bool:
+    """A stage whose first block would downsample but dilates instead (DeepLab's ResNets,
+    ``replace_stride_with_dilation``): a call that keeps the map's size, widens it, and holds
+    a dilated conv. (A segmentation head's ASPP dilates too, but narrows the map.)"""
+    return (
+        _keeps_size(c)
+        and c.output.shape[1] > c.input.shape[1]
+        and any(
+            isinstance(m, nn.Conv2d) and max(m.dilation) > 1 and max(m.kernel_size) > 1
+            for m in c.module.modules()
+        )
+    )
+
+
 def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> list[_Call]:
     """The module calls after which :func:`add_bam` puts a BAM (see the module docstring)."""
     example_input = _default_input(model) if example_input is None else example_input
@@ -240,6 +265,11 @@ def _find_bottlenecks(model: nn.Module, example_input: Tensor | None = None) -> 
                 break
             top = c
         downs[top.start] = top
+    # Dilated stages stand where the downsampling was (see the module docstring).
+    dilated = [c for c in calls if _dilated_stage(c)]
+    for c in dilated:
+        if not any(o.start < c.start and o.end > c.end for o in dilated):
+            downs.setdefault(c.start, c)
 
     conv_starts = sorted(c.start for c in calls if _has_conv(c.module))
     # Convs that keep the spatial size: the layers of a stage, as opposed to a stem's strided
@@ -360,6 +390,24 @@ def _identity_init_(bam: BAM, attention: float) -> None:
         final_s.bias.fill_(math.sqrt(-logit))
 
 
+def _norms_of(module: nn.Module) -> list[nn.Module]:
+    """The norm layers of ``module`` outside any BAM: BatchNorms and frozen BatchNorms."""
+    inside_bam = {id(m) for b in module.modules() if isinstance(b, BAM) for m in b.modules()}
+    return [
+        m
+        for m in module.modules()
+        if id(m) not in inside_bam
+        and (isinstance(m, nn.modules.batchnorm._BatchNorm) or is_frozen_norm(m))
+    ]
+
+
+def _follow_norm(model: nn.Module, module: nn.Module) -> str:
+    """``"frozen"`` if the norms of the module BAM goes after (or, if it has none, of the
+    model) are all frozen; else ``"batch"``."""
+    norms = _norms_of(module) or _norms_of(model)
+    return "frozen" if norms and all(is_frozen_norm(m) for m in norms) else "batch"
+
+
 def add_bam(
     model: nn.Module,
     example_input: Tensor | None = None,
@@ -367,6 +415,7 @@ def add_bam(
     at: Iterable[str] | None = None,
     identity_init: bool = False,
     init_attention: float = 1e-3,
+    norm: str = "auto",
     **bam_kwargs,
 ) -> nn.Module:
     """Insert a BAM at each bottleneck of an image CNN, in place; return the model.
@@ -382,6 +431,13 @@ def add_bam(
             ``init_attention`` everywhere, so ``F' = F * (1 + init_attention)``.
         init_attention: the starting attention with ``identity_init`` (small, but not so small
             that the sigmoid saturates and the gates cannot learn).
+        norm: the BAMs' norm layers. ``"auto"``: follow the backbone, per BAM: ``"frozen"``
+            where the norms of the module BAM goes after (or, if it has none, all of the
+            model's) are frozen -- torchvision's or timm's ``FrozenBatchNorm2d``, or BatchNorms
+            whose weight and bias have ``requires_grad=False`` -- else ``"batch"``.
+            ``"batch"`` or ``"frozen"``: that for every BAM (see :class:`~torch_bam.BAM`).
+            Frozen BAM norms keep their starting statistics (mean 0, variance 1), so training
+            with one image per batch behaves as the frozen backbone does.
         **bam_kwargs: passed to every :class:`~torch_bam.BAM` (``reduction_ratio``,
             ``combine``, ...). ``device`` and ``dtype`` default to the model's.
 
@@ -404,6 +460,8 @@ def add_bam(
         raise TypeError(f"add_bam expects an nn.Module, got {type(model).__name__}.")
     if not 0 < init_attention < 0.5:
         raise ValueError(f"add_bam: init_attention must be in (0, 0.5), got {init_attention}.")
+    if norm != "auto":
+        check_norm(norm, "add_bam")
     if example_input is None:
         example_input = _default_input(model)
     elif not _is_map(example_input):
@@ -470,11 +528,12 @@ def add_bam(
     report = BAMReport()
     for c in points:
         channels, size = int(c.output.shape[1]), tuple(int(s) for s in c.output.shape[2:])
-        bam = BAM(channels, **bam_kwargs)
+        bam_norm = _follow_norm(model, c.module) if norm == "auto" else norm
+        bam = BAM(channels, norm=bam_norm, **bam_kwargs)
         if identity_init:
             _identity_init_(bam, init_attention)
         bam.train(model.training)
         bam_path = _insert(model, c.path, bam)
-        report.append(BAMInsertion(c.path, channels, size, bam_path))
+        report.append(BAMInsertion(c.path, channels, size, bam_path, bam_norm))
     model.bam_report = report
     return model

@@ -130,7 +130,8 @@ class ResNet(TimmInterface, nn.Module):
             if i < 3:
                 c = w * block_cls.expansion
                 self.add_module(f"bam{i + 1}", BAM(c, **bam_kwargs) if use_bam else nn.Identity())
-        s = 1 if stem == "cifar" else 2
+        # Stride of the stem's conv, and of what follows it (the max-pool) before layer1.
+        s, p = (1, 1) if stem == "cifar" else (2, 4)
         expansion = block_cls.expansion
         self._init_interface(
             self.inplanes,
@@ -139,10 +140,10 @@ class ResNet(TimmInterface, nn.Module):
             drop_rate,
             [
                 (("conv1", "bn1", "relu"), 64, s),
-                (("maxpool", "layer1", "bam1"), widths[0] * expansion, 2 * s),
-                (("layer2", "bam2"), widths[1] * expansion, 4 * s),
-                (("layer3", "bam3"), widths[2] * expansion, 8 * s),
-                (("layer4",), widths[3] * expansion, 16 * s),
+                (("maxpool", "layer1", "bam1"), widths[0] * expansion, p),
+                (("layer2", "bam2"), widths[1] * expansion, 2 * p),
+                (("layer3", "bam3"), widths[2] * expansion, 4 * p),
+                (("layer4",), widths[3] * expansion, 8 * p),
             ],
         )
         in_bam = {id(m) for b in self.modules() if isinstance(b, BAM) for m in b.modules()}
