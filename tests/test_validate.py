@@ -82,12 +82,15 @@ def test_wrong_channel_count():
         BAM(64).eval()(torch.randn(2, 32, 8, 8))
 
 
-def test_batch_size_one_in_training():
+def test_one_1x1_map_in_training():
+    # A batch of one trains (tests/test_bam.py); one 1x1 map leaves the spatial gate's
+    # BatchNorm2d a single value per channel, so it is refused with the fixes named.
     bam = BAM(64).train()
-    with pytest.raises(ValueError, match=r"batch size 1 in training mode.*BatchNorm1d.*\.eval\(\)"):
-        bam(torch.randn(1, 64, 8, 8))
-    # The suggested fix works.
-    assert bam.eval()(torch.randn(1, 64, 8, 8)).shape == (1, 64, 8, 8)
+    with pytest.raises(ValueError, match=r"one 1x1 map in training mode.*norm='frozen'.*eval\(\)"):
+        bam(torch.randn(1, 64, 1, 1))
+    # The suggested fixes work.
+    assert BAM(64, norm="frozen").train()(torch.randn(1, 64, 1, 1)).shape == (1, 64, 1, 1)
+    assert bam.eval()(torch.randn(1, 64, 1, 1)).shape == (1, 64, 1, 1)
 
 
 def test_dtype_mismatch_between_input_and_weights():
