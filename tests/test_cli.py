@@ -123,7 +123,8 @@ def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback():
         stderr=subprocess.PIPE,
     )
     proc.stdout.close()  # the reader leaves before anything is printed (as `| head -0`)
-    err = proc.stderr.read().decode()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 

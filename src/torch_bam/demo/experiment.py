@@ -188,16 +188,25 @@ def _figure(models, untrained, x, y, boxes, box_side, layer, path, num_images=4)
     norm, cam, base_logits = saliency.feature_norm_and_grad_cam(base, layer, xb)
     spatial, channel, bam_logits = saliency.bam_spatial(bam, layer, xb)
     raw, _, _ = saliency.bam_spatial(untrained[seed], layer, xb)
+    untrained_title, bam_title = "untrained BAM: sigmoid(M_s)", f"BAM {layer}: sigmoid(M_s)"
     maps = {
         "image intensity": intensity_map(xb, box_side),
         f"{BASELINE}: feature norm": norm,
         f"{BASELINE}: Grad-CAM": cam,
-        "untrained BAM: sigmoid(M_s)": torch.sigmoid(raw),
-        f"BAM ({layer}): sigmoid(M_s)": torch.sigmoid(spatial),
+        untrained_title: torch.sigmoid(raw),
+        bam_title: torch.sigmoid(spatial),
     }
     predictions = {BASELINE: base_logits.argmax(1), "BAM": bam_logits.argmax(1)}
     return plot_pointing_maps(
-        xb, bb, yb, maps, predictions, path, channel_gate=torch.sigmoid(channel)
+        xb,
+        bb,
+        yb,
+        maps,
+        predictions,
+        path,
+        probabilities=(untrained_title, bam_title),
+        channel_gate=torch.sigmoid(channel),
+        bam_name=layer,
     )
 
 
