@@ -7,6 +7,7 @@ import os
 import re
 import warnings
 
+import pytest
 import torch
 import yaml
 
@@ -99,6 +100,10 @@ def test_fit_reduces_loss_and_writes_run_dir(tmp_path, capsys, monkeypatch):
     assert (run / "checkpoints" / "last.ckpt").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["fit"]["val/top1_err"] <= 1
+    # The last epoch's mean loss and the last step's, each by its own name, as in metrics.csv.
+    assert "train/loss" not in metrics["fit"]
+    assert metrics["fit"]["train/loss_epoch"] == pytest.approx(means[-1], rel=1e-6)
+    assert metrics["fit"]["train/loss_step"] == pytest.approx(steps[-1], rel=1e-6)
     umask = os.umask(0)
     os.umask(umask)
     for p in (run / "checkpoints").iterdir():  # no temporary files, the umask's mode
