@@ -163,6 +163,8 @@ def draw_pointing_maps(
             fontsize=TEXT_PT,
         )
         bar.ax.tick_params(labelsize=TEXT_PT)
+    # A margin below the colour bar's label, so that its underscores are not cut at the edge.
+    fig.get_layout_engine().set(h_pad=0.08)
     return fig
 
 
