@@ -123,7 +123,8 @@ def test_output_piped_into_a_reader_that_leaves_is_not_a_traceback():
         stderr=subprocess.PIPE,
     )
     proc.stdout.close()  # the reader leaves before anything is printed (as `| head -0`)
-    err = proc.stderr.read().decode()
+    with proc.stderr:
+        err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
 
@@ -159,3 +160,80 @@ def test_demo_on_a_full_disk_is_one_line_and_leaves_none_of_its_files(
     assert str(out) in err and "removed" in err
     assert len(written) >= 3  # it did fail on a write, after writing two files
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even runs/
+
+
+# The README's synopses and snippets, checked against the code so they cannot drift.
+
+
+def _readme() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _options(command: str) -> dict[str, str | None]:
+    """The command's long options and their defaults as its --help shows them (None: a flag)."""
+    import argparse
+
+    from torch_bam.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for action in sub.choices[command]._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if not long or long[0] == "--help":
+            continue
+        flag = isinstance(action, argparse._StoreTrueAction)
+        found[long[0]] = None if flag or action.default is None else str(action.default)
+    return found
+
+
+def _synopsis(command: str) -> str:
+    import re
+
+    match = re.search(rf"^`torch-bam {command} ([^`]*)`", _readme(), re.M)
+    assert match, f"no synopsis of torch-bam {command} in the README"
+    return match.group(1)
+
+
+def test_readme_demo_synopsis_lists_every_option_with_its_default():
+    import re
+
+    shown = re.findall(r"\[(--[\w-]+)(?: ([^\]]+))?\]", _synopsis("demo"))
+    assert {name: value or None for name, value in shown} == _options("demo")
+
+
+@pytest.mark.parametrize("command", ["visualize", "profile"])
+def test_readme_names_every_option_of(command):
+    import re
+
+    text = _readme()
+    start = text.index(f"`torch-bam {command} ")
+    paragraph = text[start : text.index("\n\n", start)]
+    missing = [o for o in _options(command) if not re.search(rf"{o}\b(?!-)", paragraph)]
+    assert missing == []
+
+
+def _python_block_after(marker: str) -> str:
+    text = _readme()
+    after = text[text.index(marker) :]
+    start = after.index("```python\n") + len("```python\n")
+    return after[start : after.index("```", start)]
+
+
+def test_readme_usage_snippet_runs_as_written(capsys):
+    exec(_python_block_after("## Usage"), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([2, 1, 32, 32])"
+
+
+def test_readme_add_bam_snippet_runs_and_prints_what_it_says(capsys):
+    # As written but for the weights: the tests never download, and add_bam does not care.
+    code = _python_block_after("### `add_bam(")
+    assert code.count('weights="DEFAULT"') == 1
+    exec(code.replace('weights="DEFAULT"', "weights=None"), {})
+    out = capsys.readouterr().out
+    comment = code[code.index("# after ") :]
+    for path, size in (("layer1", "56x56"), ("layer2", "28x28"), ("layer3", "14x14")):
+        assert path in comment and size in comment
+        (row,) = [line for line in out.splitlines() if line.startswith(path)]
+        assert size in row

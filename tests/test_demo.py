@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 
 import pytest
 from PIL import Image
@@ -77,7 +78,7 @@ def test_writes_every_file_and_nothing_stale(traced_run, report):
     with Image.open(out / "attention.png") as im:
         assert im.size == figure_size_px(num_images=4, num_maps=5, channels=True)
     with Image.open(out / "learning_curves.png") as im:
-        assert im.size == (800, 320)
+        assert im.size == (920, 360)
 
 
 def test_checkpoints_load_and_are_the_tested_models(traced_run, report):
@@ -144,7 +145,29 @@ def test_report_tables_agree_with_json(traced_run, report):
     for name, values in report["pointing"].items():
         assert f"| {name} | " in md and ", ".join(f"{100 * v:.1f}%" for v in values) in md
     assert len(report["history"]["small_cnn"]) == 2  # one curve per seed
-    assert all(len(h["val_top1_error"]) == 2 for h in report["history"]["small_cnn"])
+    assert all(len(h["val/top1_err"]) == 2 for h in report["history"]["small_cnn"])
+    assert all(len(h["train/loss_epoch"]) == 2 for h in report["history"]["small_cnn"])
+
+
+def test_cost_paragraph_gives_the_measured_macs_time_and_floor(traced_run, report):
+    md = (traced_run[0] / "report.md").read_text()
+    cost = report["cost"]
+    base, bam = MODELS
+    # The MACs ratio is the models' own, and the time ratios are the recorded turns' medians.
+    assert cost["macs_ratio"] == cost["macs"][bam] / cost["macs"][base]
+    assert cost["macs"][bam] / 1e9 == report["models"][bam]["gflops"]
+    nets = cost["networks"]
+    for name in (bam, "floor"):
+        for kind in ("train_step", "inference"):
+            times, ref = nets[name][f"{kind}_s"], nets[base][f"{kind}_s"]
+            turns = [t / b for t, b in zip(times, ref, strict=True)]
+            assert len(turns) == cost["turns"]
+            assert cost["ratios"][kind][name] == pytest.approx(statistics.median(turns))
+    section = md[md.index("## What BAM costs") :]
+    assert f"BAM adds {100 * (cost['macs_ratio'] - 1):.1f}% to the multiply-adds" in section
+    assert f"a training step of {bam} took {cost['ratios']['train_step'][bam]:.2f}x" in section
+    assert f"its floor) would take {cost['ratios']['train_step']['floor']:.2f}x" in section
+    assert f"{report['timing']['ratio']['median_ratio']:.2f}x" in section
 
 
 # Bad input: one line on stderr, exit status 2, nothing written.
@@ -260,6 +283,23 @@ def test_piped_output_is_a_line_per_epoch_without_tips(tmp_path):
     assert "it/s" not in out and "\r" not in out
     assert "Tip:" not in out and "GPU available" not in out
     assert out.count("epoch 2/2") == 2  # one line for each model's last epoch
+    # One name, one number: each epoch line's values are report.json's under the same names.
+    import json
+    import re
+
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    model, shown = None, {m: {} for m in MODELS}
+    for line in proc.stdout.splitlines():
+        if line.startswith("training "):
+            model = line.split()[1].rstrip(",")
+        elif line.startswith("epoch "):
+            for name, value in re.findall(r"([\w/]+) ([\d.e+-]+)[,(]?", line.split(": ", 1)[1]):
+                shown[model].setdefault(name, []).append(float(value))
+    for m in MODELS:
+        (history,) = report["history"][m]
+        assert set(history) <= set(shown[m]), (shown[m], history)
+        for name, values in history.items():
+            assert shown[m][name] == [float(f"{v:.4g}") for v in values], (m, name)
 
 
 def test_a_torchvision_of_another_torch_ends_in_one_line(tmp_path):

@@ -41,3 +41,41 @@ def test_lightning_pytree_deprecation_is_hidden_only_around_lightning():
             warnings.warn(msg, FutureWarning, stacklevel=1)
     # Only Lightning's own is hidden: the same message from our code still shows.
     assert [str(w.message) for w in inside] == ["`isinstance(treespec, LeafSpec)` is deprecated"]
+
+
+class _Tiny(__import__("lightning").LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, _):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("resuming", [True, False])
+def test_checkpoint_directory_warning_only_for_a_new_run(tmp_path, resuming):
+    # A resumed run's checkpoint directory holds its own files: Lightning's "exists and is not
+    # empty" is for a new run that would mix its files with another's, and only there.
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from torch_bam._upstream_warnings import lightning_calls
+    from torch_bam.train.checkpoints import RunCheckpoint
+
+    (tmp_path / "epoch=0-step=1.ckpt").write_bytes(b"earlier")
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[RunCheckpoint(dirpath=str(tmp_path), resuming=resuming, save_top_k=1)],
+    )
+    with warnings.catch_warnings(record=True) as caught, lightning_calls():
+        warnings.simplefilter("always")
+        trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2))
+    said = [w for w in caught if "exists and is not empty" in str(w.message)]
+    assert bool(said) is not resuming, [str(w.message) for w in caught]

@@ -4,8 +4,10 @@ import csv
 import json
 import logging
 import os
+import re
 import warnings
 
+import pytest
 import torch
 import yaml
 
@@ -68,21 +70,40 @@ def test_fit_reduces_loss_and_writes_run_dir(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
-    assert "train/loss" in epoch_lines[-1] and "val/top1_err" in epoch_lines[-1]
+    assert "train/loss_epoch" in epoch_lines[-1] and "val/top1_err" in epoch_lines[-1]
+    assert "train/loss_step" not in out  # an epoch's line gives the epoch's mean, by its name
     assert len(out.splitlines()) < 20, out
     assert not [m for m in info.messages if "Tip" in m]
     messages = [f"{w.category.__name__}: {w.message}" for w in caught]
     assert not [m for m in messages if "get_last_lr" in m or "Jsonargparse" in m], messages
     rows = (run / "logs" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    col = header.index("train/loss")
+    col = header.index("train/loss_step")
     losses = [float(r.split(",")[col]) for r in rows[1:] if r.split(",")[col]]
     assert len(losses) >= 10
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+    # One name, one number: the console's train/loss_epoch is metrics.csv's, epoch by epoch,
+    # and it is the mean of that epoch's step losses (not the last step's).
+    logged = _rows(run / "logs" / "metrics.csv")
+    for e, line in enumerate(epoch_lines):
+        shown = float(re.search(r"train/loss_epoch ([\d.e+-]+),", line).group(1))
+        means = [float(r["train/loss_epoch"]) for r in logged if r["train/loss_epoch"]]
+        steps = [
+            float(r["train/loss_step"])
+            for r in logged
+            if r["train/loss_step"] and int(r["epoch"]) == e
+        ]
+        assert shown == float(f"{means[e]:.4g}"), (line, means)
+        assert abs(means[e] - sum(steps) / len(steps)) < 1e-5
+        assert abs(shown - steps[-1]) > 1e-3  # the last step's loss is another number
     assert (run / "logs" / "config.yaml").exists()
     assert (run / "checkpoints" / "last.ckpt").exists()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["fit"]["val/top1_err"] <= 1
+    # The last epoch's mean loss and the last step's, each by its own name, as in metrics.csv.
+    assert "train/loss" not in metrics["fit"]
+    assert metrics["fit"]["train/loss_epoch"] == pytest.approx(means[-1], rel=1e-6)
+    assert metrics["fit"]["train/loss_step"] == pytest.approx(steps[-1], rel=1e-6)
     umask = os.umask(0)
     os.umask(umask)
     for p in (run / "checkpoints").iterdir():  # no temporary files, the umask's mode

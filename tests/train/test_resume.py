@@ -1,6 +1,7 @@
 """``--resume`` picks the newest intact checkpoint and says so when it skips a broken one."""
 
 import os
+import warnings
 
 import pytest
 import torch
@@ -98,12 +99,17 @@ def test_resume_of_a_run_directory_copied_without_timestamps(tmp_path):
     for age, name in enumerate(["epoch=0-step=6.ckpt", "epoch=1-step=12.ckpt", "last.ckpt"]):
         t = 1_700_000_000 - 100 * age  # last.ckpt the oldest file, step 6 the newest
         os.utime(ckpts / name, (t, t))
-    assert _run(tmp_path, f"--run_dir={run}", "--trainer.max_epochs=3", "--resume", keep) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert _run(tmp_path, f"--run_dir={run}", "--trainer.max_epochs=3", "--resume", keep) == 0
     assert _step(ckpts / "last.ckpt") == 18
+    # The checkpoints there are the run's own: no "directory exists and is not empty".
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "not empty" in m], messages
     # The moved directory's files are still the run's own: the oldest is pruned (keep 2).
     names = sorted(p.name for p in ckpts.iterdir())
     assert names == ["epoch=1-step=12.ckpt", "epoch=2-step=18.ckpt", "last.ckpt"], names
     with open(run / "logs" / "metrics.csv", newline="") as f:
-        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss_step")]
     assert sorted(set(steps)) == list(range(18)), steps  # every step once, none repeated
     assert len(steps) == len(set(steps))

@@ -9,6 +9,8 @@ from torch_bam.cli import main
 from torch_bam.viz import load_checkpoint, save_checkpoint
 from torch_bam.viz.attention import figure_size_px
 
+from ._figures import small_texts
+
 
 def _checkpoint(tmp_path):
     torch.manual_seed(0)
@@ -116,3 +118,11 @@ def test_the_picture_has_colour_bars_one_colour_map_and_the_prediction(tmp_path,
     title = fig.axes[0].get_title()
     assert "predicted " in title and "(p 0." in title
     assert "48x32 -> 32x32" in title  # centre-cropped, not squashed
+    # Each channel chart shows where its top channels stand: the median of all channels.
+    charts = [ax for ax in fig.axes if ax.patches and "channels" in ax.get_title()]
+    assert len(charts) == 2
+    assert all(
+        [line.get_label() for line in ax.lines] == ["median of all channels"] for ax in charts
+    )
+    assert all(" of " in ax.get_title() for ax in charts)
+    assert small_texts(fig) == []  # every text readable at the saved size

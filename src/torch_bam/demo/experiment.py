@@ -8,7 +8,9 @@ Order of work (every number in the report comes from this run):
    the weights of the epoch with the lowest validation error;
 4. build the test split and measure, on the same test images: top-1 error, the pointing game
    of BAM and of every control;
-5. write the checkpoints, the pictures, and last the report.
+5. time a training step and an inference of the baseline, the BAM network and its floor in
+   interleaved turns (:mod:`torch_bam.demo.cost`), a few seconds;
+6. write the checkpoints, the pictures, and last the report.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ SEEDED_MAPS = (
     f"{WITH_BAM} BAM",
 )
 WARMUP_STEPS = 5  # per training run: the first steps pay for allocation and are not timed
+COST_TURNS = 10  # interleaved turns of the cost measurement (a few seconds at the defaults)
 
 
 def _checkpoint_name(model: str, seed: int) -> str:
@@ -188,17 +191,44 @@ def _figure(models, untrained, x, y, boxes, box_side, layer, path, num_images=4)
     norm, cam, base_logits = saliency.feature_norm_and_grad_cam(base, layer, xb)
     spatial, channel, bam_logits = saliency.bam_spatial(bam, layer, xb)
     raw, _, _ = saliency.bam_spatial(untrained[seed], layer, xb)
+    untrained_title, bam_title = "untrained BAM: sigmoid(M_s)", f"BAM {layer}: sigmoid(M_s)"
     maps = {
         "image intensity": intensity_map(xb, box_side),
         f"{BASELINE}: feature norm": norm,
         f"{BASELINE}: Grad-CAM": cam,
-        "untrained BAM: sigmoid(M_s)": torch.sigmoid(raw),
-        f"BAM ({layer}): sigmoid(M_s)": torch.sigmoid(spatial),
+        untrained_title: torch.sigmoid(raw),
+        bam_title: torch.sigmoid(spatial),
     }
     predictions = {BASELINE: base_logits.argmax(1), "BAM": bam_logits.argmax(1)}
     return plot_pointing_maps(
-        xb, bb, yb, maps, predictions, path, channel_gate=torch.sigmoid(channel)
+        xb,
+        bb,
+        yb,
+        maps,
+        predictions,
+        path,
+        probabilities=(untrained_title, bam_title),
+        channel_gate=torch.sigmoid(channel),
+        bam_name=layer,
     )
+
+
+def _cost(splits, seed: int, batch_size: int, macs: dict[str, int]) -> dict:
+    """Baseline, BAM network and its floor, timed in interleaved turns on one training batch
+    (:mod:`torch_bam.demo.cost`); fresh networks, so the trained ones stay as they are."""
+    from torch.utils.data import DataLoader
+
+    from ..floor import bam_floor
+    from ..train import ImageClassifier
+    from .cost import FLOOR, measure
+
+    base, bam = _untrained(BASELINE, splits, seed), _untrained(WITH_BAM, splits, seed)
+    batch = next(iter(DataLoader(splits.train, batch_size=batch_size, shuffle=False)))
+    x, y = ImageClassifier._unpack(batch)
+    cost = measure({BASELINE: base, WITH_BAM: bam, FLOOR: bam_floor(bam)}, x, y, COST_TURNS)
+    cost["macs"] = dict(macs)
+    cost["macs_ratio"] = macs[WITH_BAM] / macs[BASELINE]
+    return cost
 
 
 def _timing(records: dict[int, dict[str, object]], order: list[tuple[int, str]]) -> dict:
@@ -343,10 +373,10 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
     test_x, test_y, boxes = splits.test()
     errors, pointing, layer = _measure(models, untrained, test_x, test_y, boxes, splits.box_side)
 
-    per_model = {}
+    per_model, macs_of = {}, {}
     for name in MODELS:
         model = models[seeds[0]][name]
-        macs = count_macs(model, tuple(test_x[:1].shape))
+        macs = macs_of[name] = count_macs(model, tuple(test_x[:1].shape))
         per_model[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "gflops": macs / 1e9,
@@ -365,6 +395,8 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
                 **preprocessing_for(config["dataset"], splits.image_size),
                 extra={"dataset": config["dataset"], "seed": s, "epochs": config["epochs"]},
             )
+    # BAM's cost beside its floor: after training, so no training run is slowed by it.
+    cost = _cost(splits, seeds[0], config["batch_size"], macs_of)
     histories = {m: [records[s][m].history for s in seeds] for m in MODELS}
     files = {"learning_curves": "learning_curves.png"}
     plot_learning_curves(histories, os.path.join(out, files["learning_curves"]))
@@ -395,6 +427,7 @@ def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:
         "pointing": pointing,
         "pointing_layer": layer,
         "timing": _timing(records, order),
+        "cost": cost,
         "history": histories,
         "files": files,
         "checkpoints": [_checkpoint_name(m, s) for s in seeds for m in MODELS],

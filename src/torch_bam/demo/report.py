@@ -163,6 +163,66 @@ def _timing_section(timing: dict) -> list[str]:
     return lines
 
 
+def _cost_section(report: dict) -> list[str]:
+    """BAM's multiply-adds, its measured time and its floor's, side by side and in words."""
+    from .cost import FLOOR, sentence
+
+    cost = report.get("cost")
+    if not cost:
+        return []
+    base, bam = list(report["models"])
+    nets = cost["networks"]
+    ratios = cost["ratios"]
+
+    def ratio(kind: str, name: str) -> str:
+        return "1 (reference)" if name == base else f"{ratios[kind][name]:.2f}x"
+
+    rows = []
+    for name, what in ((base, base), (bam, bam), (FLOOR, f"{bam}'s floor")):
+        macs = cost["macs"].get(name)
+        rows.append(
+            [
+                what,
+                f"{macs / 1e6:.2f}" if macs is not None else "-",
+                f"{1000 * nets[name]['median_train_step_s']:.1f}",
+                ratio("train_step", name),
+                f"{1000 * nets[name]['median_inference_s']:.1f}",
+                ratio("inference", name),
+            ]
+        )
+    lines = [
+        "",
+        "## What BAM costs",
+        "",
+        f"The floor is the BAM network with each BAM replaced by what any implementation of it "
+        f"must compute: its convolutions and one gate pass (`torch_bam.floor.bam_floor`). The "
+        f"three networks were timed after training, in {cost['turns']} turns of one training "
+        f"step and one inference each, in rotating order, on one batch of {cost['batch']} "
+        f"training images; a ratio is the median over turns of that turn's ratio.",
+        "",
+        _table(
+            [
+                "network",
+                "MMACs per image",
+                "ms per training step",
+                "ratio",
+                "ms per inference",
+                "ratio",
+            ],
+            rows,
+        ),
+        "",
+        sentence(cost, base, bam, cost["macs_ratio"]),
+    ]
+    ratio_in_training = report.get("timing", {}).get("ratio")
+    if ratio_in_training:
+        lines[-1] += (
+            f" (Over all the training runs' steps, timed above while each model trained, the "
+            f"same ratio was {ratio_in_training['median_ratio']:.2f}x.)"
+        )
+    return lines
+
+
 def markdown(report: dict) -> tuple[str, dict]:
     """``(report.md text, claims dict)``."""
     cfg, sp, models = report["config"], report["splits"], report["models"]
@@ -234,6 +294,7 @@ def markdown(report: dict) -> tuple[str, dict]:
             "",
         ]
     lines += _timing_section(report["timing"])
+    lines += _cost_section(report)
     lines += [
         "",
         "## Pictures",
@@ -249,8 +310,11 @@ def markdown(report: dict) -> tuple[str, dict]:
             f"![attention maps, seed {seeds[0]}](attention.png)",
             "",
             f"Maps of the seed-{seeds[0]} models on the first test images (test split). Green "
-            "and white: the true box; red cross: each map's peak; each map has its own colour "
-            "bar. Last panel: the channels BAM's channel gate weights most.",
+            "and white: the true box; red cross: each map's peak. All maps share one colour "
+            "scale, 0 to 1: BAM's sigmoid(M_s) as it is (its panel gives its range), the other "
+            "maps stretched from their minimum to their maximum in each image, and a map that "
+            "hardly varies says it is flat. Last panel: the channels BAM's channel gate weights "
+            "most, against the median of all its channels.",
             "",
         ]
     lines += [

@@ -170,8 +170,13 @@ class MetricsJSON(L.Callback):
         if not trainer.is_global_zero:
             return
         data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        metrics = trainer.callback_metrics
         data[stage] = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v)
+            k: float(v)
+            for k, v in metrics.items()
+            # A metric logged per step and per epoch is kept by its two names only (Lightning
+            # also keeps a bare alias of the epoch value): one name, one number.
+            if torch.is_tensor(v) and not (f"{k}_step" in metrics and f"{k}_epoch" in metrics)
         }
         data[stage]["epoch"] = trainer.current_epoch
         data[stage]["global_step"] = trainer.global_step

@@ -187,9 +187,15 @@ class BamCLI(LightningCLI):
         trainer_cfg = self._get(self.config_init, "trainer")
         if trainer_cfg.get("logger") in (None, True):
             kwargs["logger"] = self._loggers(run_dir)
+        checkpoints = os.path.join(run_dir, "checkpoints")
+        ckpt = cfg.get("ckpt_path") if self.subcommand == "fit" else None
         ours = [
             RunCheckpoint(
-                dirpath=os.path.join(run_dir, "checkpoints"),
+                # Continuing from one of this directory's own checkpoints (--resume, or
+                # --ckpt_path into it): its files are the run's, not another run's.
+                resuming=bool(ckpt)
+                and os.path.dirname(os.path.abspath(ckpt)) == os.path.abspath(checkpoints),
+                dirpath=checkpoints,
                 save_last=True,
                 save_top_k=cfg.keep_last,
                 monitor="step",

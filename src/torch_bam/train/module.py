@@ -103,7 +103,9 @@ class ImageClassifier(L.LightningModule):
                 f"{self.current_epoch}). The run stops; the last good checkpoint is kept. Try a "
                 "lower learning rate, a longer warm-up, or precision 32."
             )
-        self.log("train/loss", loss, prog_bar=True)
+        # Two numbers, two names: Lightning logs the step's loss as train/loss_step and the mean
+        # over the epoch's steps as train/loss_epoch (what an epoch's line and curve show).
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 

@@ -17,7 +17,10 @@ __all__ = ["EpochLines", "hide_tips"]
 
 
 class EpochLines(ProgressBar):
-    """``epoch 3/90: train/loss <loss>, val/top1_err <error> (<time> s)`` after each epoch."""
+    """``epoch 3/90: train/loss_epoch <loss>, val/top1_err <error> (<time> s)`` after each epoch.
+
+    A metric logged both per step and per epoch (``<name>_step``, ``<name>_epoch``) is shown by
+    its epoch value only: the line speaks for the epoch, not for its last step."""
 
     def __init__(self):
         super().__init__()
@@ -35,6 +38,9 @@ class EpochLines(ProgressBar):
             return
         metrics = dict(self.get_metrics(self.trainer, self.trainer.lightning_module))
         metrics.pop("v_num", None)
+        for name in [k for k in metrics if k.endswith("_step")]:
+            if f"{name[: -len('_step')]}_epoch" in metrics:
+                del metrics[name]
         values = ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
             for k, v in sorted(metrics.items())

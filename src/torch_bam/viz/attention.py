@@ -3,7 +3,8 @@
 Per image (a row): the image as the model saw it, titled with the predicted class and its
 probability; per BAM stage (a group of three columns): the spatial attention ``sigmoid(M_s)``
 upsampled to the image's size, the combined 3-D attention averaged over channels, and a bar
-chart of the channels the channel gate ``sigmoid(M_c)`` weights most. Every map uses one colour map
+chart of the channels the channel gate ``sigmoid(M_c)`` weights most, with a dashed line at the
+median of all its channels. Every map uses one colour map
 (:data:`CMAP`) on one fixed scale, 0 to 1 (every map is a sigmoid), with a colour bar, so maps
 of different images and stages compare by colour.
 """
@@ -24,10 +25,11 @@ from .._io import atomic_write, check_output_dir
 from ..attention import AttentionMaps, record_attention
 from ..bam import BAM
 from ..errors import UsageError
+from .style import DPI, TEXT_PT
 
 PANEL_INCHES = 2.2
-DPI = 100
 CMAP = "viridis"  # perceptually uniform: equal steps of attention look like equal steps
+MEDIAN_LABEL = "median of all channels"
 
 
 def figure_size_px(num_images: int, num_bams: int) -> tuple[int, int]:
@@ -90,7 +92,14 @@ def _draw_png(
 
     cols = 1 + 3 * len(names)
     fig, axes = plt.subplots(
-        n, cols, figsize=(cols * PANEL_INCHES, n * PANEL_INCHES), dpi=DPI, squeeze=False
+        n,
+        cols,
+        figsize=(cols * PANEL_INCHES, n * PANEL_INCHES),
+        dpi=DPI,
+        squeeze=False,
+        layout="constrained",  # leaves room for each colour bar's labels, unlike tight_layout
+        # The first column's title holds a file name and its sizes: give it room.
+        gridspec_kw={"width_ratios": [1.4] + [1] * (cols - 1)},
     )
     try:
         for i in range(n):
@@ -102,7 +111,7 @@ def _draw_png(
             if probs is not None:
                 p, label = probs[i].max(dim=0)
                 head.append(f"predicted {label.item()} (p {p.item():.2f})")
-            axes[i, 0].set_title("\n".join(head), fontsize=8)
+            axes[i, 0].set_title("\n".join(head), fontsize=TEXT_PT)
             for j, name in enumerate(names):
                 att = maps[name]
                 spatial = up(torch.sigmoid(att.spatial_logits[i : i + 1].float()))[0, 0]
@@ -110,23 +119,33 @@ def _draw_png(
                 channel = torch.sigmoid(att.channel_logits[i].float())
                 k = min(top_k, channel.numel())
                 values, index = channel.topk(k)
+                median = float(channel.median())
                 ax_s, ax_g, ax_c = axes[i, 1 + 3 * j], axes[i, 2 + 3 * j], axes[i, 3 + 3 * j]
                 im_s = ax_s.imshow(spatial.numpy(), cmap=CMAP, vmin=0, vmax=1)
-                ax_s.set_title(f"{name}: spatial\nsigmoid(M_s)", fontsize=8)
-                fig.colorbar(im_s, ax=ax_s, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                ax_s.set_title(f"{name}: spatial\nsigmoid(M_s)", fontsize=TEXT_PT)
+                bar = fig.colorbar(im_s, ax=ax_s, fraction=0.046, pad=0.04)
+                bar.ax.tick_params(labelsize=TEXT_PT)
                 im_g = ax_g.imshow(gate.numpy(), cmap=CMAP, vmin=0, vmax=1)
-                ax_g.set_title(f"{name}: 3-D attention\nmean over channels", fontsize=8)
-                fig.colorbar(im_g, ax=ax_g, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+                ax_g.set_title(f"{name}: 3-D attention\nmean over channels", fontsize=TEXT_PT)
+                bar = fig.colorbar(im_g, ax=ax_g, fraction=0.046, pad=0.04)
+                bar.ax.tick_params(labelsize=TEXT_PT)
                 ax_c.bar(range(k), values.numpy(), color=matplotlib.colormaps[CMAP](values.numpy()))
-                ax_c.set_xticks(range(k), [str(c) for c in index.tolist()], fontsize=6, rotation=90)
+                # Where the top channels stand: the median of all the gate's channels.
+                ax_c.axhline(median, color="black", ls="--", lw=1.2, label=MEDIAN_LABEL)
+                ax_c.set_xticks(
+                    range(k), [str(c) for c in index.tolist()], fontsize=TEXT_PT, rotation=90
+                )
                 ax_c.set_ylim(0, 1)
-                ax_c.tick_params(axis="y", labelsize=6)
-                ax_c.set_title(f"{name}: top-{k} channels\nsigmoid(M_c)", fontsize=8)
+                ax_c.tick_params(axis="y", labelsize=TEXT_PT)
+                ax_c.set_title(
+                    f"{name}: top {k} of {channel.numel()}\nchannels, sigmoid(M_c)",
+                    fontsize=TEXT_PT,
+                )
+                ax_c.set_xlabel(f"dashed: median ({median:.2f})", fontsize=TEXT_PT)
             for ax in axes[i]:
                 if ax.images:
                     ax.set_xticks([])
                     ax.set_yticks([])
-        fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=DPI)
     finally:
