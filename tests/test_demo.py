@@ -11,6 +11,7 @@ from torch_bam._io import RunDirLock
 from torch_bam.cli import main
 from torch_bam.demo import MODELS
 from torch_bam.demo.claims import summarize
+from torch_bam.demo.report import epoch_choice_sentence
 from torch_bam.viz import load_checkpoint
 from torch_bam.viz.demo_figures import figure_size_px
 
@@ -147,6 +148,8 @@ def test_report_tables_agree_with_json(traced_run, report):
     assert len(report["history"]["small_cnn"]) == 2  # one curve per seed
     assert all(len(h["val/top1_err"]) == 2 for h in report["history"]["small_cnn"])
     assert all(len(h["train/loss_epoch"]) == 2 for h in report["history"]["small_cnn"])
+    # What the choice of epoch did, from the chosen epochs report.json records.
+    assert epoch_choice_sentence(report["models"], report["config"]["epochs"]) in md
 
 
 def test_cost_paragraph_gives_the_measured_macs_time_and_floor(traced_run, report):

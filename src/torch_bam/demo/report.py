@@ -223,6 +223,26 @@ def _cost_section(report: dict) -> list[str]:
     return lines
 
 
+def epoch_choice_sentence(models: dict, epochs: int) -> str:
+    """What the choice of epoch did: if every run's lowest validation error came at its last
+    epoch, the networks were still improving and the choice selected nothing; say so."""
+    chosen = [e for m in models.values() for e in m["best_epoch"]]
+    earlier = sum(e < epochs for e in chosen)
+    if epochs == 1:
+        return "With one epoch per run there is no epoch to choose: each run keeps its only one."
+    if earlier == 0:
+        return (
+            f"Every run's lowest validation error came at its last epoch ({epochs}): the "
+            f"networks were still improving, so choosing the epoch selected nothing, and the "
+            f"test errors are those of the last epoch. Train longer (--epochs) for the choice "
+            f"to matter."
+        )
+    return (
+        f"In {earlier} of {len(chosen)} runs the lowest validation error came before the last "
+        f"epoch ({epochs}): those runs keep the weights of that earlier epoch."
+    )
+
+
 def markdown(report: dict) -> tuple[str, dict]:
     """``(report.md text, claims dict)``."""
     cfg, sp, models = report["config"], report["splits"], report["models"]
@@ -261,6 +281,7 @@ def markdown(report: dict) -> tuple[str, dict]:
         + [", ".join(pct(v) for v in models[n]["test_top1_error"]) for n in names],
     ]
     lines += [_table(["metric"] + names, rows), "", claims["error"]["sentence"], ""]
+    lines += [epoch_choice_sentence(models, cfg["epochs"]), ""]
     pointing = report.get("pointing")
     if pointing:
         lines += [
