@@ -6,7 +6,9 @@ here). PyTorch's CPU conv on maps of 4-8 channels can be much faster, or slower,
 channels_last, depending on the CPU. This study times, in the same turns, the network without
 BAM, with BAM, its floor as shipped, and the floor with the dilated convs in channels_last, and
 takes each turn's faster floor: if even that is above a target, no implementation that uses
-PyTorch's CPU convolutions meets it.
+PyTorch's CPU convolutions meets it. It also times each BAM without its channel gate (the
+spatial gate with its BatchNorms and ReLUs, and the gate pass): work every BAM does, so a floor
+for implementations that run BatchNorm as PyTorch's op.
 
     PYTHONPATH=src python benchmarks/studies/floor_layout.py   # writes RESULTS_floor_layout.md
 """
@@ -16,16 +18,18 @@ PyTorch's CPU convolutions meets it.
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from benchmarks._timer import measure  # noqa: E402
 from benchmarks.studies._common import loadavg, write_results  # noqa: E402
-from torch_bam import bam_gate, create_model  # noqa: E402
+from torch_bam import BAM, bam_gate, create_model  # noqa: E402
 from torch_bam.floor import BAMFloor, _conv_1x1, bam_floor  # noqa: E402
 
 TURNS = 30
@@ -45,6 +49,39 @@ class FloorChannelsLast(BAMFloor):
                 s = conv(s.contiguous(memory_format=torch.channels_last))
         zeros = s.new_zeros(x.shape[0], x.shape[1])
         return bam_gate(x, zeros, s.to(x.dtype).contiguous(), self.combine)
+
+
+class SpatialGateOnly(nn.Module):
+    """A BAM without its channel gate: the spatial gate's layers as the module runs them
+    (convs, BatchNorms, ReLUs), the 1x1s as matmuls, and one gate pass. A BAM computes all of
+    this and more (the pool and the MLP), so it is a floor for any implementation that runs
+    BatchNorm in training as PyTorch's own op."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.layers = block.spatial_att.gate_s
+        self.combine = block.combine
+
+    def forward(self, x):
+        s = x
+        for layer in self.layers:
+            s = _conv_1x1(s, layer) if type(layer) is nn.Conv2d and layer.kernel_size == (1, 1) else layer(s)
+        zeros = s.new_zeros(x.shape[0], x.shape[1])
+        return bam_gate(x, zeros, s.to(x.dtype), self.combine)
+
+
+def _spatial_only(module):
+    module = copy.deepcopy(module)
+
+    def replace(m):
+        for name, child in m.named_children():
+            if isinstance(child, BAM):
+                setattr(m, name, SpatialGateOnly(child))
+            else:
+                replace(child)
+
+    replace(module)
+    return module
 
 
 def _floor_cl(net):
@@ -78,8 +115,8 @@ def main() -> None:
     torch.set_num_threads(2)
     before = loadavg()
     body = [
-        f"- float32, NCHW; each table's five calls timed in {TURNS} turns, each turn in a random order (`benchmarks/_timer.py`); ratios are medians of per-turn ratios with a 95% interval",
-        "- floor: `torch_bam.floor.bam_floor` as shipped (dilated convs in the network's layout); floor, channels_last: the same with its dilated convs in channels_last; best floor: each turn's faster of the two",
+        f"- float32, NCHW; each table's six calls timed in {TURNS} turns, each turn in a random order (`benchmarks/_timer.py`); ratios are medians of per-turn ratios with a 95% interval",
+        "- floor: `torch_bam.floor.bam_floor` as shipped (dilated convs in the network's layout); floor, channels_last: the same with its dilated convs in channels_last; best floor: each turn's faster of the two; spatial gate only: each BAM without its channel gate (pool and MLP) but with the spatial gate's BatchNorms and ReLUs, which a BAM also computes",
         "",
     ]
     for name, b, size, t_train, t_infer in ROWS:
@@ -93,6 +130,7 @@ def main() -> None:
             f"bam_{name}": bam,
             "floor": bam_floor(bam),
             "floor, channels_last": _floor_cl(bam),
+            "spatial gate only (with its BatchNorms and ReLUs)": _spatial_only(bam),
         }
         body += [
             f"## {name} and bam_{name}, B={b}, {size}x{size}",
