@@ -106,12 +106,24 @@ def measure(
     max_turns: int | None = None,
     host_time: bool = True,
     seed: int = 0,
+    before: dict[str, Callable[[], object]] | None = None,
 ) -> Times:
     """Time ``fns`` in ``turns`` turns after ``warmup`` calls of each (the first call also
     compiles, under torch.compile or Triton). More turns, up to ``max_turns``, while the turns
-    so far took under ``min_s`` seconds per function: fast calls get more samples."""
-    for fn in fns.values():
+    so far took under ``min_s`` seconds per function: fast calls get more samples.
+
+    ``before[name]``, if given, runs before every call of ``name``, warm-up included, and is
+    not timed: it restores what an in-place call overwrote, so that every call sees the same
+    input."""
+    before = before or {}
+
+    def prepare(k: str) -> None:
+        if k in before:
+            before[k]()
+
+    for k, fn in fns.items():
         for _ in range(warmup):
+            prepare(k)
             fn()
     cuda = device == "cuda"
     if cuda:
@@ -130,6 +142,7 @@ def measure(
         if cuda:
             events = []
             for k in keys:
+                prepare(k)  # queued before `begin`: not in the call's time
                 if host_time:
                     torch.cuda.synchronize()  # the GPU idles before the call: host time counts
                 else:
@@ -145,6 +158,7 @@ def measure(
                 ms[k].append(begin.elapsed_time(end))
         else:
             for k in keys:
+                prepare(k)
                 t0 = time.perf_counter()
                 fns[k]()
                 ms[k].append((time.perf_counter() - t0) * 1e3)

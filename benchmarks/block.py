@@ -54,7 +54,7 @@ def _pair(channels: int, device: str = "cpu"):
 def _no_grad(fn):
     def run():
         with torch.no_grad():
-            fn()
+            return fn()
 
     return run
 
@@ -71,7 +71,7 @@ def cpu_block(shape):
         seed, ours = _pair(shape[1])
         x0 = torch.randn(shape)
         for mode in ("inference", "fwd+bwd"):
-            fns = {}
+            fns, before = {}, {}
             for fmt, mf in FORMATS:
                 x = x0.contiguous(memory_format=mf)
                 s_mod = copy.deepcopy(seed).to(memory_format=mf).train(mode != "inference")
@@ -86,6 +86,9 @@ def cpu_block(shape):
                     fns[f"seed compile {fmt}"] = _no_grad(lambda m=comp, x=x: m(x))
                     fns[f"ours {fmt}"] = _no_grad(lambda m=o_mod, x=x: m(x))
                     fns[f"ours fused+inplace {fmt}"] = _no_grad(lambda m=fused, x=xi: m(x))
+                    # It writes into xi: every call starts from x again (untimed), or each would
+                    # run on the last one's output, growing up to 2x per call.
+                    before[f"ours fused+inplace {fmt}"] = lambda xi=xi, x=x: xi.copy_(x)
                     fns[f"floor {fmt}"] = _no_grad(lambda m=floor, x=x: m(x))
                     fns[f"convs alone {fmt}"] = _no_grad(lambda m=convs, x=x: m(x))
                 else:
@@ -96,7 +99,7 @@ def cpu_block(shape):
                                        ("ours", o_mod, dy), ("floor", floor, dy),
                                        ("convs alone", convs, dy1)):  # fmt: skip
                         fns[f"{name} {fmt}"] = lambda m=m, g=g, xg=xg: m(xg).backward(g)
-            t = ctx.measure(fns, 8, min_s=0.5, max_turns=50)
+            t = ctx.measure(fns, 8, min_s=0.5, max_turns=50, before=before)
             torch._dynamo.reset()
             ours_names = ["ours NCHW", "ours CL"]
             if mode == "inference":

@@ -45,6 +45,75 @@ def test_measure_interleaves_the_functions_and_varies_their_order():
     assert all(len(v) == 12 for v in t.ms.values())
 
 
+def test_measure_runs_before_each_call_untimed():
+    # An in-place call (BAM(inplace=True)) overwrites its input: `before` restores it before
+    # every call, warm-up included, outside the timed region.
+    import torch
+
+    x0 = torch.ones(4)
+    x = x0.clone()
+    seen = []
+
+    def inplace():
+        seen.append(x.clone())
+        x.mul_(2)
+
+    t = measure({"inplace": inplace}, 5, warmup=2, before={"inplace": lambda: x.copy_(x0)})
+    assert len(seen) == 7 and all(torch.equal(v, x0) for v in seen)
+    assert len(t.ms["inplace"]) == 5
+
+
+def test_the_cpu_block_rows_time_every_call_on_the_same_input(monkeypatch):
+    # The in-place row used to run on its own output, turn after turn: its input grew by up to
+    # 2x per call (to 1e31 and inf in a full run) and its time with it. Each timed function
+    # here, called twice (with its `before`), must give the same output.
+    import torch
+
+    from benchmarks import _plan, block
+
+    checked = []
+
+    def fake_measure(fns, turns, before=None, **kw):
+        before = before or {}
+        for k, fn in fns.items():
+            if "compile" in k:
+                continue  # torch.compile of the seed: slow here, and not in place
+            outs = []
+            for _ in range(2):
+                before.get(k, lambda: None)()
+                out = fn()
+                outs.append(out.clone() if isinstance(out, torch.Tensor) else out)
+            if isinstance(outs[0], torch.Tensor):
+                torch.testing.assert_close(outs[1], outs[0], msg=k)
+                checked.append(k)
+        return Times({k: [1.0, 1.0] for k in fns})
+
+    monkeypatch.setattr(_plan, "measure", fake_measure)
+    report = Report("t", device="cpu", dry=True)
+    ctx = _plan.Ctx(report=report, device="cpu", dry=True)
+    block.cpu_block(block.DRY_CPU_SHAPES[0])(ctx)
+    assert "ours fused+inplace NCHW" in checked and "ours fused+inplace CL" in checked
+
+
+def test_every_in_place_row_of_the_cpu_suites_restores_its_input(monkeypatch):
+    from benchmarks import _plan, block, gate
+
+    rows = {}
+
+    def fake_measure(fns, turns, before=None, **kw):
+        for k in fns:
+            if "in place" in k or "inplace" in k:
+                rows[k] = k in (before or {})
+        return Times({k: [1.0, 1.0] for k in fns})
+
+    monkeypatch.setattr(_plan, "measure", fake_measure)
+    monkeypatch.setattr("torch.compile", lambda fn, **kw: fn)  # not called by the fake timer
+    ctx = _plan.Ctx(report=Report("t", device="cpu", dry=True), device="cpu", dry=True)
+    gate.cpu_gate(ctx)
+    block.cpu_block(block.DRY_CPU_SHAPES[0])(ctx)
+    assert len(rows) >= 3 and all(rows.values()), rows
+
+
 def test_median_interval_and_verdicts():
     assert median_ci([1.0] * 5)[1] == float("-inf")  # too few values for a 95% interval
     med, lo, hi = median_ci([float(i) for i in range(1, 21)])
