@@ -195,6 +195,22 @@ def test_a_conv_or_linear_with_other_weights_changes_the_output(path, mode):
         torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_a_conv_or_linear_wrapped_in_another_module_changes_the_output(path, mode):
+    """A layer replaced by a module with no ``weight`` of its own (a wrapper, an adapter): the
+    block runs it (the plain path) and its result changes with the wrapped layer's weights."""
+    block, x = _block(path, mode), _x(path, mode)
+    before = _forward(copy.deepcopy(block), x, mode)
+    for name in _weighted_layers(block):
+        changed = copy.deepcopy(block)
+        parent, _, child = name.rpartition(".")
+        inner = randomize_(copy.deepcopy(changed.get_submodule(name)), seed=1)
+        setattr(changed.get_submodule(parent), child, nn.Sequential(inner))
+        assert _route(changed, x, mode)[0] == "plain", name
+        y = _forward(changed, x, mode)
+        assert (y - before).abs().max() > 1e-3, name
+
+
 # ---------------------------------------------------------------------------------------------
 # Pruning
 

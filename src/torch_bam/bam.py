@@ -273,7 +273,9 @@ class BAM(nn.Module):
             self.freeze_norms()
 
     def forward(self, x: Tensor) -> Tensor:
-        weight_dtype = self.spatial_att.gate_s.gate_s_conv_final.weight.dtype
+        weight_dtype = x.dtype
+        if not torch.jit.is_scripting():
+            weight_dtype = self._weight_dtype(x)
         _check_input(x, self.channels, self.training and self.norm == "batch", weight_dtype)
         if not torch.jit.is_scripting():
             y = self._dispatched_forward(x)
@@ -283,6 +285,20 @@ class BAM(nn.Module):
         spatial_logits = self.spatial_att(x)
         inplace = self.inplace and not torch.is_grad_enabled()
         return bam_gate(x, channel_logits, spatial_logits, self.combine, inplace)
+
+    @torch.jit.unused
+    def _weight_dtype(self, x: Tensor) -> torch.dtype:
+        # The gates' float weights' dtype, for the input check: the final conv's as BAM builds
+        # it; a replaced layer may hold none (a wrapper, a quantised conv): then the first float
+        # parameter of the gates, or x's own (nothing to compare with).
+        w = getattr(self.spatial_att.gate_s, "gate_s_conv_final", None)
+        w = getattr(w, "weight", None)
+        if isinstance(w, Tensor) and w.is_floating_point():
+            return w.dtype
+        for p in self.parameters():
+            if p.is_floating_point():
+                return p.dtype
+        return x.dtype
 
     @torch.jit.unused
     def _dispatched_forward(self, x: Tensor) -> Optional[Tensor]:  # noqa: UP045 (TorchScript)
