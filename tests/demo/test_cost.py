@@ -1,15 +1,12 @@
 """demo.cost: BAM's time beside its floor's, measured in turns, and said in words."""
 
+from statistics import median
+
 import torch
 
 from torch_bam import create_model
 from torch_bam.demo.cost import FLOOR, measure, sentence
 from torch_bam.floor import bam_floor
-
-
-def _median(v):
-    v = sorted(v)
-    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def _measured(turns=3):
@@ -30,8 +27,8 @@ def test_every_network_is_timed_in_every_turn_and_ratios_are_per_turn_medians():
             times = cost["networks"][name][f"{kind}_s"]
             assert len(times) == 3 and all(t > 0 for t in times)
             per_turn = [t / b for t, b in zip(times, base[f"{kind}_s"], strict=True)]
-            assert cost["ratios"][kind][name] == _median(per_turn)
-            assert cost["networks"][name][f"median_{kind}_s"] == _median(times)
+            assert cost["ratios"][kind][name] == median(per_turn)
+            assert cost["networks"][name][f"median_{kind}_s"] == median(times)
     assert "small_cnn" not in cost["ratios"]["train_step"]  # the reference itself
 
 

@@ -15,6 +15,7 @@ takes; the rest is the implementation's overhead.
 from __future__ import annotations
 
 import time
+from statistics import median
 
 import torch
 from torch import Tensor, nn
@@ -23,12 +24,6 @@ __all__ = ["FLOOR", "measure", "sentence"]
 
 FLOOR = "floor"  # the name of the floor network in :func:`measure`'s result
 KINDS = ("train_step", "inference")
-
-
-def _median(values: list[float]) -> float:
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
 
 def _timed(fn) -> float:
@@ -78,7 +73,7 @@ def measure(
     base = names[0]
     ratios = {
         kind: {
-            n: _median(
+            n: median(
                 [
                     t / b
                     for t, b in zip(record[n][f"{kind}_s"], record[base][f"{kind}_s"], strict=True)
@@ -90,7 +85,7 @@ def measure(
     }
     for n in names:
         for kind in KINDS:
-            record[n][f"median_{kind}_s"] = _median(record[n][f"{kind}_s"])
+            record[n][f"median_{kind}_s"] = median(record[n][f"{kind}_s"])
     return {"batch": int(x.shape[0]), "turns": turns, "networks": record, "ratios": ratios}
 
 

@@ -19,6 +19,7 @@ import contextlib
 import glob
 import logging
 import os
+from statistics import median
 
 import torch
 from torch import nn
@@ -234,11 +235,6 @@ def _cost(splits, seed: int, batch_size: int, macs: dict[str, int]) -> dict:
 def _timing(records: dict[int, dict[str, object]], order: list[tuple[int, str]]) -> dict:
     """Median per-step time of each model over all its timed steps, and per-turn medians."""
     from .claims import summarize
-
-    def median(v):
-        v = sorted(v)
-        mid = len(v) // 2
-        return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
 
     def quantile(v, q):
         v = sorted(v)
