@@ -143,8 +143,7 @@ def main() -> None:
                 m.train(mode == "train step")
             fns = {k: (_step(m, x, t) if mode == "train step" else _infer(m, x)) for k, m in nets.items()}
             times = measure(fns, TURNS)
-            ms = times.ms
-            ms["best floor"] = times.per_turn_best("floor", "floor, channels_last")
+            times.ms["best floor"] = times.per_turn_best("floor", "floor, channels_last")
             for k in [*nets, "best floor"]:
                 if k == name:
                     continue

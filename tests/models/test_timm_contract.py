@@ -207,6 +207,17 @@ SCRIPTED = [
 ]
 
 
+def check_scripted(model, x, relative_atol=0.0):
+    """``model`` scripted, and FX-traced then scripted, gives the eager logits (scripted, BAM
+    takes the plain path; eager, the CPU room's: equal to rounding), to an absolute tolerance
+    of 1e-4 plus ``relative_atol`` times the largest logit."""
+    logits = model(x)
+    atol = 1e-4 + relative_atol * float(logits.abs().max())
+    torch.testing.assert_close(torch.jit.script(model)(x), logits, rtol=1e-4, atol=atol)
+    fx_script = torch.jit.script(torch.fx.symbolic_trace(model))
+    torch.testing.assert_close(fx_script(x), logits, rtol=1e-4, atol=atol)
+
+
 # torch.jit.script of any torch.fx.GraphModule warns about torch's own annotation in
 # GraphModule.__init__ (also for the networks without BAM): torch's, not ours.
 @pytest.mark.filterwarnings("ignore:The TorchScript type system doesn't support instance-level")
@@ -216,12 +227,7 @@ def test_torchscript_fx_then_torchscript_and_timm_features(name):
     model = torch_bam.create_model(name).eval()
     x = contract_input(model)
     with torch.no_grad():
-        logits = model(x)
-        # Scripted, BAM takes the plain path; eager, the CPU room's: equal to rounding.
-        tol = dict(rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(torch.jit.script(model)(x), logits, **tol)
-        fx_script = torch.jit.script(torch.fx.symbolic_trace(model))
-        torch.testing.assert_close(fx_script(x), logits, **tol)
+        check_scripted(model, x)
 
         # features_only through timm, a subset of the levels: the same maps as ours.
         levels = len(model.feature_info)
@@ -242,9 +248,5 @@ def test_torchscript_and_fx_then_torchscript_of_the_other_networks(name):
     model = torch_bam.create_model(name).eval()
     x = contract_input(model)
     with torch.no_grad():
-        logits = model(x)
         # Untrained deep networks in eval give logits up to ~1e5: compare relative to that.
-        atol = 1e-5 * float(logits.abs().max()) + 1e-4
-        torch.testing.assert_close(torch.jit.script(model)(x), logits, rtol=1e-4, atol=atol)
-        fx_script = torch.jit.script(torch.fx.symbolic_trace(model))
-        torch.testing.assert_close(fx_script(x), logits, rtol=1e-4, atol=atol)
+        check_scripted(model, x, relative_atol=1e-5)
