@@ -5,11 +5,11 @@ Tiny detectors (ResNet-18 + FPN, 64 px images) on synthetic boxes: a bright squa
 """
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.docs.markdown_blocks import block_after
 from torch_bam import BAM, add_bam, create_model
 
 torchvision = pytest.importorskip("torchvision")
@@ -18,7 +18,6 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone  # n
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d  # noqa: E402
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 SMALL = dict(min_size=SIZE, max_size=SIZE)  # no upscaling to torchvision's 800 px
 NUM_CLASSES = 4
@@ -182,21 +181,14 @@ def test_timm_and_torch_bam_features_only_backbones_train_with_one_image():
         train_steps(detector, [1])
 
 
-def readme_block(marker):
-    text = (ROOT / "README.md").read_text()
-    after = text[text.index(marker) :]
-    start = after.index("```python\n") + len("```python\n")
-    return after[start : after.index("```", start)]
-
-
 def substitute(code, old, new):
-    """The test's small stand-in for one piece of the README's code (which must be there)."""
+    """The test's small stand-in for one piece of the guide's code (which must be there)."""
     assert code.count(old) == 1, old
     return code.replace(old, new)
 
 
-def test_readme_detection_recipe_runs(tmp_path, monkeypatch):
-    code = readme_block("<!-- test: detection recipe")
+def test_guide_detection_recipe_runs(tmp_path, monkeypatch):
+    code = block_after("<!-- test: detection recipe")
     # No download, a small backbone and small images; the rest as written.
     code = substitute(code, 'weights="DEFAULT"', "weights=None")
     code = substitute(code, '"resnet50"', '"resnet18"')
@@ -213,9 +205,9 @@ def test_readme_detection_recipe_runs(tmp_path, monkeypatch):
     assert all(p.grad is not None for p in bam_params(detector))
 
 
-def test_readme_features_only_recipe_runs():
+def test_guide_features_only_recipe_runs():
     scope: dict = {}
-    exec(readme_block("<!-- test: features_only recipe"), scope)
+    exec(block_after("<!-- test: features_only recipe"), scope)
     body, pyramid = scope["body"], scope["pyramid"]
     assert body.feature_info.channels() == [256, 512, 1024, 2048]
     assert body.feature_info.reduction() == [4, 8, 16, 32]

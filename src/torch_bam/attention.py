@@ -43,7 +43,7 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, AttentionMaps]]:
     Yields a dict from each BAM's module path (``""`` when ``model`` is itself a BAM) to its
     :class:`AttentionMaps`, refreshed on every forward pass. Hooks are removed on exit.
 
-    Example:
+    Examples:
         >>> with record_attention(model) as maps:
         ...     model(images)
         >>> maps["layer1.bam"].spatial_logits.shape

@@ -222,7 +222,7 @@ class BAM(nn.Module):
     Shape:
         input and output ``[B, C, H, W]``; the output keeps the input's memory format.
 
-    Example:
+    Examples:
         >>> bam = BAM(256)
         >>> bam(torch.randn(2, 256, 56, 56)).shape
         torch.Size([2, 256, 56, 56])

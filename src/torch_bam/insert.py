@@ -451,7 +451,7 @@ def add_bam(
             a module that already has a BAM after it; too few channels for the reduction
             ratio.
 
-    Example:
+    Examples:
         >>> model = add_bam(torchvision.models.resnet50())
         >>> [p.path for p in model.bam_report]
         ['layer1', 'layer2', 'layer3']

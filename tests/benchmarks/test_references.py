@@ -1,5 +1,5 @@
-"""Every ``benchmarks/...md`` that the package's code or the README names exists (a file a
-command on the same line writes, such as a GPU run's report, excepted)."""
+"""Every ``benchmarks/...md`` that the package's code, the README or the guide names exists (a
+file a command on the same line writes, such as a GPU run's report, excepted)."""
 
 import re
 from pathlib import Path
@@ -19,7 +19,8 @@ def _missing(text: str, where: str) -> list[str]:
 
 
 def test_named_benchmark_results_exist():
-    sources = sorted((ROOT / "src").rglob("*.py")) + [ROOT / "README.md"]
+    sources = sorted((ROOT / "src").rglob("*.py")) + [ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    sources += sorted((ROOT / "docs").rglob("*.md"))
     found, missing = 0, []
     for path in sources:
         text = path.read_text()

@@ -260,3 +260,21 @@ def test_unknown_tag_and_file_without_pretrained():
         torch_bam.create_model("bam_resnet50", file="x.pth")
     with pytest.raises(ValueError, match="unknown fields"):
         torch_bam.create_model("bam_resnet50", pretrained=True, pretrained_cfg_overlay={"x": 1})
+
+
+def test_readme_pretrained_snippet_runs(ptcv_weights, torch_home, monkeypatch, capsys):
+    """<!-- test: readme pretrained --> runs as written; the registered address and hash point
+    at the test's stand-in for pytorchcv's archive (random weights, zipped as published)."""
+    from dataclasses import replace
+
+    from tests.docs.markdown_blocks import block_after
+    from torch_bam.models import _cfg
+
+    state_dict, archive, _, sha1 = ptcv_weights
+    served = replace(PTCV, url=archive.as_uri(), hash_sha1=sha1)
+    monkeypatch.setitem(_cfg._CFGS["bam_resnet50"], "ptcv_in1k", served)
+    scope: dict = {}
+    exec(block_after("<!-- test: readme pretrained"), scope)
+    assert capsys.readouterr().out.strip() == "torch.Size([1, 1000])"
+    assert _loaded(scope["model"], state_dict) and (torch_home / NAME).is_file()
+    assert scope["cfg"]["mean"] == (0.485, 0.456, 0.406)

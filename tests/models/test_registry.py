@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import torch_bam
+from tests.docs.markdown_blocks import block_after
 from torch_bam import BAM
 
 
@@ -43,20 +44,10 @@ def test_pretrained_false_builds_the_model():
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
-def _readme_block(marker: str) -> str:
-    """The fenced code block right after ``marker`` in the README."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    after = text[text.index(marker) :]
-    start = after.index("```python\n") + len("```python\n")
-    return after[start : after.index("```", start)]
-
-
-def test_readme_official_checkpoint_snippet_runs(tmp_path, monkeypatch):
-    """The README's snippet loads a file laid out as the official train_imagenet.py writes it
-    (DataParallel keys, {'state_dict': ..., 'best_prec1': a tensor, 'optimizer': ...}); random
-    weights stand in for the published ones."""
+def test_guide_official_checkpoint_snippet_runs(tmp_path, monkeypatch):
+    """The guide's snippet (docs/models.md) loads a file laid out as the official
+    train_imagenet.py writes it (DataParallel keys, {'state_dict': ..., 'best_prec1': a tensor,
+    'optimizer': ...}); random weights stand in for the published ones."""
     from torch import nn
 
     from tests.helpers import randomize_
@@ -77,7 +68,7 @@ def test_readme_official_checkpoint_snippet_runs(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(_readme_block("<!-- test: official checkpoint snippet"), scope)
+    exec(block_after("<!-- test: official checkpoint snippet"), scope)
     model = scope["model"]
     assert not model.training
     # The file's weights, every one (output equality: tests/test_compat_official_resnet.py).
