@@ -45,7 +45,8 @@ class Block:
 
     @property
     def where(self) -> str:
-        return f"{self.path.relative_to(ROOT)}:{self.line}"
+        path = self.path.relative_to(ROOT) if self.path.is_relative_to(ROOT) else self.path
+        return f"{path}:{self.line}"
 
 
 def documents() -> list[Path]:
@@ -68,7 +69,8 @@ def blocks(path: Path) -> list[Block]:
         ):
             end += 1
         if end == len(lines):
-            raise ValueError(f"{path.relative_to(ROOT)}:{i + 1}: a code fence that never closes")
+            where = Block(path, i + 1, "", "", "").where
+            raise ValueError(f"{where}: a code fence that never closes")
         body = [
             ln[len(indent) :] if ln.startswith(indent) else ln.lstrip() for ln in lines[i + 1 : end]
         ]
@@ -110,6 +112,29 @@ def torch_bam_argv(command: str) -> list[str] | None:
     """The arguments after ``torch-bam``, or None if the command is not a torch-bam one."""
     words = shlex.split(command, comments=True)
     return words[1:] if words and words[0] == "torch-bam" else None
+
+
+def problems(block: Block) -> list[str]:
+    """What breaks the convention in ``block``: no language, a malformed marker, a skip without
+    a reason, a shell block that mixes torch-bam commands and others."""
+    found = []
+    if not block.language:
+        found.append(f"{block.where}: name the fence's language (```text for output)")
+    reason, marked = skip_reason(block), run_by(block)
+    if ("<!-- docs:" in block.marker or "<!-- test:" in block.marker) and not (
+        reason is not None or marked
+    ):
+        found.append(f"{block.where}: malformed marker {block.marker.strip()!r}")
+    if reason == "":
+        found.append(f"{block.where}: a skip marker must give its reason")
+    if block.language in SHELL and reason is None and not marked:
+        argvs = [torch_bam_argv(c) for c in commands(block)]
+        if any(a is None for a in argvs) and any(a is not None for a in argvs):
+            found.append(
+                f"{block.where}: a shell block mixes torch-bam commands and others: split it, "
+                "or mark it <!-- docs: skip (REASON) -->"
+            )
+    return found
 
 
 def block_after(marker: str) -> str:

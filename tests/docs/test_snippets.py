@@ -15,6 +15,7 @@ from tests.docs.markdown_blocks import (
     blocks,
     commands,
     documents,
+    problems,
     run_by,
     skip_reason,
     torch_bam_argv,
@@ -37,23 +38,7 @@ _workdirs: dict = {}  # one working directory per page, shared by its blocks in 
 
 def test_every_fence_names_its_language_and_every_marker_is_well_formed():
     assert len(ALL) > 20 and len(RUN) > 10 and any(b.path.name == "README.md" for b in RUN)
-    problems = []
-    for b in ALL:
-        if not b.language:
-            problems.append(f"{b.where}: name the fence's language (```text for output)")
-        marked = "<!-- docs:" in b.marker or "<!-- test:" in b.marker
-        if marked and skip_reason(b) is None and run_by(b) is None:
-            problems.append(f"{b.where}: malformed marker {b.marker.strip()!r}")
-        if skip_reason(b) == "":
-            problems.append(f"{b.where}: a skip marker must give its reason")
-        if b.language in SHELL and skip_reason(b) is None and run_by(b) is None:
-            argvs = [torch_bam_argv(c) for c in commands(b)]
-            if any(a is None for a in argvs) and any(a is not None for a in argvs):
-                problems.append(
-                    f"{b.where}: a shell block mixes torch-bam commands and others: split it, "
-                    "or mark it <!-- docs: skip (REASON) -->"
-                )
-    assert problems == []
+    assert [p for b in ALL for p in problems(b)] == []
 
 
 def test_blocks_run_by_a_named_test_are_run_there():
