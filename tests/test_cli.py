@@ -24,9 +24,18 @@ def test_quadrant_hit_rate_on_known_maps():
     assert quadrant_hit_rate(maps, torch.tensor([3, 2, 1, 0])) == 0.0
 
 
-def test_cli_example(capsys):
-    assert main(["example", "--steps", "5"]) == 0
-    assert "step    5/5" in capsys.readouterr().out
+def test_cli_example_as_the_guide_shows_it(capsys):
+    """<!-- test: getting started example --> (docs/index.md), run here in-process."""
+    import shlex
+
+    from tests.docs.markdown_blocks import block_after
+
+    (command,) = block_after("<!-- test: getting started example").strip().splitlines()
+    argv = shlex.split(command)
+    assert argv[:2] == ["torch-bam", "example"] and "--steps" in argv
+    assert main(argv[1:]) == 0
+    steps = argv[argv.index("--steps") + 1]
+    assert f"step {steps:>4}/{steps}" in capsys.readouterr().out
 
 
 def test_cli_requires_a_command(capsys):
