@@ -519,3 +519,18 @@ def test_deeplab_gets_bam_in_its_backbone_not_in_its_head():
     dilated = timm.create_model("resnet18", output_stride=8)
     add_bam(dilated, torch.randn(1, 3, 64, 64))
     assert [p.path for p in dilated.bam_report] == ["layer1", "layer2", "layer3"]
+
+
+def test_add_bam_keeps_each_modules_own_train_flag():
+    # A user freezes the BatchNorm statistics of a model in training mode; add_bam's trace
+    # (eval mode) must hand every module back in the mode it had.
+    model = torchvision.models.resnet18(weights=None).train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    after = {name: m.training for name, m in model.named_modules() if name in before}
+    assert after == before
+    # The new BAMs follow the model's own flag (training), as before.
+    assert all(m.training for m in model.modules() if isinstance(m, BAM))

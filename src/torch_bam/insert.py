@@ -52,6 +52,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ._train_flags import evaluating
 from ._validate import check_norm, check_positive_int
 from .bam import BAM
 from .norm import is_frozen_norm
@@ -163,10 +164,8 @@ def _trace_calls(model: nn.Module, example_input: Tensor) -> list[_Call]:
             continue
         handles.append(module.register_forward_pre_hook(pre_hook(path)))
         handles.append(module.register_forward_hook(post_hook))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(example_input)
     except Exception as err:
         raise ValueError(
@@ -177,7 +176,6 @@ def _trace_calls(model: nn.Module, example_input: Tensor) -> list[_Call]:
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return calls
 
 
