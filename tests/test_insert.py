@@ -77,15 +77,11 @@ CASES = {
         [("features.1", 96, 16), ("features.3", 192, 8), ("features.5", 384, 4)],
         16,
     ),
-    # Pools: BAM after the ReLU before each max-pool but the last (no conv follows it).
+    # Pools: BAM after the ReLU before each max-pool but the last (no conv follows it). No
+    # block anywhere, so the first conv is the stem: none at 64x64 after VGG-11's single conv.
     "tv_vgg11_bn": (
         lambda: torchvision.models.vgg11_bn(),
-        [
-            ("features.2", 64, 64),
-            ("features.6", 128, 32),
-            ("features.13", 256, 16),
-            ("features.20", 512, 8),
-        ],
+        [("features.6", 128, 32), ("features.13", 256, 16), ("features.20", 512, 8)],
         16,
     ),
     # Stem (3x3/2 conv) straight into a stride-2 block: nothing runs at 32x32 but the stem's
@@ -106,11 +102,11 @@ CASES = {
         [("stage2", 48, 8), ("stage3", 96, 4)],
         16,
     ),
-    # A deep stem (3x3/2 conv, then two 3x3/1 convs at 32x32) is a stage by the rule: the
-    # stride-1 convs keep the size, so BAM goes before the max-pool.
+    # A deep stem (3x3/2 conv, then two 3x3/1 convs at 32x32, a plain Sequential) runs
+    # before the first block: stem, so no BAM in it, as in a ResNet's 7x7 stem.
     "timm_resnet18d": (
         lambda: timm.create_model("resnet18d", pretrained=False),
-        [("act1", 64, 32), ("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
+        [("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
         16,
     ),
     "timm_resnet50": (
@@ -123,7 +119,8 @@ CASES = {
         [("blocks.0", 16, 32), ("blocks.1", 24, 16), ("blocks.2", 40, 8), ("blocks.4", 112, 4)],
         8,
     ),
-    "plain_sequential": (plain_cnn, [("2", 32, 64), ("5", 64, 32)], 16),
+    # No block: the first conv is the stem; the second conv's stage gets the BAM.
+    "plain_sequential": (plain_cnn, [("5", 64, 32)], 16),
 }
 
 
@@ -236,7 +233,7 @@ def test_scriptable_fx_traceable_exportable():
 
 def test_sequential_parent_insertion_scripts_and_exports():
     model = add_bam(torchvision.models.vgg11_bn().eval(), torch.randn(2, 3, 64, 64))
-    assert "features.2_bam" in model.bam_report[0].bam_path
+    assert model.bam_report[0].bam_path == "features.6_bam"
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = model(x)
@@ -321,9 +318,9 @@ def test_add_bam_again_at_a_module_that_has_one_is_an_error():
     with pytest.raises(ValueError, match=r"conv1 already has a BAM after it \(conv1\.bam\)"):
         add_bam(model, x, at=["conv1"])
     plain = add_bam(plain_cnn(), x)
-    assert plain.bam_report[0].bam_path == "2_bam"
-    with pytest.raises(ValueError, match=r"2 already has a BAM after it \(2_bam\)"):
-        add_bam(plain, x, at=["2"])
+    assert plain.bam_report[0].bam_path == "5_bam"
+    with pytest.raises(ValueError, match=r"5 already has a BAM after it \(5_bam\)"):
+        add_bam(plain, x, at=["5"])
 
 
 def test_a_name_twice_in_at_is_an_error():
