@@ -26,21 +26,30 @@ class Bottleneck(NamedTuple):
     size: tuple[int, int]
 
 
-def after_stages(stages: list[Call], first_stage: float) -> list[Call]:
+def after_stages(stages: list[Call], first_stage: float, found: list[Call]) -> list[Call]:
     """The described stages that get a BAM: out of the stem, and followed by a stage that
-    downsamples (or, in a dilated backbone, dilates instead)."""
+    downsamples (or, in a dilated backbone, dilates instead). Where the forward pass finds a
+    later bottleneck at the same size before the next stage ends, BAM goes there instead:
+    GhostNet lists the first block at each size (``blocks.1``), not the last (``blocks.2``)."""
     stages = [s for s in stages if s.end >= first_stage]
-    pairs = zip(stages[:-1], stages[1:], strict=True)
-    return [s for s, nxt in pairs if smaller(s.output, nxt.output) or dilated_stage(nxt)]
+    points = []
+    for s, nxt in zip(stages[:-1], stages[1:], strict=True):
+        if not (smaller(s.output, nxt.output) or dilated_stage(nxt)):
+            continue
+        size = s.output.shape[2:]
+        later = [
+            q for q in found if s.end < q.start and q.end < nxt.end and q.output.shape[2:] == size
+        ]
+        points.append(max(later, key=lambda q: q.end) if later else s)
+    return points
 
 
 def bottleneck_calls(model: nn.Module, example_input: Tensor, owner: str) -> list[Call]:
     calls = trace_calls(model, example_input, owner)
     first_stage = stage_start(model, calls)
+    found = find_bottlenecks(calls, first_stage)
     stages = described_stages(model, calls)
-    if stages is not None:
-        return after_stages(stages, first_stage)
-    return find_bottlenecks(calls, first_stage)
+    return found if stages is None else after_stages(stages, first_stage, found)
 
 
 def check_example_input(example_input: object, owner: str) -> None:

@@ -37,13 +37,8 @@ def _producer_inside(calls: list[Call], outer: Call, t: Tensor) -> Call | None:
     """The shallowest call inside ``outer`` (or ``outer`` itself) that returned ``t`` and ran
     once: a stage that returns a list of maps (SelecSLS) is placed after the layer that made
     its first map."""
-    runs: dict[str, int] = {}
-    for c in calls:
-        runs[c.path] = runs.get(c.path, 0) + 1
     inside = [
-        c
-        for c in calls
-        if (c is outer or outer.encloses(c)) and c.result is t and runs[c.path] == 1
+        c for c in calls if (c is outer or outer.encloses(c)) and c.result is t and c.runs == 1
     ]
     return min(inside, key=lambda c: (c.path.count("."), c.start), default=None)
 

@@ -88,14 +88,14 @@ def downsamplings(calls: list[Call]) -> list[Call]:
         if not _can_downsample(leaf) or not shrinks(leaf, leaf):
             continue
         top = leaf
-        for c in sorted((c for c in calls if c.encloses(leaf)), key=lambda c: -c.start):
-            if not shrinks(c, top):  # innermost first; the chain ends at the first that does not
+        for c in leaf.ancestors():  # innermost first; the chain ends at the first that does not
+            if not shrinks(c, top):
                 break
             top = c
         downs[top.start] = top
-    dilated = [c for c in calls if dilated_stage(c)]
-    for c in dilated:
-        if not any(o.encloses(c) for o in dilated):
+    dilated = {id(c) for c in calls if dilated_stage(c)}
+    for c in calls:
+        if id(c) in dilated and not any(id(a) in dilated for a in c.ancestors()):
             downs.setdefault(c.start, c)
     return sorted(downs.values(), key=lambda c: c.start)
 
@@ -108,17 +108,18 @@ def producer(calls: list[Call], d: Call) -> Call | None:
     t = d.input
     if t is None:
         return None
-    runs: dict[str, int] = {}
-    for c in calls:
-        runs[c.path] = runs.get(c.path, 0) + 1
+    containers = {id(a) for a in d.ancestors()}
     # (An in-place layer that returns the map it took made it, as far as we can tell.)
-    readers = [c for c in calls if c.start < d.start and c.takes(t) and c.result is not t]
-
-    def counts(c: Call) -> bool:
-        return not (c.encloses(d) or any(r is c or r.encloses(c) for r in readers))
-
-    latest = max((c.start for c in calls if c.start < d.start and counts(c)), default=-1)
-    made = [c for c in calls if latest < c.end < d.start and c.result is t and runs[c.path] == 1]
+    readers = {id(c) for c in calls if c.start < d.start and c.takes(t) and c.result is not t}
+    latest = -1
+    for c in reversed(calls):  # in reverse order of start
+        if c.start >= d.start or id(c) in containers:
+            continue
+        if id(c) in readers or any(id(a) in readers for a in c.ancestors()):
+            continue
+        latest = c.start
+        break
+    made = [c for c in calls if latest < c.end < d.start and c.result is t and c.runs == 1]
     return min(made, key=lambda c: (c.path.count("."), c.start), default=None)
 
 

@@ -18,7 +18,7 @@ import re
 from torch import nn
 
 from ..bam import BAM
-from ._trace import Call, has_conv
+from ._trace import Call, has_conv, is_map
 
 
 def named_stem(model: nn.Module) -> re.Pattern | None:
@@ -36,18 +36,27 @@ def named_stem(model: nn.Module) -> re.Pattern | None:
     return re.compile(stem) if isinstance(stem, str) and stem else None
 
 
-def is_block(module: nn.Module) -> bool:
-    if isinstance(module, BAM) or type(module).forward is nn.Sequential.forward:
+def _is_block(c: Call, n_convs: dict[int, int]) -> bool:
+    """Two or more convolutions in a forward of its own, on the feature map (a head's
+    ConvMlp, which pools the last map to 1x1, is no block)."""
+    m = c.module
+    if isinstance(m, BAM) or type(m).forward is nn.Sequential.forward:
         return False
-    return sum(has_conv(m) for m in module.modules()) >= 2
+    out = c.result[0] if isinstance(c.result, (list, tuple)) and c.result else c.result
+    if not is_map(out) or out.shape[2:] == (1, 1):
+        return False
+    if id(m) not in n_convs:
+        n_convs[id(m)] = sum(has_conv(sub) for sub in m.modules())
+    return n_convs[id(m)] >= 2
 
 
 def stage_start(model: nn.Module, calls: list[Call]) -> float:
     """The hook counter at which the first stage starts: a call that ended before it is in
     the stem. ``inf`` for a network with a single convolution and no block."""
     stem = named_stem(model)
+    n_convs: dict[int, int] = {}
     blocks = [
-        c for c in calls if is_block(c.module) and not (stem is not None and stem.match(c.path))
+        c for c in calls if _is_block(c, n_convs) and not (stem is not None and stem.match(c.path))
     ]
     if blocks:
         # The block that ends first: a wrapper around the whole body (torchvision's

@@ -21,6 +21,8 @@ class Call:
     end: int = -1
     arg: object = None  # the first positional argument, as given (a tensor, a list, ...)
     result: object = None  # what it returned, as returned
+    parent: Call | None = None  # the innermost call this one runs in
+    runs: int = 1  # how often this module ran in the forward pass
 
     @property
     def input(self) -> Tensor | None:
@@ -34,6 +36,14 @@ class Call:
 
     def encloses(self, other: Call) -> bool:
         return self.start < other.start and self.end > other.end
+
+    def ancestors(self) -> list[Call]:
+        """The calls this one runs in, innermost first."""
+        out, c = [], self.parent
+        while c is not None:
+            out.append(c)
+            c = c.parent
+        return out
 
     def takes(self, t: Tensor) -> bool:
         """Is ``t`` this call's first argument, or one of the maps in a list it took (the
@@ -55,20 +65,21 @@ def has_conv(module: nn.Module) -> bool:
 def trace_calls(model: nn.Module, example_input: Tensor, owner: str = "add_bam") -> list[Call]:
     """Run ``model`` once (eval mode, no grad) and record every submodule call."""
     calls: list[Call] = []
-    open_calls: dict[int, list[Call]] = {}
+    stack: list[Call] = []  # the calls open now: hooks fire in nested order
     counter = iter(range(1 << 62))
     handles = []
 
     def pre_hook(path):
         def hook(module, args):
-            call = Call(path, module, next(counter), arg=args[0] if args else None)
-            open_calls.setdefault(id(module), []).append(call)
+            parent = stack[-1] if stack else None
+            call = Call(path, module, next(counter), arg=args[0] if args else None, parent=parent)
+            stack.append(call)
             calls.append(call)
 
         return hook
 
     def post_hook(module, args, output):
-        call = open_calls[id(module)].pop()
+        call = stack.pop()
         call.end = next(counter)
         call.result = output
 
@@ -89,6 +100,11 @@ def trace_calls(model: nn.Module, example_input: Tensor, owner: str = "add_bam")
     finally:
         for h in handles:
             h.remove()
+    runs: dict[str, int] = {}
+    for c in calls:
+        runs[c.path] = runs.get(c.path, 0) + 1
+    for c in calls:
+        c.runs = runs[c.path]
     return calls
 
 
