@@ -239,12 +239,14 @@ ZOO = {
 }
 
 ON_CPU = {"tv_regnet_x_400mf"}  # its builder computes widths from tensor values
+INIT_WEIGHTS = {"tv_googlenet", "tv_inception_v3"}  # (say so, or they warn about a change)
 
 
 def build(name):
     with torch.device("cpu" if name in ON_CPU else "meta"):
         if name.startswith("tv_"):
-            return getattr(torchvision.models, name[3:])()
+            kwargs = {"init_weights": False} if name in INIT_WEIGHTS else {}
+            return getattr(torchvision.models, name[3:])(**kwargs)
         return timm.create_model(name, pretrained=False)
 
 

@@ -193,11 +193,6 @@ def add_bam(
                 f"module that runs once, such as the block that contains it."
             )
         points = [calls[name] for name in at]
-        for name in at:  # every check before the first change: all of at, or nothing
-            try:
-                placement(model, name, BAM)
-            except ValueError as err:
-                raise ValueError(f"add_bam: {err}") from None
     p = next(model.parameters(), None)
     if p is not None:
         bam_kwargs.setdefault("device", p.device)
@@ -211,6 +206,11 @@ def add_bam(
             f"{r}, so BAM's bottleneck would be empty. Use reduction_ratio<={least}, or at= to "
             f"leave those points out."
         )
+    for c in points:  # every check before the first change: all of the BAMs, or none
+        try:
+            placement(model, c.path, BAM)
+        except ValueError as err:
+            raise ValueError(f"add_bam: {err}") from None
     report = BAMReport()
     for c in points:
         channels, size = int(c.output.shape[1]), tuple(int(s) for s in c.output.shape[2:])

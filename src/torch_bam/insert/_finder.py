@@ -117,9 +117,18 @@ def producer(calls: list[Call], d: Call) -> Call | None:
             continue
         if id(c) in readers or any(id(a) in readers for a in c.ancestors()):
             continue
+        if isinstance(c.module, nn.Identity):  # an empty slot (torch_bam's bam1) changes nothing
+            continue
         latest = c.start
         break
-    made = [c for c in calls if latest < c.end < d.start and c.result is t and c.runs == 1]
+    made = [
+        c
+        for c in calls
+        if latest < c.end < d.start
+        and c.result is t
+        and c.runs == 1
+        and not isinstance(c.module, nn.Identity)
+    ]
     return min(made, key=lambda c: (c.path.count("."), c.start), default=None)
 
 
