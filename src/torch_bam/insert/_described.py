@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._trace import Call, is_map
+from ._trace import Call, has_conv, is_map
 
 
 def _feature_info(model: nn.Module) -> list[dict] | None:
@@ -85,7 +85,7 @@ def described_stages(model: nn.Module, calls: list[Call]) -> list[Call] | None:
         resolved.pop()
     if len(resolved) < 2 or any(c is None for c in resolved):
         return None
-    conv_starts = [c.start for c in calls if any(p.dim() == 4 for p in c.module.parameters(False))]
+    conv_starts = [c.start for c in calls if has_conv(c.module)]
     stages: list[Call] = []
     prev_end = -1
     for c in resolved:
