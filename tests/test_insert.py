@@ -77,15 +77,11 @@ CASES = {
         [("features.1", 96, 16), ("features.3", 192, 8), ("features.5", 384, 4)],
         16,
     ),
-    # Pools: BAM after the ReLU before each max-pool but the last (no conv follows it).
+    # Pools: BAM after the ReLU before each max-pool but the last (no conv follows it). No
+    # block anywhere, so the first conv is the stem: none at 64x64 after VGG-11's single conv.
     "tv_vgg11_bn": (
         lambda: torchvision.models.vgg11_bn(),
-        [
-            ("features.2", 64, 64),
-            ("features.6", 128, 32),
-            ("features.13", 256, 16),
-            ("features.20", 512, 8),
-        ],
+        [("features.6", 128, 32), ("features.13", 256, 16), ("features.20", 512, 8)],
         16,
     ),
     # Stem (3x3/2 conv) straight into a stride-2 block: nothing runs at 32x32 but the stem's
@@ -106,11 +102,11 @@ CASES = {
         [("stage2", 48, 8), ("stage3", 96, 4)],
         16,
     ),
-    # A deep stem (3x3/2 conv, then two 3x3/1 convs at 32x32) is a stage by the rule: the
-    # stride-1 convs keep the size, so BAM goes before the max-pool.
+    # A deep stem (3x3/2 conv, then two 3x3/1 convs at 32x32, a plain Sequential) runs
+    # before the first block: stem, so no BAM in it, as in a ResNet's 7x7 stem.
     "timm_resnet18d": (
         lambda: timm.create_model("resnet18d", pretrained=False),
-        [("act1", 64, 32), ("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
+        [("layer1", 64, 16), ("layer2", 128, 8), ("layer3", 256, 4)],
         16,
     ),
     "timm_resnet50": (
@@ -123,7 +119,8 @@ CASES = {
         [("blocks.0", 16, 32), ("blocks.1", 24, 16), ("blocks.2", 40, 8), ("blocks.4", 112, 4)],
         8,
     ),
-    "plain_sequential": (plain_cnn, [("2", 32, 64), ("5", 64, 32)], 16),
+    # No block: the first conv is the stem; the second conv's stage gets the BAM.
+    "plain_sequential": (plain_cnn, [("5", 64, 32)], 16),
 }
 
 
@@ -236,7 +233,7 @@ def test_scriptable_fx_traceable_exportable():
 
 def test_sequential_parent_insertion_scripts_and_exports():
     model = add_bam(torchvision.models.vgg11_bn().eval(), torch.randn(2, 3, 64, 64))
-    assert "features.2_bam" in model.bam_report[0].bam_path
+    assert model.bam_report[0].bam_path == "features.6_bam"
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         want = model(x)
@@ -321,9 +318,9 @@ def test_add_bam_again_at_a_module_that_has_one_is_an_error():
     with pytest.raises(ValueError, match=r"conv1 already has a BAM after it \(conv1\.bam\)"):
         add_bam(model, x, at=["conv1"])
     plain = add_bam(plain_cnn(), x)
-    assert plain.bam_report[0].bam_path == "2_bam"
-    with pytest.raises(ValueError, match=r"2 already has a BAM after it \(2_bam\)"):
-        add_bam(plain, x, at=["2"])
+    assert plain.bam_report[0].bam_path == "5_bam"
+    with pytest.raises(ValueError, match=r"5 already has a BAM after it \(5_bam\)"):
+        add_bam(plain, x, at=["5"])
 
 
 def test_a_name_twice_in_at_is_an_error():
@@ -519,3 +516,180 @@ def test_deeplab_gets_bam_in_its_backbone_not_in_its_head():
     dilated = timm.create_model("resnet18", output_stride=8)
     add_bam(dilated, torch.randn(1, 3, 64, 64))
     assert [p.path for p in dilated.bam_report] == ["layer1", "layer2", "layer3"]
+
+
+def test_add_bam_keeps_each_modules_own_train_flag():
+    # A user freezes the BatchNorm statistics of a model in training mode; add_bam's trace
+    # (eval mode) must hand every module back in the mode it had.
+    model = torchvision.models.resnet18(weights=None).train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    before = {name: m.training for name, m in model.named_modules()}
+    add_bam(model, torch.randn(1, 3, 64, 64))
+    after = {name: m.training for name, m in model.named_modules() if name in before}
+    assert after == before
+    # The new BAMs follow the model's own flag (training), as before.
+    assert all(m.training for m in model.modules() if isinstance(m, BAM))
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward-pass finder: what used to hide a bottleneck, or fake one
+
+
+class _Residual(nn.Module):
+    """A block: two 3x3 convs and a shortcut (stride 2: a 1x1/2 shortcut)."""
+
+    def __init__(self, cin, cout, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
+        self.short = nn.Conv2d(cin, cout, 1, stride) if stride > 1 or cin != cout else None
+
+    def forward(self, x):
+        s = x if self.short is None else self.short(x)
+        return torch.relu(self.conv2(torch.relu(self.conv1(x))) + s)
+
+
+def test_a_container_that_starts_right_before_the_downsampling_hides_nothing():
+    # stage1 at 16x16, then a Sequential whose first block downsamples: the container's own
+    # start (just before its first block) used to hide stage1 from the finder.
+    net = nn.Sequential()
+    net.stem = nn.Conv2d(3, 16, 3, 2, 1)
+    net.stage1 = _Residual(16, 16)
+    net.rest = nn.Sequential(_Residual(16, 32, 2), _Residual(32, 32), _Residual(32, 64, 2))
+    add_bam(net, torch.randn(2, 3, 32, 32), reduction_ratio=4)
+    assert [(p.path, p.size) for p in net.bam_report] == [("stage1", (16, 16)), ("rest.1", (8, 8))]
+
+
+class _WindowPartition(nn.Module):
+    """A parameter-free reshape of [B, C, H, W] to [B, C, (H/p)*(W/p), p*p] (MaxViT)."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        p = 4
+        x = x.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5)
+        return x.reshape(b, c, (h // p) * (w // p), p * p)
+
+
+class _WindowReverse(nn.Module):
+    def forward(self, x):
+        b, c, n, pp = x.shape
+        side, p = int(n**0.5), int(pp**0.5)
+        x = x.reshape(b, c, side, side, p, p).permute(0, 1, 2, 4, 3, 5)
+        return x.reshape(b, c, side * p, side * p)
+
+
+def test_a_reshape_that_trades_height_for_width_is_no_downsampling():
+    # 24x24 -> 36x16 (windows of 4x4): H grows while W shrinks; it used to count as a
+    # downsampling, and so hid the real one after it.
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 2, 1),
+        _Residual(16, 16),
+        _WindowPartition(),
+        _WindowReverse(),
+        _Residual(16, 16),
+        _Residual(16, 32, 2),
+        _Residual(32, 32),
+    )
+    add_bam(net, torch.randn(2, 3, 48, 48), reduction_ratio=4)
+    assert [(p.path, p.size) for p in net.bam_report] == [("4", (24, 24))]
+
+
+def test_a_head_conv_after_the_last_pool_is_no_stage():
+    # timm's VGG head (ConvMlp): a 7x7 conv on the last pooled map. The stage before that
+    # pool is the last stage: no BAM after it.
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+    add_bam(net, torch.randn(2, 3, 32, 32), reduction_ratio=4)
+    assert [(p.path, p.size) for p in net.bam_report] == [("4", (16, 16))]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stem rule, both sides, whatever the nesting
+
+
+def _deep_stem_net(nested: bool) -> nn.Module:
+    stem = [nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1), nn.ReLU()]
+    body = [nn.MaxPool2d(2), _Residual(16, 16), _Residual(16, 32, 2), _Residual(32, 32)]
+    net = nn.Sequential()
+    if nested:  # stem in a Sequential, stages in a container that starts after it
+        net.stem = nn.Sequential(*stem)
+        net.stages = nn.Sequential(*body)
+    else:
+        for i, m in enumerate(stem + body):
+            net.add_module(str(i), m)
+    return net
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_deep_stem_gets_no_bam_however_it_is_nested(nested):
+    net = add_bam(_deep_stem_net(nested), torch.randn(2, 3, 32, 32), reduction_ratio=4)
+    # The stem's stride-1 conv keeps 16x16, yet it runs before the first block: no BAM there.
+    assert [p.size for p in net.bam_report] == [(8, 8)]
+    assert [p.path for p in net.bam_report] == ["stages.1" if nested else "5"]
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_block_right_after_the_stem_is_a_stage_however_it_is_nested(nested):
+    # The other side of the rule: a stride-1 block at /2 (MobileNetV2, EfficientNet).
+    net = nn.Sequential()
+    net.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1)) if nested else nn.Conv2d(3, 16, 3, 2, 1)
+    net.blocks = nn.Sequential(
+        _Residual(16, 16), _Residual(16, 32, 2), _Residual(32, 32), _Residual(32, 64, 2)
+    )  # fmt: skip
+    add_bam(net, torch.randn(2, 3, 32, 32), reduction_ratio=4)
+    assert [(p.path, p.size) for p in net.bam_report] == [
+        ("blocks.0", (16, 16)),
+        ("blocks.2", (8, 8)),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# bottlenecks() and insert_after(): the same places for another attention block
+
+
+class _SE(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+def test_bottlenecks_are_where_add_bam_puts_bam_and_insert_after_takes_any_module():
+    from torch_bam.insert import Bottleneck, bottlenecks, insert_after
+
+    x = torch.randn(2, 3, 64, 64)
+    places = bottlenecks(torchvision.models.resnet18(), x)
+    assert places == [
+        Bottleneck("layer1", 64, (16, 16)),
+        Bottleneck("layer2", 128, (8, 8)),
+        Bottleneck("layer3", 256, (4, 4)),
+    ]
+    model = add_bam(torchvision.models.resnet18(), x)
+    assert [(p.path, p.channels, p.size) for p in model.bam_report] == [tuple(b) for b in places]
+    # Any module, under a name of its own: appended, beside, and wrapped, keys unchanged.
+    net = torchvision.models.resnet18()
+    keys = set(net.state_dict())
+    assert insert_after(net, "layer1", _SE(64), name="se") == "layer1.se"
+    vgg = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+    assert insert_after(vgg, "1", _SE(8), name="se") == "1_se"
+    assert insert_after(net, "conv1", _SE(64), name="se") == "conv1.se"
+    assert keys <= set(net.state_dict())
+    assert {k for k in net.state_dict() if ".se." in k} == {
+        "layer1.se.fc.weight", "layer1.se.fc.bias", "conv1.se.fc.weight", "conv1.se.fc.bias"
+    }  # fmt: skip
+    fresh = torchvision.models.resnet18()
+    insert_after(fresh, "layer1", _SE(64), name="se")
+    insert_after(fresh, "conv1", _SE(64), name="se")
+    fresh.load_state_dict(net.state_dict())  # strict: the wrapped keys round-trip
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(x), net.eval()(x))
+    with pytest.raises(ValueError, match=r"layer1 already has a _SE after it \(layer1\.se\)"):
+        insert_after(net, "layer1", _SE(64), name="se")

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ._train_flags import evaluating
+
 __all__ = ["count_macs", "count_params"]
 
 
@@ -19,18 +21,14 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224)) -> int:
-    """Multiply-accumulates of one forward pass on a batch of ``input_size``, in eval mode.
+    """Multiply-accumulates of one forward pass on a batch of ``input_size``, in eval mode
+    (each module gets its own train flag back afterwards).
 
     The input is made on the model's device, so a model built under ``torch.device("meta")``
     is counted without any arithmetic.
     """
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(input_size, device=device, dtype=p.dtype if p is not None else None))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(input_size, device=device, dtype=p.dtype if p is not None else None))
     return counter.get_total_flops() // 2
