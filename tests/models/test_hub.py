@@ -96,7 +96,7 @@ def test_baseline_is_saved_under_its_timm_name(x, tmp_path):
 
 def test_hf_hub_names_load_through_the_hub_client(model, x, tmp_path, monkeypatch):
     huggingface_hub = pytest.importorskip("huggingface_hub")
-    folder = torch_bam.save_pretrained(model, tmp_path / "org" / "bam-small")
+    torch_bam.save_pretrained(model, tmp_path / "org" / "bam-small")
     asked = []
 
     def local_download(repo_id, filename, revision=None, **kwargs):
