@@ -36,6 +36,10 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ._cfg import get_pretrained_cfg
+from ._registry import _MODELS, _cfg_from_dict, create_model, unknown_model_hint
+from ._registry import _SOURCES as _SOURCE_LOADERS
+from ._timm import timm_name
 
 __all__ = ["create_from_source", "load_folder_config", "save_pretrained"]
 
@@ -95,9 +99,6 @@ def folder_config(
     pretrained_cfg: dict | None = None,
 ) -> dict[str, Any]:
     """The ``config.json`` of ``model`` (built by :func:`torch_bam.create_model`)."""
-    from ._registry import _MODELS
-    from ._timm import timm_name
-
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     arch = cfg.get("architecture")
     if arch not in _MODELS:
@@ -231,8 +232,6 @@ def _umask() -> int:
 
 
 def _architecture(name: object, where: str) -> str:
-    from ._registry import _MODELS, unknown_model_hint
-
     if isinstance(name, str) and name not in _MODELS and name.startswith("torch_bam_"):
         name = name[len("torch_bam_") :]  # a baseline under its timm name
     if not isinstance(name, str) or name not in _MODELS:
@@ -329,28 +328,22 @@ def create_from_source(
     source: str,
     ident: str,
     *,
-    arch: str | None = None,
     pretrained: bool = False,
     num_classes: int | None = None,
     features_only: bool = False,
     out_indices=None,
-    pretrained_cfg: dict | None = None,
     **kwargs,
 ) -> nn.Module:
     """Build the network a folder (``local-dir``) or Hub repository (``hf-hub``) describes,
     with its weights if ``pretrained``. ``kwargs`` override its recorded model arguments;
     ``num_classes`` other than the folder's gives a new classifier (fine-tuning)."""
-    from ._cfg import get_pretrained_cfg
     from ._pretrained import adapt_input_conv
-    from ._registry import _cfg_from_dict, create_model
 
     name = f"{source}:{ident}"
-    if pretrained_cfg is None:  # timm parsed config.json itself and hands it over otherwise
-        path = _fetch(source, ident, CONFIG_NAME)
-        arch, pcfg, args = load_folder_config(_read_json(path), str(path))
-    else:
-        arch = _architecture(arch or pretrained_cfg.get("architecture"), name)
-        pcfg, args = dict(pretrained_cfg), {}
+    if not ident:
+        raise UsageError(f"create_model({name!r}): give a folder or repository after {source}:.")
+    path = _fetch(source, ident, CONFIG_NAME)
+    arch, pcfg, args = load_folder_config(_read_json(path), str(path))
     args = {**args, **kwargs}
     args.pop("pretrained_model_args", None)  # timm's record of the same arguments
     saved_classes = pcfg.get("num_classes")
@@ -400,11 +393,5 @@ def create_from_source(
     return model
 
 
-def split_source(name: str) -> tuple[str, str] | None:
-    """``("local-dir", PATH)`` / ``("hf-hub", "org/name")`` for such a name, else None."""
-    source, sep, ident = name.partition(":")
-    if not sep or source not in SOURCES:
-        return None
-    if not ident:
-        raise UsageError(f"create_model({name!r}): nothing after {source}:; give a path or repo.")
-    return source, ident
+for _source in SOURCES:  # create_model("local-dir:PATH") and ("hf-hub:org/name") come here
+    _SOURCE_LOADERS[_source] = create_from_source

@@ -16,11 +16,12 @@ from torch import nn
 
 from ..errors import UsageError
 from ._cfg import PretrainedCfg, get_pretrained_cfg, register_pretrained_cfg, split_tag
-from ._hub import split_source
 
 __all__ = ["create_model", "list_models", "register_model", "register_pair"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# "local-dir" / "hf-hub" -> the loader of such names (models/_hub.py registers itself).
+_SOURCES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(
@@ -228,12 +229,11 @@ def create_model(
 
     The model carries its configuration as ``model.pretrained_cfg`` (and ``default_cfg``).
     """
-    source = split_source(name) if isinstance(name, str) else None
-    if source:  # a folder or Hub repository that save_pretrained wrote (models/_hub.py)
-        from ._hub import create_from_source
-
-        return create_from_source(
-            *source,
+    source, sep, ident = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if sep and source in _SOURCES:  # a folder or Hub repository (models/_hub.py)
+        return _SOURCES[source](
+            source,
+            ident,
             pretrained=pretrained,
             num_classes=num_classes,
             features_only=features_only,

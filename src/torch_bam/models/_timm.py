@@ -21,8 +21,7 @@ import sys
 import warnings
 
 from ._cfg import _CFGS, _DEFAULT_TAG
-from ._hub import SOURCES, create_from_source
-from ._registry import _MODELS, create_model
+from ._registry import _MODELS, _SOURCES, create_model
 
 __all__ = ["install", "register_with_timm", "timm_name"]
 
@@ -41,16 +40,9 @@ def _entrypoint(name: str):
     ):
         kwargs.pop("pretrained_model_args", None)  # timm's record of the folder's model_args
         source = pretrained_cfg.get("source") if isinstance(pretrained_cfg, dict) else None
-        if source in SOURCES:  # "local-dir:PATH" / "hf-hub:org/name": timm read config.json
+        if source in _SOURCES:  # "local-dir:PATH" / "hf-hub:org/name", as torch_bam loads it
             ident = pretrained_cfg["file" if source == "local-dir" else "hf_hub_id"]
-            return create_from_source(
-                source,
-                ident,
-                arch=name,
-                pretrained=pretrained,
-                pretrained_cfg=pretrained_cfg,
-                **kwargs,
-            )
+            return create_model(f"{source}:{ident}", pretrained=pretrained, **kwargs)
         return create_model(
             name,
             pretrained=pretrained,
