@@ -265,21 +265,27 @@ def _images(cfg: dict, batch: int, seed: int = 0) -> torch.Tensor:
     return (x - mean) / std
 
 
-def _median_ms(fn, x, runs: int) -> float:
-    for _ in range(3):  # warm-up: allocations, first-call compilation, backend choices
-        fn(x)
-    times = []
+def _median_ms(fns, x, runs: int) -> list[float]:
+    """Median milliseconds per call of each of ``fns`` on ``x``, timed in turns (one call of
+    each per turn), so that a machine's changing load weighs on all of them alike."""
+    for fn in fns:
+        for _ in range(3):  # warm-up: allocations, first-call compilation, backend choices
+            fn(x)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        start = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for fn, record in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn(x)
+            record.append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
-def _check_out(fmt: str, out: Path) -> None:
+def _check_out(fmt: str, out: Path, runs: int) -> None:
     """Refuse an output path that cannot be written, before any work."""
     from ._io import check_output_dir
 
+    if runs < 0:
+        raise UsageError(f"--runs {runs}: the timed calls must be 0 (no timing) or more.")
     if fmt not in FORMATS:
         raise UsageError(f"--to {fmt!r}: unknown format. Choose one of {', '.join(FORMATS)}.")
     if fmt == "folder":
@@ -374,10 +380,10 @@ def export(
     images (random pixels in [0, 1], normalised as in training) at each of ``batch_sizes``; a
     largest difference above :func:`tolerance` raises :class:`UsageError` and leaves nothing
     at ``out``. Speeds are medians of ``runs`` calls on the largest batch, on this machine
-    (``runs=0``: not timed).
+    (``runs=0``: not timed), timed in turns.
     """
     out = Path(out).expanduser()
-    _check_out(fmt, out)
+    _check_out(fmt, out, runs)
     model = source.model.eval()
     cfg = {**model.pretrained_cfg, **source.pretrained_cfg}
     images = [_images(cfg, b, seed=i) for i, b in enumerate(batch_sizes)]
@@ -420,8 +426,7 @@ def export(
         ms_original = ms_export = None
         if runs:
             with torch.inference_mode():
-                ms_original = _median_ms(model, images[-1], runs)
-                ms_export = _median_ms(run, images[-1], runs)
+                ms_original, ms_export = _median_ms((model, run), images[-1], runs)
         if fmt == "folder":  # the staged folder's content becomes the folder itself
             for p in tmp.iterdir():
                 os.replace(p, tmp.parent / p.name)
