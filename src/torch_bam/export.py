@@ -245,7 +245,7 @@ def model_card(source: Source, model: nn.Module) -> str:
         "",
         "```python",
         "import torch_bam",
-        'model = torch_bam.create_model("local-dir:PATH", pretrained=True).eval()',
+        'model = torch_bam.create_model("local-dir:PATH", pretrained=True).eval()  # PATH: here',
         "```",
         "",
     ]
@@ -302,6 +302,9 @@ def _check_out(fmt: str, out: Path, runs: int) -> None:
 @contextlib.contextmanager
 def _staged_file(out: Path):
     """A temporary file beside ``out``, renamed to it on success, removed on failure."""
+    from .models._hub import remove_empty
+
+    missing = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".torch-bam-tmp-", suffix=out.suffix, dir=out.parent)
     os.close(fd)
@@ -312,6 +315,7 @@ def _staged_file(out: Path):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        remove_empty(missing)
         raise
 
 
@@ -407,10 +411,21 @@ def export(
             tmp = stack.enter_context(_staged_file(out))
             deployed = _folded(model)
             folded = _count_bn(model) - _count_bn(deployed)
-            if fmt == "onnx":
-                run = _onnx_runner(deployed, images[-1], tmp)
-            else:
-                run = _torchscript_runner(deployed, tmp)
+            # torch.export takes a batch of 1 for a fixed size: show it a larger one.
+            example = images[-1] if len(images[-1]) > 1 else _images(cfg, 2)
+            try:
+                if fmt == "onnx":
+                    run = _onnx_runner(deployed, example, tmp)
+                else:
+                    run = _torchscript_runner(deployed, tmp)
+            except UsageError:
+                raise
+            except Exception as e:  # an operator the format lacks, say: one line, not pages
+                first = (str(e).strip().splitlines() or [""])[0][:200]
+                raise UsageError(
+                    f"the {fmt} export of {source.origin} failed ({type(e).__name__}: {first}); "
+                    f"nothing was written to {out}. Try the other format."
+                ) from None
         with torch.inference_mode():
             diffs = [
                 (run(x) - ref).abs().max().item() for x, ref in zip(images, reference, strict=True)

@@ -67,6 +67,12 @@ def test_create_model_local_dir_round_trip(model, x, tmp_path):
     tuned = torch_bam.create_model(f"local-dir:{folder}", pretrained=True, num_classes=3)
     assert tuned.num_classes == 3
     assert torch.equal(tuned.stages[0][0].weight, model.stages[0][0].weight)
+    # Other input channels: the first conv's filters adapted as timm adapts them.
+    from torch_bam.models._pretrained import adapt_input_conv
+
+    rgb = torch_bam.create_model(f"local-dir:{folder}", pretrained=True, in_chans=3)
+    first = model.stages[0][0].weight
+    assert torch.equal(rgb.stages[0][0].weight, adapt_input_conv(3, first, base_chans=1))
     feats = torch_bam.create_model(f"local-dir:{folder}", pretrained=True, features_only=True)
     assert len(feats(x)) == len(feats.feature_info)
 
@@ -124,7 +130,7 @@ def test_write_is_whole_or_nothing(model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors_torch, "save_file", full_disk)
     with pytest.raises(OSError):
-        torch_bam.save_pretrained(model, tmp_path / "m")
+        torch_bam.save_pretrained(model, tmp_path / "new" / "m")
     assert os.listdir(tmp_path) == []  # no folder, no temporary one
 
 

@@ -196,6 +196,7 @@ def _staged(directory: Path):
     """A temporary folder beside ``directory``, renamed to it once filled; on any failure
     removed, and ``directory`` left as it was."""
     parent = directory.parent
+    missing = [d for d in (parent, *parent.parents) if not d.exists()]  # deepest first
     try:
         parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".torch-bam-tmp-", dir=parent))
@@ -219,7 +220,15 @@ def _staged(directory: Path):
             os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        remove_empty(missing)
         raise
+
+
+def remove_empty(folders) -> None:
+    """Remove ``folders`` (deepest first) that a failed write created, if still empty."""
+    for d in folders:
+        with contextlib.suppress(OSError):
+            d.rmdir()
 
 
 def _umask() -> int:
