@@ -73,6 +73,7 @@ def test_create_model_local_dir_round_trip(model, x, tmp_path):
     rgb = torch_bam.create_model(f"local-dir:{folder}", pretrained=True, in_chans=3)
     first = model.stages[0][0].weight
     assert torch.equal(rgb.stages[0][0].weight, adapt_input_conv(3, first, base_chans=1))
+    assert rgb.pretrained_cfg["input_size"] == (3, 32, 32)
     feats = torch_bam.create_model(f"local-dir:{folder}", pretrained=True, features_only=True)
     assert len(feats(x)) == len(feats.feature_info)
 

@@ -361,6 +361,8 @@ def create_from_source(
     base = get_pretrained_cfg(arch).to_dict()
     keep = {k: v for k, v in pcfg.items() if k not in _SOURCE_FIELDS}
     cfg = _cfg_from_dict({**base, **keep, "architecture": arch, "model_args": {}})
+    if isinstance(args.get("in_chans"), int):  # the input it now takes (timm does the same)
+        cfg = cfg.replace(input_size=(args["in_chans"], *cfg.input_size[1:]))
     model = create_model(arch, num_classes=num_classes, **args)
     model.pretrained_cfg = model.default_cfg = {
         **cfg.to_dict(),
