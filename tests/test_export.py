@@ -100,7 +100,8 @@ def _refused(argv, tmp_path, capsys, match):
     assert sorted(os.listdir(tmp_path)) == before  # nothing written, no temporary file
 
 
-def test_bad_input_gets_one_line_and_leaves_nothing(checkpoint, tmp_path, capsys):
+def test_bad_input_gets_one_line_and_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # never the user's cache
     path, _ = checkpoint
     other = tmp_path / "other.pt"  # a checkpoint of another model, under this model's name
     net = torch_bam.create_model("small_cnn", in_chans=1)
@@ -117,6 +118,10 @@ def test_bad_input_gets_one_line_and_leaves_nothing(checkpoint, tmp_path, capsys
         "is a file",
     )
     _refused(["export", str(path), "--to", "onnx", "--out", str(tmp_path)], tmp_path, capsys, "")
+    # The output is checked before anything is loaded: a tag is not even looked for.
+    bad_out = str(blocker / "m.onnx")
+    tag = ["export", "bam_resnet50.ptcv_in1k", "--to", "onnx", "--out", bad_out]
+    _refused(tag, tmp_path, capsys, "is a file")
     _refused(["export", "nothing_here", "--to", "onnx", "--out", out], tmp_path, capsys, "tag")
 
 

@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -126,8 +127,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export, load_source
+    from .export import check_output, export, load_source
 
+    check_output(args.to, Path(args.out), args.runs)  # before any loading (or a download)
     source = load_source(args.checkpoint, file=args.file)
     for line in export(source, args.to, args.out, runs=args.runs).lines():
         print(line)

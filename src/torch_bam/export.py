@@ -39,7 +39,15 @@ from torch import nn
 
 from .errors import UsageError
 
-__all__ = ["FORMATS", "ExportReport", "Source", "export", "load_source", "tolerance"]
+__all__ = [
+    "FORMATS",
+    "ExportReport",
+    "Source",
+    "check_output",
+    "export",
+    "load_source",
+    "tolerance",
+]
 
 FORMATS = ("folder", "onnx", "torchscript")
 EPS = torch.finfo(torch.float32).eps
@@ -280,8 +288,9 @@ def _median_ms(fns, x, runs: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def _check_out(fmt: str, out: Path, runs: int) -> None:
-    """Refuse an output path that cannot be written, before any work."""
+def check_output(fmt: str, out: Path, runs: int) -> None:
+    """Refuse an unknown format, a bad ``runs`` or an output path that cannot be written,
+    before any work (:class:`UsageError`)."""
     from ._io import check_output_dir
 
     if runs < 0:
@@ -387,7 +396,7 @@ def export(
     (``runs=0``: not timed), timed in turns.
     """
     out = Path(out).expanduser()
-    _check_out(fmt, out, runs)
+    check_output(fmt, out, runs)
     model = source.model.eval()
     cfg = {**model.pretrained_cfg, **source.pretrained_cfg}
     images = [_images(cfg, b, seed=i) for i, b in enumerate(batch_sizes)]
