@@ -277,7 +277,9 @@ def _median_ms(fns, x, runs: int) -> list[float]:
     """Median milliseconds per call of each of ``fns`` on ``x``, timed in turns (one call of
     each per turn), so that a machine's changing load weighs on all of them alike."""
     for fn in fns:
-        for _ in range(3):  # warm-up: allocations, first-call compilation, backend choices
+        # Warm-up: allocations, first-call compilation, backend choices. On a CPU eager
+        # PyTorch's first several calls can take many times longer than the later ones.
+        for _ in range(max(5, runs)):
             fn(x)
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
