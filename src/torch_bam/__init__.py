@@ -7,7 +7,7 @@ from .attention import AttentionMaps, record_attention
 from .bam import BAM, ChannelGate, SpatialGate
 from .functional import bam_gate
 from .insert import BAMInsertion, BAMReport, add_bam
-from .models import create_model, list_models, list_pretrained
+from .models import create_model, list_models, list_pretrained, save_pretrained
 
 __version__ = "0.1.0"
 
@@ -24,4 +24,5 @@ __all__ = [
     "list_models",
     "list_pretrained",
     "record_attention",
+    "save_pretrained",
 ]

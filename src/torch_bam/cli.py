@@ -6,6 +6,7 @@ import argparse
 import errno
 import os
 import sys
+from pathlib import Path
 
 from .errors import UsageError
 
@@ -125,6 +126,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import check_output, export, load_source
+
+    check_output(args.to, Path(args.out), args.runs)  # before any loading (or a download)
+    source = load_source(args.checkpoint, file=args.file)
+    for line in export(source, args.to, args.out, runs=args.runs).lines():
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-bam", description="BAM, the Bottleneck Attention Module, for PyTorch."
@@ -186,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data loading workers (default 2)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(func=_eval)
+    p = sub.add_parser(
+        "export", help="a trained network as a shareable folder, ONNX or TorchScript, checked"
+    )
+    p.add_argument(
+        "checkpoint",
+        help="a .ckpt of torch-bam fit, a run directory, a demo checkpoint (.pt), a model "
+        "folder, or a published tag (bam_resnet50.ptcv_in1k)",
+    )
+    # Checked by the export itself (one line), not by argparse's usage message.
+    p.add_argument("--to", required=True, help="folder, onnx or torchscript")
+    p.add_argument("--out", required=True, help="the folder or file to write")
+    p.add_argument("--file", default=None, help="a published tag's weight file you have")
+    p.add_argument("--runs", type=int, default=10, help="timed calls of each (0: no timing)")
+    p.set_defaults(func=_export)
     whats = ("train", "evaluate on the validation set", "test")
     for name, what in zip(_LIGHTNING, whats, strict=True):
         sub.add_parser(

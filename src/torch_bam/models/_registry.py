@@ -20,6 +20,8 @@ from ._cfg import PretrainedCfg, get_pretrained_cfg, register_pretrained_cfg, sp
 __all__ = ["create_model", "list_models", "register_model", "register_pair"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# "local-dir" / "hf-hub" -> the loader of such names (models/_hub.py registers itself).
+_SOURCES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_model(
@@ -210,7 +212,8 @@ def create_model(
 
     Args:
         name: a registered name (:func:`list_models`), optionally with a weights tag
-            (``"bam_resnet50.official_in1k"``).
+            (``"bam_resnet50.official_in1k"``); or ``"local-dir:PATH"`` / ``"hf-hub:org/name"``,
+            a folder :func:`~torch_bam.save_pretrained` wrote (weights with ``pretrained=True``).
         num_classes: outputs of the classifier; default each model's own (1000 for ImageNet
             networks, 100 for CIFAR ones, 10 for the small CNN); 0 for none (the model then
             returns pooled features).
@@ -226,6 +229,17 @@ def create_model(
 
     The model carries its configuration as ``model.pretrained_cfg`` (and ``default_cfg``).
     """
+    source, sep, ident = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if sep and source in _SOURCES:  # a folder or Hub repository (models/_hub.py)
+        return _SOURCES[source](
+            source,
+            ident,
+            pretrained=pretrained,
+            num_classes=num_classes,
+            features_only=features_only,
+            out_indices=out_indices,
+            **kwargs,
+        )
     if file and not pretrained:
         raise UsageError(
             f"create_model({name!r}, file=...): file= names weights to load; pass "
@@ -242,6 +256,7 @@ def create_model(
     args = {**cfg.model_args, **kwargs, "num_classes": num_classes}
     model = _MODELS[arch](**args)
     model.pretrained_cfg = model.default_cfg = cfg.to_dict()
+    model._model_args = {k: v for k, v in args.items() if k != "num_classes"}  # save_pretrained
     if pretrained:
         _load_pretrained(model, cfg, num_classes, in_chans, file or cfg.file or None)
     if features_only:

@@ -21,7 +21,7 @@ import sys
 import warnings
 
 from ._cfg import _CFGS, _DEFAULT_TAG
-from ._registry import _MODELS, create_model
+from ._registry import _MODELS, _SOURCES, create_model
 
 __all__ = ["install", "register_with_timm", "timm_name"]
 
@@ -38,6 +38,11 @@ def _entrypoint(name: str):
     def build(
         pretrained=False, pretrained_cfg=None, pretrained_cfg_overlay=None, cache_dir=None, **kwargs
     ):
+        kwargs.pop("pretrained_model_args", None)  # timm's record of the folder's model_args
+        source = pretrained_cfg.get("source") if isinstance(pretrained_cfg, dict) else None
+        if source in _SOURCES:  # "local-dir:PATH" / "hf-hub:org/name", as torch_bam loads it
+            ident = pretrained_cfg["file" if source == "local-dir" else "hf_hub_id"]
+            return create_model(f"{source}:{ident}", pretrained=pretrained, **kwargs)
         return create_model(
             name,
             pretrained=pretrained,

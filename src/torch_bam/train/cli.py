@@ -35,6 +35,7 @@ from .checkpoints import (
 from .loggers import RunCSVLogger
 from .module import ImageClassifier, NonFiniteLossError
 from .progress import EpochLines, hide_tips, wants_lines
+from .share import ShareableFolder
 
 __all__ = ["BamCLI", "main"]
 
@@ -205,6 +206,8 @@ class BamCLI(LightningCLI):
             SaveOnSIGTERM(),
             RNGState(),
             MetricsJSON(os.path.join(run_dir, "metrics.json")),
+            # After MetricsJSON: its model card quotes metrics.json.
+            ShareableFolder(os.path.join(run_dir, "model"), run_dir),
         ]
         parser = self._parser(self.subcommand)
         extra = [self._get(self.config_init, c) for c in parser.callback_keys]
