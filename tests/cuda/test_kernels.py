@@ -447,3 +447,149 @@ def test_kernel_loops_have_compile_time_bounds():
         "    for i in range(0, n):\n        pass\n"
     )
     assert _range_loops(sample) == {"k: range(0, K, 4)": True, "k: range(0, n)": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe wherever it may run: counters, device, TF32
+
+
+def _module_tensors():
+    """Tensors the kernels module keeps between calls (in globals, or in dicts there)."""
+    found = []
+    for name, v in vars(kernels).items():
+        values = v.values() if isinstance(v, dict) else [v]
+        found += [name for t in values if isinstance(t, torch.Tensor)]
+    return found
+
+
+def test_counters_are_per_call_and_back_at_zero():
+    """No counter buffer lives in the module (under CUDA graphs a kept buffer sits in a graph
+    pool that later warm-ups free and reuse); a caller's buffer is zero again after each call
+    and may serve the next one."""
+    gen, seed = _gen()
+    x, c, s = _inputs((3, 70, 9, 9), torch.bfloat16, "channels_last", gen)
+    dy = _rand(gen, *x.shape, dtype=torch.bfloat16, layout="channels_last")
+    kernels.gate_backward(dy, x, c, s, False)
+    kernels.pool_reduce(x, _rand(gen, 4, 70))
+    assert _module_tensors() == []
+    tickets = kernels.counters(x)
+    assert tickets.dtype == torch.int32 and torch.equal(tickets, torch.zeros(3, dtype=torch.int32))
+    dc, ds = kernels.gate_backward_reduce(dy, x, c, s, False, tickets=tickets)
+    assert torch.equal(tickets, torch.zeros_like(tickets))
+    again = kernels.gate_backward_reduce(dy, x, c, s, False, tickets=tickets)
+    assert torch.equal(again[0], dc) and torch.equal(again[1], ds)
+    kernels.pool_reduce(x, _rand(gen, 4, 70), tickets=tickets)
+    assert torch.equal(tickets, torch.zeros_like(tickets))
+    with pytest.raises(ValueError, match="tickets must be an int32"):
+        kernels.pool_reduce(x, _rand(gen, 4, 70), tickets=torch.zeros(3))
+
+
+def test_every_launch_runs_under_its_tensors_device(monkeypatch):
+    """Triton launches on the current device: each launch must be inside a torch.cuda.device
+    guard for its tensors' device (a tensor on cuda:1 with cuda:0 current). Checked on fake
+    cuda:1 tensors, with the guard and the kernels recorded, for the gate op's kernels and the
+    block's."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    current = []
+    launches = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = torch.device(device)
+
+        def __enter__(self):
+            current.append(self.device)
+
+        def __exit__(self, *exc):
+            current.pop()
+
+    class Kernel:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: launches.append((self.name, list(current)))
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    names = ("_fwd_kernel", "_bwd_kernel", "_dx_kernel", "_pool_reduce_kernel",
+             "_mlp_fwd_kernel", "_mlp_bwd_kernel")  # fmt: skip
+    for name in names:
+        monkeypatch.setattr(kernels, name, Kernel(name))
+    dev = torch.device("cuda", 1)
+    with FakeTensorMode():
+        x = torch.empty(2, 32, 5, 5, device=dev)
+        c, s = torch.empty(2, 32, device=dev), torch.empty(2, 1, 5, 5, device=dev)
+        w, dr = torch.empty(2, 32, device=dev), torch.empty(2, 2, 5, 5, device=dev)
+        kernels.gate_forward(x, c, s, False)
+        kernels.gate_backward(x, x, c, s, False)
+        kernels.gate_backward_dx(x, c, s, False, w, dr, c)
+        kernels.pool_reduce(x, w)
+        h = [torch.empty(2, device=dev) for _ in range(5)]  # b1, gamma, beta, running mean, var
+        z, a, mean, invstd, _ = kernels.mlp_forward(c, w, *h, w.t().contiguous(), c[0], True,
+                                                    0.1, 1e-5)  # fmt: skip
+        kernels.mlp_backward(c, c, z, a, mean, invstd, h[1], w, w.t().contiguous(), True, True,
+                             h[0], h[2], c[0])  # fmt: skip
+    assert sorted({n for n, _ in launches}) == sorted(names)
+    assert all(guards == [dev] for _, guards in launches), launches
+
+
+def test_every_kernel_launch_goes_through_the_guarded_launcher():
+    """``kernel[grid](...)`` appears once in the module: in _launch (so the test above covers
+    every launch)."""
+    import ast
+
+    with open(kernels.__file__) as f:
+        tree = ast.parse(f.read())
+    calls = [
+        node for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript)
+    ]  # fmt: skip
+    assert len(calls) == 2 and all(ast.unparse(c.func) == "kernel[grid]" for c in calls)
+
+
+@pytest.mark.parametrize("matmul_tf32", [False, True])
+@pytest.mark.parametrize("cudnn_tf32", [False, True])
+def test_float32_dots_use_tf32_exactly_where_the_plain_path_does(
+    monkeypatch, matmul_tf32, cudnn_tf32
+):
+    """The 1x1 reduce's dots (pool_reduce, gate_backward_dx) follow cudnn.allow_tf32, like the
+    cuDNN conv they replace; the channel MLP's (mlp_forward, mlp_backward) follow
+    matmul.allow_tf32, like nn.Linear. bf16 never asks for TF32."""
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul_tf32, cudnn_tf32
+    try:
+        _check_precisions(monkeypatch, matmul_tf32, cudnn_tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def _check_precisions(monkeypatch, matmul_tf32, cudnn_tf32):
+    seen = {}
+    real = kernels._launch
+
+    def launch(kernel, grid, *args, **meta):
+        if "PRECISION" in meta:
+            seen.setdefault(kernel.fn.__name__, set()).add(meta["PRECISION"])
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(kernels, "_launch", launch)
+    gen, _ = _gen()
+    for dtype in (torch.float32, torch.bfloat16):
+        x, c, s = _inputs((2, 16, 3, 3), dtype, "nchw", gen)
+        w = _rand(gen, 2, 16)
+        kernels.pool_reduce(x, w)
+        kernels.gate_backward_dx(x, c, s, False, w, _rand(gen, 2, 2, 3, 3))
+        p = c.to(dtype)
+        h = [_rand(gen, 2).abs() + 0.5 for _ in range(5)]  # b1, gamma, beta, running mean, var
+        z, a, mean, invstd, _ = kernels.mlp_forward(p, w, *h, w.t().contiguous(), _rand(gen, 16),
+                                                    True, 0.1, 1e-5)  # fmt: skip
+        kernels.mlp_backward(p, p, z, a, mean, invstd, h[1], w, w.t().contiguous(), True, True,
+                             h[0], h[2], _rand(gen, 16))  # fmt: skip
+        want = {
+            "_pool_reduce_kernel": cudnn_tf32, "_dx_kernel": cudnn_tf32,
+            "_mlp_fwd_kernel": matmul_tf32, "_mlp_bwd_kernel": matmul_tf32,
+        }  # fmt: skip
+        for name, tf32 in want.items():
+            expected = "tf32" if tf32 and dtype == torch.float32 else "ieee"
+            assert seen.pop(name) == {expected}, (name, dtype)
