@@ -304,34 +304,43 @@ def test_no_timing_and_the_same_bits_on_every_call(monkeypatch):
         assert torch.equal(a, b)
 
 
-SM90_SHARED = 232_448  # bytes of shared memory a block may have on sm_90 (opt-in maximum)
-SM90_REGISTERS = 65_536  # per block (and at most 255 a thread)
+# Shared memory a block may have (opt-in maximum), by compute capability: sm_80 (A100),
+# sm_89 (L4/L40, and sm_86's limit), sm_90 (H100/H200). Registers: 64K per block, 255 a thread.
+SHARED = {80: 166_912, 89: 101_376, 90: 232_448}
+REGISTERS = 65_536
+TARGETS = (90, 80, 89)  # cuda/support.py's CAPABILITIES: sm_80 .. sm_90
 
 
-def test_every_variant_bam_resnet50_uses_fits_sm90(tmp_path):
-    """Compiled for sm_90 without a GPU (tests/cuda/compile_sm90.py): every kernel variant the
-    network's three blocks launch, in fp32/bf16/fp16 and both layouts, fits the shared memory
-    and registers of a Hopper block, with at most a few words spilled. The interpreter
-    runs Python, not the compiler: tile shapes that tl.dot rejects, or types that do not lower,
-    show up only here.
-    A fresh cache directory, so that it compiles (and ptxas reports) every time."""
+def test_every_variant_bam_resnet50_uses_compiles_for_sm80_sm89_sm90(tmp_path):
+    """Compiled without a GPU (tests/cuda/compile_targets.py): every kernel variant the
+    network's three blocks launch, in fp32/bf16/fp16 and both layouts for sm_90, bf16
+    channels_last and fp32 NCHW for sm_80 and sm_89, fits the target's shared memory and
+    registers, with at most a few words spilled. The interpreter runs Python, not the
+    compiler: tile shapes that tl.dot rejects, atomics a target lacks, or types that do not
+    lower, show up only here. A fresh cache directory, so that it compiles (and ptxas reports)
+    every time."""
+    from torch_bam.cuda import support
+
+    low, high = support.CAPABILITIES
+    assert {(t // 10, t % 10) for t in TARGETS} >= {low, high}  # the gate's range is compiled
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.join(os.path.dirname(__file__), "..", "..")
     env.update(PYTHONPATH=os.pathsep.join([root, *sys.path]), TRITON_CACHE_DIR=str(tmp_path))
-    script = os.path.join(os.path.dirname(__file__), "compile_sm90.py")
-    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True,
-                          timeout=900)  # fmt: skip
+    script = os.path.join(os.path.dirname(__file__), "compile_targets.py")
+    proc = subprocess.run([sys.executable, script, *map(str, TARGETS)], env=env,
+                          capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert proc.stdout.strip().endswith(f"done {len(rows)}")
-    kinds = {r["kernel"] for r in rows}
     expected = {"_pool_reduce_kernel", "_fwd_kernel", "_bwd_kernel", "_dx_kernel",
                 "_mlp_fwd_kernel", "_mlp_bwd_kernel"}  # fmt: skip
-    assert kinds == expected, kinds
+    for sm in TARGETS:
+        kinds = {r["kernel"] for r in rows if r["sm"] == sm}
+        assert kinds == expected, (sm, kinds)
     for r in rows:
-        assert r["shared"] <= SM90_SHARED, r
+        assert r["shared"] <= SHARED[r["sm"]], r
         assert r["registers"] is not None and r["registers"] <= 255, r
-        assert r["registers"] * 32 * r["num_warps"] <= SM90_REGISTERS, r
+        assert r["registers"] * 32 * r["num_warps"] <= REGISTERS, r
         # ptxas spills up to three words in a few of the gate backward's NCHW variants at
         # 40-64 registers (its choice, not pressure: the budget is 255; triton 3.6 and 3.8
         # alike); a tile that does not fit spills far more.

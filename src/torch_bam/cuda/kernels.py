@@ -50,9 +50,11 @@ dots follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_p
 
 Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
 the same on every run, rank and machine, so the reduction order -- and so the bits of every
-result -- never depends on timing. Each choice fits sm_90's 232,448 bytes of shared memory per
-block and its registers without spills; tests/cuda/test_kernels.py compiles every variant
-BAM-ResNet-50 uses for sm_90 and reads the compiled kernels' resource use. The interpreter
+result -- never depends on timing. Each choice fits the shared memory per block of sm_80
+(166,912 bytes), sm_89 (101,376) and sm_90 (232,448) and their registers without spills;
+tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets
+(tests/cuda/compile_targets.py) and reads the compiled kernels' resource use; the support gate
+(:mod:`torch_bam.cuda.support`) admits sm_80 to sm_90 only. The interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
 tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
 and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
@@ -648,7 +650,7 @@ def _upcast(dtype: torch.dtype) -> bool:
 # Tiles: functions of the shape alone (never timed), the same on every run and rank. Wide
 # along the contiguous axis L (vector loads, few partials for the row sums), 4096 elements a
 # program (8 warps for the gate, 4 for the kernels with tl.dot, which keep every side >= 16
-# and their operand tiles small enough for sm_90's shared memory at Triton's default
+# and their operand tiles small enough for sm_89's shared memory at Triton's default
 # pipelining depth).
 
 
