@@ -41,6 +41,7 @@ CAPABILITIES = ((8, 0), (9, 0))  # lowest and highest (major, minor) compiled fo
 TRITON_TESTED = ((3, 6), (4, 0))  # triton >= 3.6, < 4: what the tests and the GPU runs use
 TABLE = Path(__file__).with_name("verified.json")
 
+_PLAIN = "torch_bam.functional.set_backend('auto') (the plain path)"
 _REASONS: dict = {}  # (device type, index) -> [(reason, fix)]: a device does not change
 _VERIFIED: list = []  # the table's entries, loaded once
 
@@ -82,13 +83,13 @@ def _index(device: torch.device) -> int:
 def _triton_reasons() -> list[tuple[str, str]]:
     version = _triton_version()
     if version is None:
-        return [("triton is not installed", "pip install 'triton>=3.6,<4'")]
+        return [("triton is not installed", f"pip install 'triton>=3.6,<4', or {_PLAIN}")]
     low, high = TRITON_TESTED
     if not low <= _version_tuple(version) < high:
         return [(
             f"triton {version} is not a tested release (tested: >= {low[0]}.{low[1]}, "
             f"< {high[0]}.{high[1]})",
-            "pip install 'triton>=3.6,<4'",
+            f"pip install 'triton>=3.6,<4', or {_PLAIN}",
         )]  # fmt: skip
     return []
 
@@ -99,17 +100,18 @@ def _device_reasons(device: torch.device) -> list[tuple[str, str]]:
         if not _interpreted():
             out.append((
                 "CPU tensors run the Triton kernels only under the Triton interpreter",
-                "set TRITON_INTERPRET=1 before triton is imported, or move the tensors to an "
-                "NVIDIA GPU",
+                "set TRITON_INTERPRET=1 before triton is imported, move the tensors to an NVIDIA "
+                f"GPU, or {_PLAIN}",
             ))  # fmt: skip
         return out
     if device.type != "cuda":
-        return out + [(f"no Triton kernels for {device.type} tensors", "move them to CUDA")]
+        return out + [(f"no Triton kernels for {device.type} tensors",
+                       f"move them to an NVIDIA GPU, or {_PLAIN}")]  # fmt: skip
     if torch.version.hip is not None:
         return out + [(
             "this is a ROCm (HIP) build of torch: the kernels are built and checked for NVIDIA "
             "CUDA only",
-            "use the plain path",
+            _PLAIN,
         )]  # fmt: skip
     cc = tuple(torch.cuda.get_device_capability(_index(device)))
     low, high = CAPABILITIES
@@ -117,7 +119,7 @@ def _device_reasons(device: torch.device) -> list[tuple[str, str]]:
         out.append((
             f"compute capability {cc[0]}.{cc[1]} (sm_{cc[0]}{cc[1]}) is outside the "
             f"sm_{low[0]}{low[1]}..sm_{high[0]}{high[1]} the kernels are compiled and checked for",
-            "use the plain path",
+            _PLAIN,
         ))  # fmt: skip
     return out
 
@@ -144,7 +146,7 @@ def require(device: torch.device | str) -> None:
         reason, fix = why[0]
         raise RuntimeError(
             f"torch_bam: backend 'triton' cannot run on {torch.device(device)}: {reason}. "
-            f"Fix: {fix} (torch_bam.functional.set_backend('auto') runs the plain path)."
+            f"Fix: {fix}."
         )
 
 
