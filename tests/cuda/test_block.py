@@ -221,6 +221,28 @@ def test_weights_changed_behind_autograds_back_are_seen(change):
     torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
 
 
+def test_inference_casts_the_weights_in_one_launch(monkeypatch):
+    """Without a cache, each bf16 forward casts the block's weights again, in one
+    _foreach_copy_: the MLP's and the 3x3 convs' weights and biases (the reduce conv's are
+    cast by the kernel as it reads them)."""
+    block = randomize_(BAM(64)).eval()
+    x = _x((2, 64, 5, 5), layout="channels_last", requires_grad=False)
+    copies = []
+    real = torch._foreach_copy_
+
+    def foreach_copy(dst, src):
+        copies.append(src)
+        return real(dst, src)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", foreach_copy)
+    for _ in range(2):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x)
+    reduce_w = block.spatial_att.gate_s[0].weight
+    assert len(copies) == 2 and len(copies[0]) == 2 + 2 + 2 * 3  # 2 Linear, 3 convs (w, b)
+    assert all(t is not reduce_w for t in copies[0])
+
+
 def test_the_counters_are_made_per_step_and_left_at_zero():
     """The block makes its kernels' counters in its forward and hands them to its backward
     (none kept in a module, which CUDA graphs could not own); they are zero after each."""

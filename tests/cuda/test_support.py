@@ -157,3 +157,16 @@ def test_pyproject_admits_only_tested_versions():
     assert re.search(r'^dependencies = \["torch>=2\.11"\]$', text, re.M)
     assert re.search(r'^ *"triton>=3\.6,<4; ', text, re.M)
     assert support.TRITON_TESTED == ((3, 6), (4, 0))
+
+
+def test_one_calls_reasons_do_not_leak_into_the_next(monkeypatch):
+    """(The triton check is kept once for all devices: a device's own reasons are added to a
+    copy of it.)"""
+    support.clear_cache()
+    try:
+        monkeypatch.setattr(support, "_interpreted", lambda: False)
+        assert support.reasons("cpu")
+        monkeypatch.setattr(support, "_interpreted", lambda: True)
+        assert support.reasons("cpu") == []
+    finally:
+        support.clear_cache()

@@ -81,6 +81,13 @@ def _index(device: torch.device) -> int:
 
 
 def _triton_reasons() -> list[tuple[str, str]]:
+    got = _REASONS.get("triton")
+    if got is None:
+        got = _REASONS["triton"] = _check_triton()
+    return got
+
+
+def _check_triton() -> list[tuple[str, str]]:
     version = _triton_version()
     if version is None:
         return [("triton is not installed", f"pip install 'triton>=3.6,<4', or {_PLAIN}")]
@@ -95,7 +102,7 @@ def _triton_reasons() -> list[tuple[str, str]]:
 
 
 def _device_reasons(device: torch.device) -> list[tuple[str, str]]:
-    out = _triton_reasons()
+    out = list(_triton_reasons())  # a copy: the cached list is shared
     if device.type == "cpu":
         if not _interpreted():
             out.append((
@@ -130,8 +137,11 @@ def _key(device: torch.device) -> tuple:
 
 def reasons(device: torch.device | str) -> list[tuple[str, str]]:
     """``[(reason, fix), ...]``: why the Triton path cannot run on ``device`` (empty where it
-    can). Kept per device: clear with :func:`clear_cache` (tests faking a device do)."""
+    can). Kept per GPU: clear with :func:`clear_cache` (tests faking a device do); on CPU the
+    interpreter is asked each time."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return _device_reasons(device)
     key = _key(device)
     got = _REASONS.get(key)
     if got is None:
