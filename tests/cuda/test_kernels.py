@@ -602,3 +602,87 @@ def _check_precisions(monkeypatch, matmul_tf32, cudnn_tf32):
         for name, tf32 in want.items():
             expected = "tf32" if tf32 and dtype == torch.float32 else "ieee"
             assert seen.pop(name) == {expected}, (name, dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Faster: the finishing sum and the dx kernel's weight reads
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dx_programs_that_walk_several_tiles_give_the_same_bits(monkeypatch, layout):
+    """gate_backward_dx's programs are persistent: each holds one slice of W_r and walks every
+    NW-th tile of all images. With fewer programs than tiles (each takes several) dx is the
+    same, bit for bit, as with one tile a program."""
+    gen, seed = _gen()
+    shape = (3, 70, 9, 9)
+    dy = _rand(gen, *shape, dtype=torch.bfloat16, layout=layout)
+    c, s = _rand(gen, 3, 70, scale=2.0), _rand(gen, 3, 1, 9, 9, scale=2.0)
+    wr, dr, dpool = _rand(gen, 20, 70, scale=0.3), _rand(gen, 3, 20, 9, 9), _rand(gen, 3, 70)
+    one_each = kernels.gate_backward_dx(dy, c, s, False, wr, dr, dpool)
+    for programs in (1, 3):
+        monkeypatch.setattr(kernels, "DX_PROGRAMS", programs)
+        _poison()
+        dx = kernels.gate_backward_dx(dy, c, s, False, wr, dr, dpool)
+        assert torch.equal(dx, one_each), (programs, seed)
+
+
+def _launch_meta(monkeypatch, fn):
+    """(grid, meta) of every launch ``fn`` makes, on meta tensors (nothing runs)."""
+    seen = []
+    monkeypatch.setattr(kernels, "_launch", lambda k, grid, *a, **m: seen.append((k, grid, m)))
+    monkeypatch.setattr(kernels, "_check_x", lambda x, name: None)
+    fn()
+    return seen
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize(("ch", "side"), [(256, 56), (512, 28), (1024, 14)])
+def test_dx_reads_the_reduce_weight_once_per_program(monkeypatch, ch, side, layout):
+    """At BAM-ResNet-50's shapes (B=64, bf16) gate_backward_dx holds W_r's slice (all of K)
+    and reads it once per program: at most x's bytes, and at most a quarter of what one read
+    per tile cost (4.6x x's bytes at 1024@14 in channels_last). NCHW at K = 64 holds none
+    (registers: see _dx_tile)."""
+    b, k = 64, ch // 16
+    if layout == "nchw" and k > 32:
+        pytest.skip("NCHW with K > 32 reads W_r's chunks per tile")
+
+    def t(*shape, dt=torch.bfloat16, fmt=torch.contiguous_format):
+        return torch.empty(*shape, device="meta", dtype=dt).contiguous(memory_format=fmt)
+
+    fmt = _fmt(layout)
+    dy, c, s = t(b, ch, side, side, fmt=fmt), t(b, ch), t(b, 1, side, side)
+    w, dr = t(k, ch, dt=torch.float32), t(b, k, side, side, fmt=torch.channels_last)
+    ((kernel, grid, meta),) = _launch_meta(
+        monkeypatch, lambda: kernels.gate_backward_dx(dy, c, s, False, w, dr, c)
+    )
+    assert kernel is kernels._dx_kernel and meta["BK"] >= k  # the whole slice held
+    d, ll = (side * side, ch) if layout == "channels_last" else (ch, side * side)
+    tiles = b * -(-d // meta["BR"]) * -(-ll // meta["BL"])
+    slice_bytes = k * (meta["BL"] if layout == "channels_last" else meta["BR"]) * 4  # float32
+    x_bytes = dy.numel() * 2
+    assert grid[0] * slice_bytes <= x_bytes, (grid, slice_bytes, x_bytes)
+    assert grid[0] * 4 <= tiles, (grid, tiles)
+
+
+def test_the_finishing_sum_takes_every_part_at_once_at_bam_resnet50_shapes(monkeypatch):
+    """The last program of an image sums its partials in [parts, columns] tiles that hold all
+    the parts (at most 128) and about 4096 partials: a few steps, not one per 8 parts."""
+    b = 64
+    for ch, side in ((256, 56), (512, 28), (1024, 14)):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.empty(b, ch, side, side, device="meta", dtype=torch.bfloat16)
+            x = x.contiguous(memory_format=fmt)
+            c, s = torch.empty(b, ch, device="meta"), torch.empty(b, 1, side, side, device="meta")
+            w = torch.empty(ch // 16, ch, device="meta")
+            seen = _launch_meta(monkeypatch, lambda x=x, c=c, s=s, w=w: (
+                kernels.gate_backward_reduce(x, x, c, s, False, tickets=kernels.counters(x)),
+                kernels.pool_reduce(x, w, tickets=kernels.counters(x)),
+            ))  # fmt: skip
+            (_, _, bwd), (_, _, pool) = seen
+            n_lt = -(-(side * side if fmt == torch.contiguous_format else ch) // bwd["BL"])
+            n_rt = -(-(ch if fmt == torch.contiguous_format else side * side) // bwd["BR"])
+            n_pt = -(-side * side // pool["BP"])
+            for parts, p_tile, n_tile in ((n_lt, bwd["FIN_PR"], bwd["FIN_NR"]),
+                                          (n_rt, bwd["FIN_PC"], bwd["FIN_NC"]),
+                                          (n_pt, pool["FIN_P"], pool["FIN_N"])):  # fmt: skip
+                assert p_tile >= parts and p_tile * n_tile <= 4096, (ch, fmt, parts, p_tile)

@@ -61,6 +61,16 @@ and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's int
 cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
 cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
 share their pass over x).
+
+Weight reads: gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape
+alone): each holds the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in
+channels_last, 32 in NCHW, :func:`_dx_tile`) and walks that channel tile through every image,
+so the slice is read once per program, not once per tile (tests/cuda/test_kernels.py counts
+the bytes at BAM-ResNet-50's shapes; NCHW at K = 64 still reads it per tile).
+:func:`pool_reduce` still reads its ``[BK, BC]`` weight chunks once per 32-pixel program: its
+program walks all ``C`` channels, and the whole ``[h, C]`` weight (64 x 1024 at the last block)
+does not fit one program's registers; holding it in shared memory is a change to make and
+time on a GPU.
 """
 
 from __future__ import annotations
@@ -200,59 +210,102 @@ if triton is not None:
             _finish(pcol_ptr + base * n_rt * L, n_rt, L, col_ptr + base * L, L, 1.0, FIN_NC,
                     FIN_PC)  # fmt: skip
 
-    @triton.jit(do_not_specialize=_GRID_COUNTS)
+    @triton.jit
+    def _dx_weight(w_ptr, wt, D, L, K, CL: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+                   BK: tl.constexpr):  # fmt: skip
+        """W_r's slice for weight-side tile ``wt`` (K rows from 0): [BK, BL] of its columns in
+        channels_last, [BR, BK] (transposed) of its rows in NCHW."""
+        k = tl.arange(0, BK)
+        mk = k < K
+        if CL:  # (one return: the compiler types every return of a function alike)
+            col = wt * BL + tl.arange(0, BL)
+            w = tl.load(w_ptr + k[:, None] * L + col[None, :],
+                        mask=mk[:, None] & (col < L)[None, :], other=0.0)  # fmt: skip
+        else:
+            d = wt * BR + tl.arange(0, BR)
+            w = tl.load(w_ptr + k[None, :] * D + d[:, None],
+                        mask=(d < D)[:, None] & mk[None, :], other=0.0)  # fmt: skip
+        return w
+
+    @triton.jit(do_not_specialize=("B", "n_rt", "n_lt", "NW"))
     def _dx_kernel(
-        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, n_rt, n_lt, inv_hw,
+        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, B, D, L, n_rt, n_lt, NW, inv_hw,
         dr_sb, dr_sk, dr_sp,
         K: tl.constexpr, PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr,
         HAS_DR: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr,
         BL: tl.constexpr, BK: tl.constexpr,
     ):  # fmt: skip
-        b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
-        mask = md[:, None] & ml[None, :]
-        off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
-        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
-        cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
-        acc = dy * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
-        if HAS_POOL:  # dpool [B, C] is indexed like c: by rows in NCHW, by columns in CL
-            if CL:
-                pv = tl.load(pool_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
-                acc += pv[None, :] * inv_hw
-            else:
-                pv = tl.load(pool_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
-                acc += pv[:, None] * inv_hw
-        if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
-            ks = tl.arange(0, BK)
-            dr_base = dr_ptr + b.to(tl.int64) * dr_sb
-            for k0 in range(0, K, BK):  # K is a compile-time bound (see the module docstring)
-                k = k0 + ks
-                mk = k < K
-                if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
-                    a = tl.load(
-                        dr_base + d[:, None] * dr_sp + k[None, :] * dr_sk,
-                        mask=md[:, None] & mk[None, :], other=0.0,
-                    )  # fmt: skip
-                    w = tl.load(
-                        w_ptr + k[:, None] * L + col[None, :],
-                        mask=mk[:, None] & ml[None, :], other=0.0,
-                    )  # fmt: skip
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                    acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PRECISION)
-                else:  # rows are channels, columns pixels: W^T [BR, BK] @ dr [BK, BL]
-                    w = tl.load(
-                        w_ptr + k[None, :] * D + d[:, None],
-                        mask=md[:, None] & mk[None, :], other=0.0,
-                    )  # fmt: skip
-                    a = tl.load(
-                        dr_base + k[:, None] * dr_sk + col[None, :] * dr_sp,
-                        mask=mk[:, None] & ml[None, :], other=0.0,
-                    )  # fmt: skip
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                    acc = tl.dot(w.to(a.dtype), a, acc, input_precision=PRECISION)
-        tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+        # Persistent over the tiles that share one slice of W_r: the channel tile (columns in
+        # channels_last, rows in NCHW) is fixed per program, which walks every NW-th of the
+        # other tiles of all images. When all of K fits one step (K <= BK: every block of
+        # BAM-ResNet-50) the slice is read once per program, not once per tile.
+        W_HELD: tl.constexpr = HAS_DR and K <= BK
+        n_wt = n_lt if CL else n_rt
+        n_ot = n_rt if CL else n_lt
+        pid = tl.program_id(0)
+        wt = pid % n_wt
+        if W_HELD:
+            w_held = _dx_weight(w_ptr, wt, D, L, K, CL, BR, BL, BK)
+        t = pid // n_wt
+        while t < B * n_ot:
+            b = t // n_ot
+            ot = t % n_ot
+            rt = ot if CL else wt
+            lt = wt if CL else ot
+            d = rt * BR + tl.arange(0, BR)
+            col = lt * BL + tl.arange(0, BL)
+            md, ml = d < D, col < L
+            mask = md[:, None] & ml[None, :]
+            off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
+            dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+            cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+            acc = dy * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
+            if HAS_POOL:  # dpool [B, C] is indexed like c: by rows in NCHW, by columns in CL
+                if CL:
+                    pv = tl.load(pool_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+                    acc += pv[None, :] * inv_hw
+                else:
+                    pv = tl.load(pool_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+                    acc += pv[:, None] * inv_hw
+            if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
+                ks = tl.arange(0, BK)
+                dr_base = dr_ptr + b.to(tl.int64) * dr_sb
+                for k0 in range(0, K, BK):  # K is a compile-time bound (module docstring)
+                    k = k0 + ks
+                    mk = k < K
+                    if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
+                        a = tl.load(
+                            dr_base + d[:, None] * dr_sp + k[None, :] * dr_sk,
+                            mask=md[:, None] & mk[None, :], other=0.0,
+                        )  # fmt: skip
+                        if W_HELD:
+                            w = w_held
+                        else:
+                            w = tl.load(
+                                w_ptr + k[:, None] * L + col[None, :],
+                                mask=mk[:, None] & ml[None, :], other=0.0,
+                            )  # fmt: skip
+                        if UPCAST:
+                            a = a.to(tl.float32)
+                        acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PRECISION)
+                    else:  # rows are channels, columns pixels: W^T [BR, BK] @ dr [BK, BL]
+                        if W_HELD:
+                            w = w_held
+                        else:
+                            w = tl.load(
+                                w_ptr + k[None, :] * D + d[:, None],
+                                mask=md[:, None] & mk[None, :], other=0.0,
+                            )  # fmt: skip
+                        a = tl.load(
+                            dr_base + k[:, None] * dr_sk + col[None, :] * dr_sp,
+                            mask=mk[:, None] & ml[None, :], other=0.0,
+                        )  # fmt: skip
+                        if UPCAST:
+                            a = a.to(tl.float32)
+                        acc = tl.dot(w.to(a.dtype), a, acc, input_precision=PRECISION)
+            tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+            t += NW
 
     @triton.jit(do_not_specialize=("B", "K", "n_pt", "n_kt"))
     def _pool_reduce_kernel(
@@ -660,10 +713,29 @@ def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
     return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _dx_tile(d: int, ll: int, k: int) -> tuple[int, int, int, int]:
-    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth)."""
+def _dx_tile(d: int, ll: int, k: int, cl: bool) -> tuple[int, int, int, int]:
+    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth). All
+    of K in one step, so that a program holds its slice of W_r: up to 64 in channels_last
+    (dr's [BR, K] tile is the small operand), up to 32 in NCHW (there dr's [K, BL] tile is the
+    large one: at K = 64 it took 254 registers, and spilled in float32, on sm_90); else steps
+    of 32."""
     bl = max(16, min(128, _np2(ll)))
-    return max(16, min(4096 // bl, _np2(d))), bl, max(16, min(32, _np2(k))), 4
+    bk = max(16, _np2(k)) if k <= (64 if cl else 32) else 32
+    return max(16, min(4096 // bl, _np2(d))), bl, bk, 4
+
+
+# gate_backward_dx's persistent programs (fewer only when there are fewer tiles): about four a
+# multiprocessor on an H100, each holding its slice of W_r over a dozen or more tiles at
+# BAM-ResNet-50's shapes (one tile a program re-read it per tile: 4.6x x's bytes at 1024@14).
+DX_PROGRAMS = 512
+
+
+def _dx_grid(b: int, n_rt: int, n_lt: int, cl: bool) -> tuple[int, int]:
+    """(programs, NW): one program per weight-side tile (channel tile) and worker, each worker
+    taking every NW-th of the other tiles of all images; by shape alone."""
+    n_wt, n_ot = (n_lt, n_rt) if cl else (n_rt, n_lt)
+    nw = max(1, min(b * n_ot, -(-DX_PROGRAMS // n_wt)))
+    return n_wt * nw, nw
 
 
 def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
@@ -850,11 +922,12 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    br, bl, bk, warps = _dx_tile(d, ll, k) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    br, bl, bk, warps = _dx_tile(d, ll, k, cl) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
     n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    programs, nw = _dx_grid(b, n_rt, n_lt, cl)
     _launch(
-        _dx_kernel, (b * n_rt * n_lt,), dy, dx, rv, cv, dpool if dpool is not None else dy,
-        w_reduce if has_dr else dy, dr if has_dr else dy, d, ll, n_rt, n_lt, 1.0 / (h * w),
+        _dx_kernel, (programs,), dy, dx, rv, cv, dpool if dpool is not None else dy,
+        w_reduce if has_dr else dy, dr if has_dr else dy, b, d, ll, n_rt, n_lt, nw, 1.0 / (h * w),
         *dr_strides, K=max(k, 1), PRODUCT=product, CL=cl, HAS_POOL=dpool is not None,
         HAS_DR=has_dr, PRECISION=_precision(dy.dtype, "conv"), UPCAST=_upcast(dy.dtype), BR=br,
         BL=bl, BK=bk, num_warps=warps,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -46,7 +45,7 @@ _REASONS: dict = {}  # (device type, index) -> [(reason, fix)]: a device does no
 _VERIFIED: list = []  # the table's entries, loaded once
 
 
-def _triton_version() -> str | None:
+def _find_triton_version() -> str | None:
     """The installed triton's version without importing it (which takes seconds)."""
     for dist in ("triton", "pytorch-triton"):
         try:
@@ -60,6 +59,13 @@ def _triton_version() -> str | None:
     return None
 
 
+_INSTALLED = _find_triton_version()  # at import: importlib.metadata does not trace
+
+
+def _triton_version() -> str | None:
+    return _INSTALLED
+
+
 def _version_tuple(v: str) -> tuple[int, int]:
     parts = []
     for p in v.split("+")[0].split(".")[:2]:
@@ -69,11 +75,11 @@ def _version_tuple(v: str) -> tuple[int, int]:
 
 
 def _interpreted() -> bool:
-    if "triton" in __import__("sys").modules:  # decided when triton was imported
-        from . import kernels
+    """Whether the kernels run under the Triton interpreter (decided when triton is imported;
+    asked only under backend "triton", which imports them anyway)."""
+    from . import kernels
 
-        return kernels.INTERPRETED
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return kernels.INTERPRETED
 
 
 def _index(device: torch.device) -> int:
@@ -202,3 +208,4 @@ def clear_cache() -> None:
     """Forget what was found per device and the loaded table (for tests that fake a GPU)."""
     _REASONS.clear()
     _VERIFIED.clear()
+
