@@ -1004,10 +1004,13 @@ def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.flo
 MLP_MAX_HIDDEN = 128  # hidden units one program holds (BAM-ResNet-50: 16, 32, 64)
 
 
-def _mlp_tile(b: int, ch: int, hid: int) -> tuple[int, int, int, int]:
+def _mlp_tile(b: int, ch: int, hid: int, fma: bool) -> tuple[int, int, int, int]:
     """(BB, BH, BC, num_warps): BB rows of the batch and BC channels per step, all hidden
-    units at once."""
-    return max(16, min(32, _np2(b))), max(16, _np2(hid)), max(16, min(64, _np2(ch))), 4
+    units at once. ``fma``: float32 dots without TF32 (no tensor cores) take half the channels
+    a step: at 64 they spilled 52-252 bytes on sm_80 at C = 1024 (tests/cuda/
+    compile_targets.py)."""
+    bc = max(16, min(32 if fma else 64, _np2(ch)))
+    return max(16, min(32, _np2(b))), max(16, _np2(hid)), bc, 4
 
 
 def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, train: bool,
@@ -1031,12 +1034,12 @@ def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, 
     mean = torch.empty(hid, dtype=torch.float32, device=dev)
     invstd = torch.empty(hid, dtype=torch.float32, device=dev)
     c = torch.empty(b, ch, dtype=dt, device=dev)
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    prec = _precision(dt, "matmul")
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
     _launch(
         _mlp_fwd_kernel, (1,), pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2,
         z, a, mean, invstd, c, b, float(momentum), float(eps), C=ch, H=hid, TRAIN=train,
-        PRECISION=_precision(dt, "matmul"), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
-        num_warps=warps,
+        PRECISION=prec, UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc, num_warps=warps,
     )  # fmt: skip
     return z, a, mean, invstd, c
 
@@ -1054,12 +1057,13 @@ def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, nee
     grads = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in (w1, b1, gamma, beta, w2, b2)]
     dpool = torch.empty(b, ch, dtype=dt, device=dev) if need_dpool else None
     scratch = torch.empty(2, b, hid, dtype=dt, device=dev)  # da, dz
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    prec = _precision(dt, "matmul")
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
     _launch(
         _mlp_bwd_kernel, (1,), dc, pooled, z, a, mean, invstd, gamma, w1, w2, *grads,
         dpool if need_dpool else dc, scratch[0], scratch[1], b, C=ch, H=hid, TRAIN=train,
-        NEED_DPOOL=need_dpool, PRECISION=_precision(dt, "matmul"), UPCAST=_upcast(dt), BB=bb,
-        BH=bh, BC=bc, num_warps=warps,
+        NEED_DPOOL=need_dpool, PRECISION=prec, UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
+        num_warps=warps,
     )  # fmt: skip
     return (*grads, dpool)
 
