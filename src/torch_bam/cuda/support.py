@@ -7,8 +7,9 @@ the one place that checks it:
   refuses the kernels' ``input_precision="tf32"`` dots on gfx90a and gfx1100);
 - compute capability 8.0 to 9.0 (sm_80 .. sm_90): the capabilities the kernels are compiled
   for by tests/cuda/compile_targets.py (sm_80, sm_89, sm_90: the variants BAM-ResNet-50 uses
-  fit their shared memory and registers). Below sm_80 Triton has no bfloat16 ``tl.dot`` and below sm_70 ptxas
-  rejects the counters' ``.acq_rel`` atomics; newer GPUs have not been compiled for yet;
+  fit their shared memory and registers). Below sm_80 Triton has no bfloat16 ``tl.dot`` and
+  below sm_70 ptxas rejects the counters' ``.acq_rel`` atomics; newer GPUs have not been
+  compiled for yet;
 - the triton releases the tests run with (:data:`TRITON_TESTED`);
 - on CPU tensors, only under the Triton interpreter (``TRITON_INTERPRET=1``), as CI runs it.
 
