@@ -1,7 +1,7 @@
 """torch-bam's benchmarks: one entry point, one timer, one report.
 
     PYTHONPATH=src python benchmarks/bench.py all --device cpu      # writes benchmarks/RESULTS.md
-    PYTHONPATH=src python benchmarks/bench.py all --device cuda     # writes benchmarks/RESULTS_GPU.md
+    PYTHONPATH=src python benchmarks/bench.py all --device cuda --out /tmp/suite.md  # more rows
     PYTHONPATH=src python benchmarks/bench.py network --device cpu --out /tmp/r.md
     PYTHONPATH=src python benchmarks/bench.py all --device cuda --plan      # list the rows, run nothing
     PYTHONPATH=src python benchmarks/bench.py all --device cuda --dry-run --out /tmp/r.md
@@ -54,7 +54,7 @@ def _parse(argv):
     p.add_argument("suite", choices=[*SUITES, "all"], help="what to run")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
-        "--out", help="report path (default benchmarks/RESULTS.md on cpu, RESULTS_GPU.md on cuda)"
+        "--out", help="report path (default benchmarks/RESULTS.md on cpu; needed on cuda)"
     )
     p.add_argument(
         "--total-s", type=float, help="time budget in seconds (default: none on cpu, 510 on cuda)"
@@ -125,6 +125,13 @@ def main(argv=None) -> int:
                 file=sys.stderr,
             )
             return 2
+    if args.device == "cuda" and not args.plan and not args.out:
+        print(
+            "bench.py: give the CUDA suite an --out path. benchmarks/RESULTS_GPU.md is written by "
+            "benchmarks/gpu.py, the one command to run on a GPU machine.",
+            file=sys.stderr,
+        )
+        return 2
     rows = plan(args.suite, args.device, args.dry_run, args.only)
     if args.plan:
         for r in rows:
@@ -141,7 +148,7 @@ def main(argv=None) -> int:
     out = (
         Path(args.out)
         if args.out
-        else HERE / ("RESULTS.md" if args.device == "cpu" else "RESULTS_GPU.md")
+        else HERE / "RESULTS.md"
     )
     if args.device == "cpu":
         torch.set_num_threads(args.threads)

@@ -199,11 +199,10 @@ DRY_BLOCK_SHAPES = [(32, 8, 2), (64, 4, 2)]
 
 @contextlib.contextmanager
 def cuda_path(ctx: Ctx):
-    """The CUDA room for our blocks: on a GPU by default; in a dry run on CPU, the same code
-    under the Triton interpreter (backend "triton")."""
+    """The CUDA room (the Triton path) for our blocks: backend "triton" (the default on CUDA is
+    the plain path); in a dry run on CPU, the same code under the Triton interpreter."""
     backend = get_backend()
-    if ctx.tensor_device == "cpu":
-        set_backend("triton")
+    set_backend("triton")
     try:
         yield
     finally:

@@ -32,33 +32,48 @@ from ._validate import check_combine
 __all__ = ["bam_gate", "bam_gate_ref", "get_backend", "set_backend"]
 
 _BACKENDS = ("auto", "reference", "aten", "triton")
-_backend = "auto"
+_backend: str | None = None  # None: TORCH_BAM_BACKEND, else "auto"
 
 
 def set_backend(name: str) -> None:
-    """Choose how :func:`bam_gate` runs.
+    """Choose how BAM blocks and :func:`bam_gate` run.
 
-    ``"auto"`` (default): fused kernels where available; ``"aten"``: the registered op, but
-    always with the ATen composition; ``"reference"``: plain :func:`bam_gate_ref` (no custom
-    op); ``"triton"``: the registered op with the Triton kernels of :mod:`torch_bam.cuda` on
-    any device -- on CPU only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
-    triton is imported), so that CI without a GPU runs the CUDA code path. The environment
-    variable ``TORCH_BAM_FORCE_REFERENCE=1`` overrides this.
+    ``"auto"`` (default): on CPU the CPU room (C kernel, memory-saving autograd); on CUDA the
+    plain path (cuDNN layers and the ATen gate), unless the GPU's class is one on which
+    ``benchmarks/gpu.py`` measured the Triton path correct and faster
+    (``torch_bam/cuda/verified.json``, empty until such a run). ``"triton"``: the Triton path
+    (:mod:`torch_bam.cuda`) wherever it can run -- an NVIDIA GPU of compute capability 8.0 to
+    9.0 with a tested triton, or CPU tensors under the Triton interpreter
+    (``TRITON_INTERPRET=1`` set before triton is imported, as CI runs it); elsewhere the first
+    block or gate raises one line that names the reason and the fix. ``"aten"``: the
+    registered op, but always with the ATen composition; ``"reference"``: plain
+    :func:`bam_gate_ref` (no custom op).
+
+    Without a call, the environment variable ``TORCH_BAM_BACKEND`` (one of these names) gives
+    the backend. ``TORCH_BAM_FORCE_REFERENCE=1`` overrides both.
     """
     global _backend
     if name not in _BACKENDS:
         raise ValueError(f"set_backend: unknown backend {name!r}. Use one of {_BACKENDS}.")
     if name == "triton" and importlib.util.find_spec("triton") is None:
         raise RuntimeError(
-                "set_backend('triton'): triton is not installed. Install it (pip install triton)."
-            )
+            "set_backend('triton'): triton is not installed. Install it (pip install triton)."
+        )
     _backend = name
 
 
 def get_backend() -> str:
     if os.environ.get("TORCH_BAM_FORCE_REFERENCE", "") not in ("", "0"):
         return "reference"
-    return _backend
+    if _backend is not None:
+        return _backend
+    name = os.environ.get("TORCH_BAM_BACKEND", "") or "auto"
+    if name not in _BACKENDS:
+        raise ValueError(
+            f"TORCH_BAM_BACKEND={name!r} is not a backend: set it to one of {_BACKENDS}, or "
+            "unset it."
+        )
+    return name
 
 
 def bam_gate_ref(

@@ -190,6 +190,72 @@ def test_weights_changed_between_steps_are_cast_again():
         torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("change", ["p.data.mul_", "p.data = ...", "vector_to_parameters"])
+def test_weights_changed_behind_autograds_back_are_seen(change):
+    """Changes of a weight's values that keep its tensor and its version counter (a
+    hand-written EMA, many third-party optimizers) give the new weights' results under
+    autocast: the bf16 copies are not reused from an earlier call."""
+    block = randomize_(BAM(32)).eval()
+    x = _x(layout="channels_last", requires_grad=False)
+
+    def run():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return block(x)
+
+    before = run()
+    params = list(block.parameters())
+    if change == "p.data.mul_":
+        for p in params:
+            p.data.mul_(-1.5)
+    elif change == "p.data = ...":
+        for p in params:
+            p.data = p.data * -1.5
+    else:
+        vec = torch.nn.utils.parameters_to_vector(params)
+        torch.nn.utils.vector_to_parameters(vec * -1.5, params)
+    ours = run()
+    with _plain():
+        expected = run()
+    assert (expected - before).abs().max() > 0.1  # the change matters
+    torch.testing.assert_close(ours, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_inference_casts_the_weights_in_one_launch(monkeypatch):
+    """Without a cache, each bf16 forward casts the block's weights again, in one
+    _foreach_copy_: the MLP's and the 3x3 convs' weights and biases (the reduce conv's are
+    cast by the kernel as it reads them)."""
+    block = randomize_(BAM(64)).eval()
+    x = _x((2, 64, 5, 5), layout="channels_last", requires_grad=False)
+    copies = []
+    real = torch._foreach_copy_
+
+    def foreach_copy(dst, src):
+        copies.append(src)
+        return real(dst, src)
+
+    monkeypatch.setattr(torch, "_foreach_copy_", foreach_copy)
+    for _ in range(2):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            block(x)
+    reduce_w = block.spatial_att.gate_s[0].weight
+    assert len(copies) == 2 and len(copies[0]) == 2 + 2 + 2 * 3  # 2 Linear, 3 convs (w, b)
+    assert all(t is not reduce_w for t in copies[0])
+
+
+def test_the_counters_are_made_per_step_and_left_at_zero():
+    """The block makes its kernels' counters in its forward and hands them to its backward
+    (none kept in a module, which CUDA graphs could not own); they are zero after each."""
+    block, x = randomize_(BAM(32)).train(), _x()
+    y = block(x)
+    saved = [t for t in y.grad_fn.saved_tensors if t.dtype == torch.int32]
+    assert len(saved) == 1 and torch.equal(saved[0], torch.zeros(x.shape[0], dtype=torch.int32))
+    y.backward(torch.randn_like(y))
+    assert torch.equal(saved[0], torch.zeros(x.shape[0], dtype=torch.int32))
+    z = block(x)
+    assert [t for t in z.grad_fn.saved_tensors if t.dtype == torch.int32][0] is not saved[0]
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_inference_matches_plain_path(layout):
     block = randomize_(BAM(32)).eval()

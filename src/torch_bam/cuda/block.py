@@ -20,8 +20,9 @@ What the ops take and keep is named (:class:`_Spec`, :class:`_Params`, :class:`_
 
 The launches of one training step (forward + backward), at C = 256, r = 16:
 
-    forward   _foreach_copy_        the weights in the compute dtype, once per step (cached on
-                                    the parameters' version counters; nothing under fp32)
+    forward   _foreach_copy_        the weights in the compute dtype, once per step (nothing
+                                    under fp32)
+              zeros                 the kernels' counters, kept for backward
               pool_reduce           reads x: the pooled vector (finished in the kernel) and the
                                     1x1 reduce in one pass
               mlp_forward           the channel MLP, BatchNorm1d statistics and running
@@ -43,8 +44,10 @@ before the cast cache, the in-kernel finishing and the MLP kernels / now
 (``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches`` prints the first and
 last columns):
 
-    fp32, NCHW            50 / 49 / 29        bf16 autocast, NCHW            74 / 73 / 30
-    fp32, channels_last   53 / 46 / 28        bf16 autocast, channels_last   77 / 70 / 29
+    fp32, NCHW            50 / 49 / 30        bf16 autocast, NCHW            74 / 73 / 31
+    fp32, channels_last   53 / 46 / 29        bf16 autocast, channels_last   77 / 70 / 30
+
+(the last column includes the per-step counters' ``zeros``, one launch).
 
 Saved for backward: ``x``, every input of the spatial branch's BatchNorms and every output of
 its ReLUs (six ``C // r``-channel maps at two dilated convs), the channel MLP's [B, C]-sized
@@ -67,7 +70,6 @@ All the work runs on CUDA tensors; with ``torch_bam.functional.set_backend("trit
 
 from __future__ import annotations
 
-import weakref
 from typing import NamedTuple
 
 import torch
@@ -256,6 +258,7 @@ class _Saved(NamedTuple):
     sp_a: list[Tensor]  # each spatial ReLU's output
     bn_mean: list[Tensor]
     bn_invstd: list[Tensor]  # (running_mean, running_var) in these two for a frozen BN
+    one_tickets: list[Tensor]  # the kernels' counters (kernels.counters), zero between calls
 
 
 class _FakeKernels:
@@ -263,7 +266,11 @@ class _FakeKernels:
     (the same code as the real ones then runs on fake tensors, so both always agree)."""
 
     @staticmethod
-    def pool_reduce(x, w_reduce, b_reduce=None, pooled_dtype=torch.float32):
+    def counters(x):
+        return x.new_zeros((x.shape[0],), dtype=torch.int32)
+
+    @staticmethod
+    def pool_reduce(x, w_reduce, b_reduce=None, pooled_dtype=torch.float32, tickets=None):
         b, c, h, w = x.shape
         r = x.new_empty((b, w_reduce.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
         return x.new_empty((b, c), dtype=pooled_dtype), r
@@ -273,7 +280,7 @@ class _FakeKernels:
         return torch.empty_like(x, memory_format=_format(x))
 
     @staticmethod
-    def gate_backward_reduce(dy, x, c, s, product, out_dtype=torch.float32):
+    def gate_backward_reduce(dy, x, c, s, product, out_dtype=torch.float32, tickets=None):
         b, ch, h, w = x.shape
         return x.new_empty((b, ch), dtype=out_dtype), x.new_empty((b, 1, h, w), dtype=out_dtype)
 
@@ -356,7 +363,10 @@ def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool
     with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen here, explicitly
         # One pass over x: the pooled vector (finished in the kernel, in the compute dtype)
         # and the 1x1 reduce; the kernel casts the reduce conv's weights as it reads them.
-        a, r = k.pool_reduce(x, p.conv_w[0], p.conv_b[0], pooled_dtype=dtype)
+        # The counters are made here, once a step, and kept for backward (back at zero after
+        # each kernel): per step, not per module, so CUDA graphs own them like any activation.
+        tickets = k.counters(x)
+        a, r = k.pool_reduce(x, p.conv_w[0], p.conv_b[0], pooled_dtype=dtype, tickets=tickets)
         if _mlp_fused(x, p, spec):  # the channel MLP on [B, C], in one launch
             rm, rv = p.bn_rm[0], p.bn_rv[0]
             if spec.bn_train[0] and not in_place:
@@ -384,7 +394,7 @@ def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool
                 z = F.conv2d(sp_a[-1], wc.conv_w[j + 1], wc.conv_b[j + 1], 1, d, d)
         s = F.conv2d(sp_a[-1], wc.conv_w[-1], wc.conv_b[-1])
         y = k.gate_forward(x, c, s, spec.product)
-    saved = _Saved([c], [s], lin_in, hid_z, sp_z, sp_a, mean, invstd)
+    saved = _Saved([c], [s], lin_in, hid_z, sp_z, sp_a, mean, invstd, [tickets])
     packed = None if in_place else torch.cat(new) if new else x.new_empty((0,), dtype=torch.float32)
     return y, saved, packed
 
@@ -430,7 +440,8 @@ def _backward(k, dy: Tensor, x: Tensor, sv: _Saved, p: _Params, wc: _Weights, sp
         return dz
 
     with torch.autocast(x.device.type, enabled=False):
-        dc, ds = k.gate_backward_reduce(dy, x, c, s, spec.product, out_dtype=dtype)
+        dc, ds = k.gate_backward_reduce(dy, x, c, s, spec.product, out_dtype=dtype,
+                                        tickets=sv.one_tickets[0])  # fmt: skip
         # The channel MLP, last layer first.
         da, dpool = dc, None
         if _mlp_fused(x, p, spec):
@@ -636,13 +647,12 @@ def _param_index(spec: _Spec, field: str) -> int:
     return sum(_sizes(_Params._fields[:i], spec))
 
 
-# Compute-dtype copies of each block's weights, made once per step: reused while no weight has
-# changed (same tensors, same version counters), so the forward and backward of a step, and
-# every step with unchanged weights, cast nothing.
-_WEIGHT_CASTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _weights(block: nn.Module, p: _Params, dtype: torch.dtype) -> _Weights:
+def _weights(p: _Params, dtype: torch.dtype) -> _Weights:
+    """The weights in the compute dtype, cast on every forward (one ``_foreach_copy_``; the
+    backward uses the forward's). Not cached across calls: ``p.data.mul_()``, ``p.data = ...``
+    and ``torch.nn.utils.vector_to_parameters`` change a weight's values without a new tensor
+    or version, so no cheap key sees every change; the cast costs one launch and a few hundred
+    KB per block (tests/cuda/test_block.py), against a stale weight's silently wrong output."""
     src = [p.lin_w, p.lin_b, p.conv_w[1:], p.conv_b[1:]]
     flat = [t for group in src for t in group]
     if all(t.dtype == dtype for t in flat):
@@ -650,27 +660,13 @@ def _weights(block: nn.Module, p: _Params, dtype: torch.dtype) -> _Weights:
     elif torch.compiler.is_compiling():  # traced: the compiler fuses the casts
         out = [[_cast(t, dtype) for t in group] for group in src]
     else:
-        # The entry holds its source tensors: "the same tensor" is identity, not an id or an
-        # address that a freed tensor's successor (functional_call's fast weights) may reuse.
-        versions = [t._version for t in flat]
-        hit = _WEIGHT_CASTS.get(block)
-        if (
-            hit is not None
-            and hit[0] == dtype
-            and len(hit[1]) == len(flat)
-            and all(a is b for a, b in zip(hit[1], flat, strict=True))
-            and hit[2] == versions
-        ):
-            out = hit[3]
-        else:
-            with torch.no_grad():
-                casts = [torch.empty_like(t, dtype=dtype) for t in flat]  # same layouts
-                torch._foreach_copy_(casts, flat)  # one launch for all of them
-            out, i = [], 0
-            for group in src:
-                out.append(casts[i : i + len(group)])
-                i += len(group)
-            _WEIGHT_CASTS[block] = (dtype, flat, versions, out)
+        with torch.no_grad():
+            casts = [torch.empty_like(t, dtype=dtype) for t in flat]  # same layouts
+            torch._foreach_copy_(casts, flat)  # one launch for all of them
+        out, i = [], 0
+        for group in src:
+            out.append(casts[i : i + len(group)])
+            i += len(group)
     lin_w, lin_b, conv_w, conv_b = out
     return _Weights(lin_w, lin_b, [p.conv_w[0], *conv_w], [p.conv_b[0], *conv_b])
 
@@ -696,7 +692,7 @@ def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
         [m.bias for m in convs], [m.weight for m in bns], [m.bias for m in bns],
         [m.running_mean for m in bns], [m.running_var for m in bns],
     )  # fmt: skip
-    out = _BlockFunction.apply(spec, x, _weights(block, p, dtype), *_flat(p))
+    out = _BlockFunction.apply(spec, x, _weights(p, dtype), *_flat(p))
     trained = [m for m in bns if m.training]
     if trained:
         with torch.no_grad():

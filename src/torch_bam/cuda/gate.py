@@ -2,11 +2,12 @@
 ``torch_bam.cuda.kernels``, registered with ``torch.library`` for "cuda" (``torch_bam.functional``
 defines the ops; their in-place form keeps its default, the out-of-place op and a copy).
 
-By backend (``torch_bam.functional.set_backend``): ``"auto"`` runs the Triton kernels on the
-dtypes they take (float16, bfloat16, float32) when triton is installed, the ATen composition
-otherwise; ``"aten"`` always the ATen composition; ``"triton"`` the Triton kernels or a clear
-error. The CPU kernel (``torch_bam.cpu.gate``) hands CPU tensors here under ``"triton"``: they
-run through the Triton interpreter.
+By backend (``torch_bam.functional.set_backend``): ``"auto"`` runs the ATen composition (what
+was measured on GPUs), or the Triton kernels on the dtypes they take (float16, bfloat16,
+float32) on a GPU class listed in ``verified.json`` (``torch_bam.cuda.support``); ``"aten"``
+always the ATen composition; ``"triton"`` the Triton kernels, or one error line where they
+cannot run (``support.require``). The CPU kernel (``torch_bam.cpu.gate``) hands CPU tensors
+here under ``"triton"``: they run through the Triton interpreter.
 
 Nothing heavy is imported here: ``torch_bam.cuda.kernels`` (and triton) load on the first call.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import functional
+from . import support
 
 __all__ = ["gate_backward", "gate_forward"]
 
@@ -23,20 +25,18 @@ __all__ = ["gate_backward", "gate_forward"]
 def _triton_kernels(x: Tensor):
     """``torch_bam.cuda.kernels`` if it runs this call, else None (the ATen composition)."""
     backend = functional.get_backend()
-    if backend not in ("auto", "triton"):
+    if backend == "auto":
+        if x.device.type != "cuda" or not support.default_on(x.device):
+            return None  # the ATen composition: what was measured on GPUs
+    elif backend == "triton":
+        support.require(x.device)  # one line naming the reason and the fix
+    else:
         return None
     from . import kernels  # imports triton
 
-    if backend == "auto":
-        ok = kernels.triton is not None and x.dtype in kernels.DTYPES
-        return kernels if ok and x.device.type == "cuda" else None
-    if x.device.type == "cpu" and not kernels.INTERPRETED:
-        raise RuntimeError(
-            "bam_gate: backend 'triton' runs on CPU tensors only under the Triton interpreter. "
-            "Set TRITON_INTERPRET=1 in the environment before triton is imported, or move the "
-            "tensors to a CUDA device, or use set_backend('auto')."
-        )
     if x.dtype not in kernels.DTYPES:
+        if backend == "auto":
+            return None
         raise TypeError(
             f"bam_gate: backend 'triton' takes float16, bfloat16 or float32 tensors, got "
             f"{x.dtype}. Convert them, or use set_backend('auto')."

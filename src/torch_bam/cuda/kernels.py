@@ -35,27 +35,42 @@ of the one-pass backward's 3 N e. They are summed inside the same kernel, with n
 atomics: each program takes an int32 ticket per image after writing its partials, and the
 program that takes the last one sums that image's partials in a fixed order (so the result is
 the same on every run), writes the finished vector in the requested dtype and resets the
-ticket. No second launch, no ``.sum(0)``. The tickets live in a small zeroed buffer kept per
-device and stream (:func:`_tickets`). On an H100 a copy moves about 3 TB/s; the kernels aim at
-0.8 of that forward and 0.7 backward (``benchmarks/bench.py gate --device cuda`` measures it).
+ticket. No second launch, no ``.sum(0)``. The tickets live in a small zeroed buffer made per
+call (:func:`counters`; the block makes one per step and passes it from its forward to its
+backward), never kept in the module: that would not be safe under CUDA graphs. On an H100 a
+copy moves about 3 TB/s; the kernels aim at 0.8 of that forward and 0.7 backward
+(``benchmarks/gpu.py`` measures them).
 
 ``W_r^T @ dr`` (in gate_backward_dx) and ``conv1x1(x, W_r)`` (in pool_reduce) are per-pixel
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
 padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for float16 and
 bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
-``torch.backends.cudnn.allow_tf32``, like the convolution it replaces.
+``torch.backends.cudnn.allow_tf32``, like the convolution it replaces, and the channel MLP's
+dots follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_precision`).
 
 Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
 the same on every run, rank and machine, so the reduction order -- and so the bits of every
-result -- never depends on timing. Each choice fits sm_90's 232,448 bytes of shared memory per
-block and its registers without spills; tests/cuda/test_kernels.py compiles every variant
-BAM-ResNet-50 uses for sm_90 and reads the compiled kernels' resource use. The interpreter
+result -- never depends on timing. Each choice fits the shared memory per block of sm_80
+(166,912 bytes), sm_89 (101,376) and sm_90 (232,448) and their registers without spills;
+tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets
+(tests/cuda/compile_targets.py) and reads the compiled kernels' resource use; the support gate
+(:mod:`torch_bam.cuda.support`) admits sm_80 to sm_90 only. The interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
 tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
 and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
 cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
 cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
 share their pass over x).
+
+Weight reads: gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape
+alone): each holds the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in
+channels_last, 32 in NCHW, :func:`_dx_tile`) and walks that channel tile through every image,
+so the slice is read once per program, not once per tile (tests/cuda/test_kernels.py counts
+the bytes at BAM-ResNet-50's shapes; NCHW at K = 64 still reads it per tile).
+:func:`pool_reduce` still reads its ``[BK, BC]`` weight chunks once per 32-pixel program: its
+program walks all ``C`` channels, and the whole ``[h, C]`` weight (64 x 1024 at the last block)
+does not fit one program's registers; holding it in shared memory is a change to make and
+time on a GPU.
 """
 
 from __future__ import annotations
@@ -74,6 +89,7 @@ except ImportError:  # pragma: no cover - the core imports without triton
 __all__ = [
     "DTYPES",
     "INTERPRETED",
+    "counters",
     "gate_backward",
     "gate_backward_dx",
     "gate_backward_reduce",
@@ -126,7 +142,10 @@ if triton is not None:
     def _finish(part_ptr, n_parts, part_stride, out_ptr, n, scale, BN: tl.constexpr,
                 BP: tl.constexpr):  # fmt: skip
         """``out[i] = scale * sum_p part[p * part_stride + i]`` for i < n, in a fixed order.
-        ``while`` loops: n and n_parts are run-time values."""
+        Wide: a [BP, BN] tile of partials at a time (BP covers every part at BAM-ResNet-50's
+        shapes, BP * BN about 4096: :func:`_finish_tiles`), summed over the parts as a tree,
+        so the last program of an image takes a few steps, not one per 8 parts and 16-128
+        columns. ``while`` loops: n and n_parts are run-time values."""
         i0 = 0
         while i0 < n:
             i = i0 + tl.arange(0, BN)
@@ -161,6 +180,7 @@ if triton is not None:
         dy_ptr, x_ptr, rv_ptr, cv_ptr, dx_ptr, prow_ptr, pcol_ptr, row_ptr, col_ptr, tickets_ptr,
         B, D, L, n_rt, n_lt,
         PRODUCT: tl.constexpr, WRITE_DX: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+        FIN_NR: tl.constexpr, FIN_PR: tl.constexpr, FIN_NC: tl.constexpr, FIN_PC: tl.constexpr,
     ):  # fmt: skip
         b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
         mask = md[:, None] & ml[None, :]
@@ -185,69 +205,114 @@ if triton is not None:
         if _last_ticket(tickets_ptr, b, n_rt * n_lt):
             tl.atomic_xchg(tickets_ptr + b, 0)  # every program of image b has taken its ticket
             base = b.to(tl.int64)
-            _finish(prow_ptr + base * n_lt * D, n_lt, D, row_ptr + base * D, D, 1.0, BR, 8)
-            _finish(pcol_ptr + base * n_rt * L, n_rt, L, col_ptr + base * L, L, 1.0, BL, 8)
+            _finish(prow_ptr + base * n_lt * D, n_lt, D, row_ptr + base * D, D, 1.0, FIN_NR,
+                    FIN_PR)  # fmt: skip
+            _finish(pcol_ptr + base * n_rt * L, n_rt, L, col_ptr + base * L, L, 1.0, FIN_NC,
+                    FIN_PC)  # fmt: skip
 
-    @triton.jit(do_not_specialize=_GRID_COUNTS)
+    @triton.jit
+    def _dx_weight(w_ptr, wt, D, L, K, CL: tl.constexpr, BR: tl.constexpr, BL: tl.constexpr,
+                   BK: tl.constexpr):  # fmt: skip
+        """W_r's slice for weight-side tile ``wt`` (K rows from 0): [BK, BL] of its columns in
+        channels_last, [BR, BK] (transposed) of its rows in NCHW."""
+        k = tl.arange(0, BK)
+        mk = k < K
+        if CL:  # (one return: the compiler types every return of a function alike)
+            col = wt * BL + tl.arange(0, BL)
+            w = tl.load(w_ptr + k[:, None] * L + col[None, :],
+                        mask=mk[:, None] & (col < L)[None, :], other=0.0)  # fmt: skip
+        else:
+            d = wt * BR + tl.arange(0, BR)
+            w = tl.load(w_ptr + k[None, :] * D + d[:, None],
+                        mask=(d < D)[:, None] & mk[None, :], other=0.0)  # fmt: skip
+        return w
+
+    @triton.jit(do_not_specialize=("B", "n_rt", "n_lt", "NW"))
     def _dx_kernel(
-        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, D, L, n_rt, n_lt, inv_hw,
+        dy_ptr, dx_ptr, rv_ptr, cv_ptr, pool_ptr, w_ptr, dr_ptr, B, D, L, n_rt, n_lt, NW, inv_hw,
         dr_sb, dr_sk, dr_sp,
         K: tl.constexpr, PRODUCT: tl.constexpr, CL: tl.constexpr, HAS_POOL: tl.constexpr,
         HAS_DR: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr, BR: tl.constexpr,
         BL: tl.constexpr, BK: tl.constexpr,
     ):  # fmt: skip
-        b, rt, lt, d, col, md, ml = _tile(tl.program_id(0), n_rt, n_lt, D, L, BR, BL)
-        mask = md[:, None] & ml[None, :]
-        off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
-        dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
-        rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
-        cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
-        acc = dy * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
-        if HAS_POOL:  # dpool [B, C] is indexed like c: by rows in NCHW, by columns in CL
-            if CL:
-                pv = tl.load(pool_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
-                acc += pv[None, :] * inv_hw
-            else:
-                pv = tl.load(pool_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
-                acc += pv[:, None] * inv_hw
-        if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
-            ks = tl.arange(0, BK)
-            dr_base = dr_ptr + b.to(tl.int64) * dr_sb
-            for k0 in range(0, K, BK):  # K is a compile-time bound (see the module docstring)
-                k = k0 + ks
-                mk = k < K
-                if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
-                    a = tl.load(
-                        dr_base + d[:, None] * dr_sp + k[None, :] * dr_sk,
-                        mask=md[:, None] & mk[None, :], other=0.0,
-                    )  # fmt: skip
-                    w = tl.load(
-                        w_ptr + k[:, None] * L + col[None, :],
-                        mask=mk[:, None] & ml[None, :], other=0.0,
-                    )  # fmt: skip
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                    acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PRECISION)
-                else:  # rows are channels, columns pixels: W^T [BR, BK] @ dr [BK, BL]
-                    w = tl.load(
-                        w_ptr + k[None, :] * D + d[:, None],
-                        mask=md[:, None] & mk[None, :], other=0.0,
-                    )  # fmt: skip
-                    a = tl.load(
-                        dr_base + k[:, None] * dr_sk + col[None, :] * dr_sp,
-                        mask=mk[:, None] & ml[None, :], other=0.0,
-                    )  # fmt: skip
-                    if UPCAST:
-                        a = a.to(tl.float32)
-                    acc = tl.dot(w.to(a.dtype), a, acc, input_precision=PRECISION)
-        tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+        # Persistent over the tiles that share one slice of W_r: the channel tile (columns in
+        # channels_last, rows in NCHW) is fixed per program, which walks every NW-th of the
+        # other tiles of all images. When all of K fits one step (K <= BK: every block of
+        # BAM-ResNet-50) the slice is read once per program, not once per tile.
+        W_HELD: tl.constexpr = HAS_DR and K <= BK
+        n_wt = n_lt if CL else n_rt
+        n_ot = n_rt if CL else n_lt
+        pid = tl.program_id(0)
+        wt = pid % n_wt
+        if W_HELD:
+            w_held = _dx_weight(w_ptr, wt, D, L, K, CL, BR, BL, BK)
+        t = pid // n_wt
+        while t < B * n_ot:
+            b = t // n_ot
+            ot = t % n_ot
+            rt = ot if CL else wt
+            lt = wt if CL else ot
+            d = rt * BR + tl.arange(0, BR)
+            col = lt * BL + tl.arange(0, BL)
+            md, ml = d < D, col < L
+            mask = md[:, None] & ml[None, :]
+            off = b.to(tl.int64) * D * L + d[:, None] * L + col[None, :]
+            dy = tl.load(dy_ptr + off, mask=mask, other=0.0).to(tl.float32)
+            rv = tl.load(rv_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+            cv = tl.load(cv_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+            acc = dy * (1.0 + _sigmoid_gate(rv, cv, PRODUCT))
+            if HAS_POOL:  # dpool [B, C] is indexed like c: by rows in NCHW, by columns in CL
+                if CL:
+                    pv = tl.load(pool_ptr + b * L + col, mask=ml, other=0.0).to(tl.float32)
+                    acc += pv[None, :] * inv_hw
+                else:
+                    pv = tl.load(pool_ptr + b * D + d, mask=md, other=0.0).to(tl.float32)
+                    acc += pv[:, None] * inv_hw
+            if HAS_DR:  # + W_r^T @ dr per pixel; W_r [K, C] contiguous, dr [B, K, HW] by strides
+                ks = tl.arange(0, BK)
+                dr_base = dr_ptr + b.to(tl.int64) * dr_sb
+                for k0 in range(0, K, BK):  # K is a compile-time bound (module docstring)
+                    k = k0 + ks
+                    mk = k < K
+                    if CL:  # rows are pixels, columns channels: dr^T [BR, BK] @ W [BK, BL]
+                        a = tl.load(
+                            dr_base + d[:, None] * dr_sp + k[None, :] * dr_sk,
+                            mask=md[:, None] & mk[None, :], other=0.0,
+                        )  # fmt: skip
+                        if W_HELD:
+                            w = w_held
+                        else:
+                            w = tl.load(
+                                w_ptr + k[:, None] * L + col[None, :],
+                                mask=mk[:, None] & ml[None, :], other=0.0,
+                            )  # fmt: skip
+                        if UPCAST:
+                            a = a.to(tl.float32)
+                        acc = tl.dot(a, w.to(a.dtype), acc, input_precision=PRECISION)
+                    else:  # rows are channels, columns pixels: W^T [BR, BK] @ dr [BK, BL]
+                        if W_HELD:
+                            w = w_held
+                        else:
+                            w = tl.load(
+                                w_ptr + k[None, :] * D + d[:, None],
+                                mask=md[:, None] & mk[None, :], other=0.0,
+                            )  # fmt: skip
+                        a = tl.load(
+                            dr_base + k[:, None] * dr_sk + col[None, :] * dr_sp,
+                            mask=mk[:, None] & ml[None, :], other=0.0,
+                        )  # fmt: skip
+                        if UPCAST:
+                            a = a.to(tl.float32)
+                        acc = tl.dot(w.to(a.dtype), a, acc, input_precision=PRECISION)
+            tl.store(dx_ptr + off, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+            t += NW
 
     @triton.jit(do_not_specialize=("B", "K", "n_pt", "n_kt"))
     def _pool_reduce_kernel(
         x_ptr, w_ptr, bias_ptr, r_ptr, ppool_ptr, pooled_ptr, tickets_ptr, B, HW, K, n_pt, n_kt,
         inv_hw, C: tl.constexpr, CL: tl.constexpr, HAS_BIAS: tl.constexpr,
         PRECISION: tl.constexpr, UPCAST: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
-        BK: tl.constexpr,
+        BK: tl.constexpr, FIN_N: tl.constexpr, FIN_P: tl.constexpr,
     ):  # fmt: skip
         # A program owns BP pixels x BK outputs of one image and walks all channels, so r needs
         # no partials; the pool's per-pixel-tile partials go to ppool [B, n_pt, C], and the
@@ -308,7 +373,8 @@ if triton is not None:
         if kt == 0:
             if _last_ticket(tickets_ptr, b, n_pt):
                 tl.atomic_xchg(tickets_ptr + b, 0)
-                _finish(ppool_base, n_pt, C, pooled_ptr + b.to(tl.int64) * C, C, inv_hw, BC, 8)
+                _finish(ppool_base, n_pt, C, pooled_ptr + b.to(tl.int64) * C, C, inv_hw, FIN_N,
+                        FIN_P)  # fmt: skip
 
     # The channel MLP with one hidden layer, Linear -> BatchNorm1d -> ReLU -> Linear, on
     # [B, C]: tiny (C/r hidden units), so one program does all of it, walking B in BB-row
@@ -617,10 +683,15 @@ def _np2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
-        return "ieee"
-    return "tf32"  # ignored by tl.dot for float16/bfloat16 operands
+def _precision(dtype: torch.dtype, kind: str) -> str:
+    """tl.dot's input_precision: TF32 for float32 exactly where the plain path's layer would use
+    it -- ``kind="conv"`` (the 1x1 reduce, as cuDNN) follows ``torch.backends.cudnn.allow_tf32``
+    (default on), ``kind="matmul"`` (the channel MLP, as nn.Linear / cuBLAS) follows
+    ``torch.backends.cuda.matmul.allow_tf32`` (default off)."""
+    if dtype != torch.float32:
+        return "ieee"  # ignored by tl.dot for float16/bfloat16 operands
+    flag = torch.backends.cudnn if kind == "conv" else torch.backends.cuda.matmul
+    return "tf32" if flag.allow_tf32 else "ieee"
 
 
 def _upcast(dtype: torch.dtype) -> bool:
@@ -632,7 +703,7 @@ def _upcast(dtype: torch.dtype) -> bool:
 # Tiles: functions of the shape alone (never timed), the same on every run and rank. Wide
 # along the contiguous axis L (vector loads, few partials for the row sums), 4096 elements a
 # program (8 warps for the gate, 4 for the kernels with tl.dot, which keep every side >= 16
-# and their operand tiles small enough for sm_90's shared memory at Triton's default
+# and their operand tiles small enough for sm_89's shared memory at Triton's default
 # pipelining depth).
 
 
@@ -642,10 +713,29 @@ def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
     return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _dx_tile(d: int, ll: int, k: int) -> tuple[int, int, int, int]:
-    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth)."""
+def _dx_tile(d: int, ll: int, k: int, cl: bool) -> tuple[int, int, int, int]:
+    """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth). All
+    of K in one step, so that a program holds its slice of W_r: up to 64 in channels_last
+    (dr's [BR, K] tile is the small operand), up to 32 in NCHW (there dr's [K, BL] tile is the
+    large one: at K = 64 it took 254 registers, and spilled in float32, on sm_90); else steps
+    of 32."""
     bl = max(16, min(128, _np2(ll)))
-    return max(16, min(4096 // bl, _np2(d))), bl, max(16, min(32, _np2(k))), 4
+    bk = max(16, _np2(k)) if k <= (64 if cl else 32) else 32
+    return max(16, min(4096 // bl, _np2(d))), bl, bk, 4
+
+
+# gate_backward_dx's persistent programs (fewer only when there are fewer tiles): about four a
+# multiprocessor on an H100, each holding its slice of W_r over a dozen or more tiles at
+# BAM-ResNet-50's shapes (one tile a program re-read it per tile: 4.6x x's bytes at 1024@14).
+DX_PROGRAMS = 512
+
+
+def _dx_grid(b: int, n_rt: int, n_lt: int, cl: bool) -> tuple[int, int]:
+    """(programs, NW): one program per weight-side tile (channel tile) and worker, each worker
+    taking every NW-th of the other tiles of all images; by shape alone."""
+    n_wt, n_ot = (n_lt, n_rt) if cl else (n_rt, n_lt)
+    nw = max(1, min(b * n_ot, -(-DX_PROGRAMS // n_wt)))
+    return n_wt * nw, nw
 
 
 def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
@@ -654,29 +744,51 @@ def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
     return max(16, min(32, _np2(hw))), max(16, min(64, _np2(ch))), max(16, min(64, _np2(k))), 4
 
 
+FINISH_ELEMENTS = 4096  # partials the last program sums per step of its finishing loop
+
+
+def _finish_tiles(suffix: str, n_parts: int, n: int) -> dict:
+    """The finishing reduction's tile, by shape alone: every part at once where it fits
+    (at most 128), the columns filling FINISH_ELEMENTS. Meta-parameters ``FIN_N{suffix}``
+    (columns) and ``FIN_P{suffix}`` (parts)."""
+    bp = max(2, min(128, _np2(n_parts)))
+    bn = max(16, min(_np2(n), FINISH_ELEMENTS // bp))
+    return {f"FIN_N{suffix}": bn, f"FIN_P{suffix}": bp}
+
+
 def _launch(kernel, grid: tuple, *args, **meta):
-    """Every kernel launch goes through here (tests compile each one for sm_90 through it)."""
-    kernel[grid](*args, **meta)
-
-
-_TICKETS: dict = {}
-
-
-def _tickets(device: torch.device, n: int) -> Tensor:
-    """A zeroed int32 buffer of at least n tickets, one per image: the last program of an image
-    resets its ticket, so one buffer serves every launch that follows on the same stream. Per
-    device and stream (kernels on two streams may overlap); fresh (and zeroed by the captured
-    graph) inside a CUDA graph capture, whose memory must not outlive the graph's pool."""
-    if device.type == "cuda":
-        if torch.cuda.is_current_stream_capturing():
-            return torch.zeros(n, dtype=torch.int32, device=device)
-        key = (device, torch.cuda.current_stream(device).stream_id)
+    """Every kernel launch goes through here (tests compile each one for several targets
+    through it). Triton launches on the current device and its current stream: under a
+    ``torch.cuda.device`` guard for the first tensor's device, that is the tensors' device (a
+    tensor on cuda:1 with cuda:0 current would otherwise be read from the wrong device)."""
+    dev = next(a.device for a in args if isinstance(a, Tensor))
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            kernel[grid](*args, **meta)
     else:
-        key = (device, 0)
-    buf = _TICKETS.get(key)
-    if buf is None or buf.numel() < n:
-        buf = _TICKETS[key] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-    return buf
+        kernel[grid](*args, **meta)
+
+
+def counters(x: Tensor, n: int | None = None) -> Tensor:
+    """A zeroed int32 buffer of one ticket per image for :func:`pool_reduce` and
+    :func:`gate_backward_reduce`. Each kernel leaves it at zero again (the last program of an
+    image resets its ticket), so a caller may pass the same buffer to the calls it makes in
+    order on one stream (the block passes its forward's to its backward). Made per call, never
+    kept in a module: under CUDA graphs (``torch.compile(mode="reduce-overhead")``) a buffer
+    kept across calls would live in a graph's memory pool, which later warm-ups free and
+    reuse."""
+    return torch.zeros(x.shape[0] if n is None else n, dtype=torch.int32, device=x.device)
+
+
+def _check_counters(t: Tensor | None, x: Tensor, name: str) -> Tensor:
+    if t is None:
+        return counters(x)
+    if t.dtype != torch.int32 or t.device != x.device or t.numel() < x.shape[0]:
+        raise ValueError(
+            f"{name}: tickets must be an int32 tensor of at least {x.shape[0]} zeros on "
+            f"{x.device} (kernels.counters(x)), got {t.dtype} {list(t.shape)} on {t.device}."
+        )
+    return t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +814,8 @@ def gate_forward(x: Tensor, c: Tensor, s: Tensor, product: bool) -> Tensor:
     return y
 
 
-def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype, name: str):
+def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype, name: str,
+              tickets: Tensor | None = None):  # fmt: skip
     _check_x(x, name)
     if dy.shape != x.shape:
         raise ValueError(f"{name}: dy has shape {list(dy.shape)}, x has {list(x.shape)}.")
@@ -727,8 +840,9 @@ def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype
     col = torch.empty(b, ll, device=x.device, dtype=out_dtype)
     _launch(
         _bwd_kernel, (b * n_rt * n_lt,), dy, x, rv, cv, dx if write_dx else x, prow, pcol, row, col,
-        _tickets(x.device, b), b, d, ll, n_rt, n_lt, PRODUCT=product, WRITE_DX=write_dx, BR=br,
-        BL=bl, num_warps=warps,
+        _check_counters(tickets, x, name), b, d, ll, n_rt, n_lt, PRODUCT=product,
+        WRITE_DX=write_dx, BR=br, BL=bl, **_finish_tiles("R", n_lt, d),
+        **_finish_tiles("C", n_rt, ll), num_warps=warps,
     )  # fmt: skip
     dc, ds = (col, row) if cl else (row, col)  # see the module docstring: NCHW rows = channels
     return dx, dc.reshape(b, ch), ds.reshape(b, 1, h, w)
@@ -736,15 +850,15 @@ def _backward(dy, x, c, s, product: bool, write_dx: bool, out_dtype: torch.dtype
 
 def gate_backward_reduce(
     dy: Tensor, x: Tensor, c: Tensor, s: Tensor, product: bool,
-    out_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype = torch.float32, tickets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One pass over x and dy: ``dl = dy * x * g * (1 - g)``, ``g = sigmoid(c (+|*) s)``.
 
     Returns ``dc`` (sum of dl over pixels, times s for product) ``[B, C]`` and ``ds`` (sum over
     channels, times c for product) ``[B, 1, H, W]``, summed in float32 and written in
-    ``out_dtype``.
+    ``out_dtype``. ``tickets``: a buffer from :func:`counters` (made here if None).
     """
-    _, dc, ds = _backward(dy, x, c, s, product, False, out_dtype, "gate_backward_reduce")
+    _, dc, ds = _backward(dy, x, c, s, product, False, out_dtype, "gate_backward_reduce", tickets)
     return dc, ds
 
 
@@ -808,26 +922,28 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    br, bl, bk, warps = _dx_tile(d, ll, k) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    br, bl, bk, warps = _dx_tile(d, ll, k, cl) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
     n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
+    programs, nw = _dx_grid(b, n_rt, n_lt, cl)
     _launch(
-        _dx_kernel, (b * n_rt * n_lt,), dy, dx, rv, cv, dpool if dpool is not None else dy,
-        w_reduce if has_dr else dy, dr if has_dr else dy, d, ll, n_rt, n_lt, 1.0 / (h * w),
+        _dx_kernel, (programs,), dy, dx, rv, cv, dpool if dpool is not None else dy,
+        w_reduce if has_dr else dy, dr if has_dr else dy, b, d, ll, n_rt, n_lt, nw, 1.0 / (h * w),
         *dr_strides, K=max(k, 1), PRODUCT=product, CL=cl, HAS_POOL=dpool is not None,
-        HAS_DR=has_dr, PRECISION=_precision(dy.dtype), UPCAST=_upcast(dy.dtype), BR=br, BL=bl,
-        BK=bk, num_warps=warps,
+        HAS_DR=has_dr, PRECISION=_precision(dy.dtype, "conv"), UPCAST=_upcast(dy.dtype), BR=br,
+        BL=bl, BK=bk, num_warps=warps,
     )  # fmt: skip
     return dx
 
 
 def pool_reduce(
     x: Tensor, w_reduce: Tensor, b_reduce: Tensor | None = None,
-    pooled_dtype: torch.dtype = torch.float32,
+    pooled_dtype: torch.dtype = torch.float32, tickets: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` (summed in float32, written
     in ``pooled_dtype``), and ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's
     dtype, always channels_last (the 3x3 convolutions after it run fastest so on a GPU). The
-    weights may be any float dtype: the kernel casts them to x's."""
+    weights may be any float dtype: the kernel casts them to x's. ``tickets``: a buffer from
+    :func:`counters` (made here if None)."""
     name = "pool_reduce"
     _check_x(x, name)
     b, ch, h, w = x.shape
@@ -851,10 +967,11 @@ def pool_reduce(
     pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
     _launch(
         _pool_reduce_kernel, (b * n_pt * n_kt,), x, w_reduce,
-        b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled, _tickets(x.device, b),
+        b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled,
+        _check_counters(tickets, x, name),
         b, hw, k, n_pt, n_kt, 1.0 / hw, C=ch, CL=_is_cl(x), HAS_BIAS=b_reduce is not None,
-        PRECISION=_precision(x.dtype), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
-        num_warps=warps,
+        PRECISION=_precision(x.dtype, "conv"), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
+        **_finish_tiles("", n_pt, ch), num_warps=warps,
     )  # fmt: skip
     return pooled, r
 
@@ -887,10 +1004,13 @@ def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.flo
 MLP_MAX_HIDDEN = 128  # hidden units one program holds (BAM-ResNet-50: 16, 32, 64)
 
 
-def _mlp_tile(b: int, ch: int, hid: int) -> tuple[int, int, int, int]:
+def _mlp_tile(b: int, ch: int, hid: int, fma: bool) -> tuple[int, int, int, int]:
     """(BB, BH, BC, num_warps): BB rows of the batch and BC channels per step, all hidden
-    units at once."""
-    return max(16, min(32, _np2(b))), max(16, _np2(hid)), max(16, min(64, _np2(ch))), 4
+    units at once. ``fma``: float32 dots without TF32 (no tensor cores) take half the channels
+    a step: at 64 they spilled 52-252 bytes on sm_80 at C = 1024 (tests/cuda/
+    compile_targets.py)."""
+    bc = max(16, min(32 if fma else 64, _np2(ch)))
+    return max(16, min(32, _np2(b))), max(16, _np2(hid)), bc, 4
 
 
 def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, train: bool,
@@ -914,11 +1034,12 @@ def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, 
     mean = torch.empty(hid, dtype=torch.float32, device=dev)
     invstd = torch.empty(hid, dtype=torch.float32, device=dev)
     c = torch.empty(b, ch, dtype=dt, device=dev)
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    prec = _precision(dt, "matmul")
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
     _launch(
         _mlp_fwd_kernel, (1,), pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2,
         z, a, mean, invstd, c, b, float(momentum), float(eps), C=ch, H=hid, TRAIN=train,
-        PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc, num_warps=warps,
+        PRECISION=prec, UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc, num_warps=warps,
     )  # fmt: skip
     return z, a, mean, invstd, c
 
@@ -936,11 +1057,12 @@ def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, nee
     grads = [torch.empty(t.shape, dtype=t.dtype, device=dev) for t in (w1, b1, gamma, beta, w2, b2)]
     dpool = torch.empty(b, ch, dtype=dt, device=dev) if need_dpool else None
     scratch = torch.empty(2, b, hid, dtype=dt, device=dev)  # da, dz
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid)
+    prec = _precision(dt, "matmul")
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
     _launch(
         _mlp_bwd_kernel, (1,), dc, pooled, z, a, mean, invstd, gamma, w1, w2, *grads,
         dpool if need_dpool else dc, scratch[0], scratch[1], b, C=ch, H=hid, TRAIN=train,
-        NEED_DPOOL=need_dpool, PRECISION=_precision(dt), UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
+        NEED_DPOOL=need_dpool, PRECISION=prec, UPCAST=_upcast(dt), BB=bb, BH=bh, BC=bc,
         num_warps=warps,
     )  # fmt: skip
     return (*grads, dpool)

@@ -1,10 +1,13 @@
-"""Compile every kernel variant BAM-ResNet-50 launches for sm_90 (no GPU needed) and print
-each one's resource use as JSON lines; run by tests/cuda/test_kernels.py in a subprocess.
+"""Compile every kernel variant BAM-ResNet-50 launches for NVIDIA targets (no GPU needed) and
+print each one's resource use as JSON lines; run by tests/cuda/test_kernels.py in a subprocess:
+``python tests/cuda/compile_targets.py 80 89 90`` (compute capabilities, default 90; the
+first target gets every dtype and layout, the others the two the benchmarks run: bf16
+channels_last and fp32 NCHW).
 
 The kernels are reached through the public functions of torch_bam.cuda.kernels, called on meta
 tensors of the network's shapes, with ``kernels._launch`` replaced by Triton's ``warmup`` (which
 compiles exactly what a launch would, with the same specialisation, and launches nothing) and a
-stand-in driver that names an sm_90 target. Registers and spills come from the log of the
+stand-in driver that names the target. Registers and spills come from the log of the
 ptxas run Triton makes (TRITON_DUMP_PTXAS_LOG); a fresh TRITON_CACHE_DIR makes it compile.
 """
 
@@ -25,17 +28,20 @@ BATCH = 64
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
-class _SM90:
-    """What Triton's JIT asks of a driver before it compiles."""
+class _Target:
+    """What Triton's JIT asks of a driver before it compiles: a stand-in for an sm_<cc> GPU."""
+
+    def __init__(self, cc: int):
+        self.cc = cc
 
     def get_current_device(self):
-        return 0
+        return self.cc  # Triton keeps one compile cache (and target) per device: one per cc
 
     def get_current_stream(self, device=None):
         return 0
 
     def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
+        return GPUTarget("cuda", self.cc, 32)
 
     def get_device_interface(self):
         return torch.cuda
@@ -59,34 +65,12 @@ def _ptxas(log: str) -> dict:
     return out
 
 
-def main() -> int:
-    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
-    driver.set_active(_SM90())
-    from torch_bam.cuda import kernels as k
-
-    seen: dict = {}
-
-    def launch(kernel, grid, *args, **meta):
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):  # Triton prints ptxas's log when it compiles
-            compiled = kernel.warmup(*args, grid=grid, **meta)
-        key = (kernel.fn.__name__, compiled.hash)
-        if key not in seen:
-            row = {"kernel": kernel.fn.__name__, "num_warps": compiled.metadata.num_warps,
-                   "shared": compiled.metadata.shared, **_ptxas(log.getvalue())}
-            row["meta"] = {n: v for n, v in meta.items() if isinstance(v, (int, bool, str))}
-            row["dtypes"] = [str(a.dtype)[6:] for a in args if isinstance(a, torch.Tensor)]
-            row["shape"] = [list(a.shape) for a in args if isinstance(a, torch.Tensor)][0]
-            seen[key] = row
-            print(json.dumps(row), flush=True)
-
-    k._launch = launch
-    k._check_x = lambda x, name: None  # meta tensors: shapes only
-
+def _launches(k, dtypes, formats) -> None:
+    """Every launch of the three blocks' training and inference steps, and of the gate op."""
     for ch, side in SHAPES:
         h = ch // 16
-        for dtype in DTYPES:
-            for fmt in (torch.contiguous_format, torch.channels_last):
+        for dtype in dtypes:
+            for fmt in formats:
                 def t(*shape, dt=dtype, fmt=torch.contiguous_format):
                     return torch.empty(*shape, device="meta", dtype=dt).contiguous(
                         memory_format=fmt
@@ -110,9 +94,44 @@ def main() -> int:
                                    f32[1], b2)  # fmt: skip
                 # The bam_gate op's (the plain path's gate on CUDA).
                 k.gate_backward(x, x, c, s, False)
+
+
+def main(argv: list[str]) -> int:
+    targets = [int(a) for a in argv] or [90]
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
+    from torch_bam.cuda import kernels as k
+
+    seen: dict = {}
+    cc = [0]
+
+    def launch(kernel, grid, *args, **meta):
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # Triton prints ptxas's log when it compiles
+            compiled = kernel.warmup(*args, grid=grid, **meta)
+        key = (cc[0], kernel.fn.__name__, compiled.hash)
+        if key not in seen:
+            row = {"sm": cc[0], "kernel": kernel.fn.__name__,
+                   "num_warps": compiled.metadata.num_warps, "shared": compiled.metadata.shared,
+                   **_ptxas(log.getvalue())}  # fmt: skip
+            row["meta"] = {n: v for n, v in meta.items() if isinstance(v, (int, bool, str))}
+            row["dtypes"] = [str(a.dtype)[6:] for a in args if isinstance(a, torch.Tensor)]
+            row["shape"] = [list(a.shape) for a in args if isinstance(a, torch.Tensor)][0]
+            seen[key] = row
+            print(json.dumps(row), flush=True)
+
+    k._launch = launch
+    k._check_x = lambda x, name: None  # meta tensors: shapes only
+    for i, target in enumerate(targets):
+        cc[0] = target
+        driver.set_active(_Target(target))
+        if i == 0:
+            _launches(k, DTYPES, (torch.contiguous_format, torch.channels_last))
+        else:  # what the benchmarks run, and both layouts of both dtype kinds
+            _launches(k, (torch.bfloat16,), (torch.channels_last,))
+            _launches(k, (torch.float32,), (torch.contiguous_format,))
     print("done", len(seen))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
