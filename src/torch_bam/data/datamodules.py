@@ -79,6 +79,21 @@ class _Base(L.LightningDataModule):
         loader.datamodule = self
         return loader
 
+    def check_fit(self, world_size: int = 1) -> None:
+        """Refuse a training split with no full batch per process: training drops the last
+        incomplete batch (BatchNorm needs more than one image), so it would train nothing and
+        write no checkpoint. ``torch-bam fit`` calls this before the run starts."""
+        self.setup("fit")
+        n = len(self.train_set)
+        per = n // world_size  # each process takes an equal share (the sampler drops the rest)
+        if per < self.batch_size:
+            share = f" ({per} per process, {world_size} processes)" if world_size > 1 else ""
+            raise UsageError(
+                f"the training split has {n} images{share}, fewer than --data.batch_size "
+                f"{self.batch_size}: no full batch, so nothing would be trained. Pass a smaller "
+                f"--data.batch_size, or train on more images."
+            )
+
     def _run_seed(self) -> int:
         seed = torch.initial_seed() % 2**31
         trainer = self.trainer
