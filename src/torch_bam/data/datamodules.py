@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from .cluttered_digits import ClutteredDigits
+from .images import load_rgb  # 16-bit and float pixels scaled, not clipped
 from .resumable_sampler import ResumableRandomSampler
 from .seeded import SeededSamples
 
@@ -304,20 +305,6 @@ class CIFAR100DataModule(_CIFAR):
         return CIFAR100
 
 
-def _load_checked(path: str):
-    """Open an image, naming the file when it cannot be read."""
-    from PIL import UnidentifiedImageError
-
-    from .images import open_image
-
-    try:
-        return open_image(path, "RGB")  # 16-bit and float pixels scaled, not clipped
-    except (OSError, UnidentifiedImageError) as e:
-        raise OSError(
-            f"Cannot read image {path!r} ({e}). Remove or replace the file and run again."
-        ) from e
-
-
 class ImageFolderDataModule(_Base):
     """``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg`` and, if there is one,
     ``root/test/<class>/*.jpg``.
@@ -433,7 +420,7 @@ def _split_folder(root: Path, classes: list[str], transform):
     """An ``ImageFolder`` of ``root`` labelled with the given (the training split's) classes."""
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(root, transform, loader=_load_checked, allow_empty=True)
+    ds = ImageFolder(root, transform, loader=load_rgb, allow_empty=True)
     index = {c: i for i, c in enumerate(classes)}
     ds.samples = ds.imgs = [(path, index[ds.classes[y]]) for path, y in ds.samples]
     ds.targets = [y for _, y in ds.samples]
