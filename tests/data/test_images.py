@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torch_bam.data.images import load_rgb
-from torch_bam.data.images import open_image
+from torch_bam.data.images import load_rgb, open_image
 
 # 16-bit levels and the 8-bit levels they must become: v / 65535 * 255, rounded.
 LEVELS_16 = [0, 16384, 32768, 65535]
