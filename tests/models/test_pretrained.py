@@ -171,6 +171,17 @@ def test_fine_tuning_new_classifier_says_so(ptcv_weights, torch_home, caplog):
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 
 
+def test_headless_backbone_num_classes_0(ptcv_weights, torch_home, caplog):
+    # timm's way to a pretrained backbone: the weights' classifier is dropped, the rest loads.
+    state_dict, _, pth, _ = ptcv_weights
+    with caplog.at_level(logging.WARNING, logger="torch_bam"):
+        model = torch_bam.create_model("bam_resnet50", pretrained=True, num_classes=0, file=pth)
+    assert isinstance(model.fc, torch.nn.Identity) and "fc.weight" not in model.state_dict()
+    assert _loaded(model, state_dict, skip={"fc.weight", "fc.bias"})
+    assert not any("which is new" in r.getMessage() for r in caplog.records)  # nothing new
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+
+
 @pytest.mark.parametrize("in_chans", [1, 5])
 def test_in_chans_adapted_as_timm_does(ptcv_weights, torch_home, in_chans):
     state_dict, _, pth, _ = ptcv_weights
