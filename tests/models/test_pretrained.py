@@ -138,6 +138,56 @@ def test_download_failures_are_one_line_and_leave_the_cache_clean(case, tmp_path
     assert list(torch_home.iterdir()) == []  # no partial download, no half-unzipped file
 
 
+def test_a_stalled_download_times_out_in_one_line(tmp_path, torch_home, monkeypatch):
+    """A server that sends its headers, then nothing: the download gives up after the timeout
+    (TORCH_BAM_DOWNLOAD_TIMEOUT, seconds without data) instead of hanging."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.flush()
+            release.wait(10)  # bounded: the test releases it at once when done
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_BAM_DOWNLOAD_TIMEOUT", "0.5")
+    url = f"http://127.0.0.1:{server.server_address[1]}/{NAME}.zip"
+    from torch_bam.models._download import fetch
+
+    try:
+        with pytest.raises(ValueError, match="no data for 0.5 s") as error:
+            fetch(PTCV.replace(url=url), progress=False)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    message = _one_line(error)
+    assert url in message and "TORCH_BAM_DOWNLOAD_TIMEOUT" in message and "file=PATH" in message
+    assert list(torch_home.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
+    # Under a file, so that it cannot be created even as root (a read-only TORCH_HOME would be).
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "file" / "torch_home"))
+    from torch_bam.models._download import fetch
+
+    with pytest.raises(ValueError, match="cannot create the weight cache") as error:
+        fetch(PTCV, progress=False)
+    message = _one_line(error)
+    assert str(tmp_path / "file" / "torch_home") in message
+    assert "TORCH_HOME" in message and "file=PATH" in message
+
+
 def test_no_network_through_create_model(torch_home):
     url = f"http://127.0.0.1:{_closed_port()}/{NAME}.zip"
     with pytest.raises(ValueError, match="could not download") as error:
