@@ -17,8 +17,16 @@ from torch_bam.models._cfg import get_pretrained_cfg
 from torch_bam.models._timm import timm_name
 
 timm = pytest.importorskip("timm")
-from timm.models import create_feature_extractor  # noqa: E402
+from timm.models import (  # noqa: E402
+    create_feature_extractor,
+    get_notrace_functions,
+    get_notrace_modules,
+)
 from timm.optim import param_groups_layer_decay  # noqa: E402
+from torchvision.models.feature_extraction import (  # noqa: E402
+    create_feature_extractor as tv_feature_extractor,
+)
+from torchvision.models.feature_extraction import get_graph_node_names  # noqa: E402
 
 NAMES = torch_bam.list_models()
 
@@ -35,6 +43,28 @@ def assert_all_grads(model, what):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"{what}: no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def timm_tracer_kwargs():
+    return dict(
+        leaf_modules=get_notrace_modules(),
+        autowrap_functions=get_notrace_functions(),
+        param_shapes_constant=True,
+    )
+
+
+def eval_nodes(model):
+    return get_graph_node_names(model, tracer_kwargs=timm_tracer_kwargs())[1]
+
+
+def timm_fx_model(model):
+    """``model`` as timm's ``_create_fx_model`` traces it for test_model_forward_fx."""
+    return tv_feature_extractor(
+        model,
+        train_return_nodes=[get_graph_node_names(model, tracer_kwargs=timm_tracer_kwargs())[0][-1]],
+        eval_return_nodes=[eval_nodes(model)[-1]],
+        tracer_kwargs=timm_tracer_kwargs(),
+    )
 
 
 def check_cfg(name, model):
@@ -111,7 +141,10 @@ def test_timm_contract(name):
         assert pre.shape == (2, model.head_hidden_size)
         torch.testing.assert_close(model.forward_head(feats), logits)
 
-        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), logits)  # FX forward
+        # FX forward, bitwise (timm's test_model_forward_fx: torch.all(fx_outputs == outputs)),
+        # traced plainly and as timm's test traces it (its leaf modules, the last node).
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), logits)
+        assert torch.equal(timm_fx_model(model)(x)[eval_nodes(model)[-1]], logits)
 
     # reset_classifier: none (pooled features), none and no pooling (the map), a new one.
     model.eval()

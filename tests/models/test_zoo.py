@@ -45,7 +45,9 @@ def test_forward_backward_fx(name):
     assert not missing, f"no gradient for {missing[:5]}"
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+        # Bitwise, as timm's FX test: the graph runs the same modules and ops as eager mode
+        # (on CPU in eval the room computes its layers as the modules do).
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
 
 
 @pytest.mark.parametrize("name", ["bam_resnet18", "bam_preresnet110", "bam_mobilenet_v1_0_7"])
