@@ -1,5 +1,6 @@
 """Every registered network against the checks timm's own model tests make: forward and
-backward, the default configuration, forward_features / forward_head, reset_classifier,
+backward, the default configuration, forward_features / forward_head, forward_intermediates,
+reset_classifier,
 features_only with feature_info (ours and through timm), FX forward and backward, TorchScript,
 FX then TorchScript, and the head's keyword arguments.
 
@@ -137,6 +138,9 @@ def test_timm_contract(name):
             x.shape[3] // last["reduction"],
         )
         assert last["num_chs"] == model.num_features
+        # forward_intermediates: every level's map, and forward_features' map (timm's test).
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, feats) and len(inter) == len(model.feature_info)
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (2, model.head_hidden_size)
         torch.testing.assert_close(model.forward_head(feats), logits)
@@ -169,6 +173,7 @@ def test_timm_contract(name):
     with torch.no_grad():
         maps = check_features(net, x)
         torch.testing.assert_close(maps[-1], feats)
+        assert all(torch.equal(a, b) for a, b in zip(maps, inter, strict=True))
 
 
 # One network per class: the head's keyword arguments, checkpointing, layer-wise decay.
