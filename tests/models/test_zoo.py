@@ -55,7 +55,13 @@ def test_torchscript(name):
     model = torch_bam.create_model(name).eval()
     x = small_input(name)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+        ref = model(x)
+        # Scripted, BAM's gate runs the reference maths (eager: the fused kernel): they round
+        # differently, and the layers after the gate carry that on. A tolerance from float32's
+        # epsilon and the logits' magnitude, not from one CPU's rounding.
+        eps = torch.finfo(torch.float32).eps
+        atol = 100 * eps * float(ref.abs().max())
+        torch.testing.assert_close(torch.jit.script(model)(x), ref, rtol=100 * eps, atol=atol)
 
 
 def test_default_num_classes():
