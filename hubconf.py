@@ -15,16 +15,17 @@ Keyword arguments go to ``torch_bam.create_model`` (``num_classes=10``, ``combin
                            tag="official_in1k", file="RESNET50_IMAGENET_BAM_best.pth.tar")
 """
 
-import sys
-from pathlib import Path
+# Private names: torch.hub lists every public callable here as an entry point.
+import sys as _sys
+from pathlib import Path as _Path
 
 dependencies = ["torch"]
 
 # A clone has the package under src/: load that one, not an other version installed beside it
 # (a torch_bam imported before the hub call stays the one in use).
-_src = Path(__file__).resolve().parent / "src"
-if (_src / "torch_bam").is_dir() and str(_src) not in sys.path:
-    sys.path.insert(0, str(_src))
+_src = _Path(__file__).resolve().parent / "src"
+if (_src / "torch_bam").is_dir() and str(_src) not in _sys.path:
+    _sys.path.insert(0, str(_src))
 import torch_bam  # noqa: E402
 
 

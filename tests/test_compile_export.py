@@ -83,3 +83,23 @@ def test_onnx_export_matches_onnxruntime(bam, x, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = session.run(None, {"x": x.numpy()})
     torch.testing.assert_close(torch.from_numpy(y), bam(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_training_with_dynamic_height_and_width():
+    """Multi-scale training: inductor with symbolic H and W (dynamic=True, as automatic dynamic
+    shapes give after a second size). The CPU room's 1x1 reduce as a batched matmul made
+    inductor fail ("cannot determine truth value of Relational"). A narrow gate (C // r = 8)
+    takes that path in eager training."""
+    torch.manual_seed(0)
+    bam = randomize_(BAM(32, reduction_ratio=4)).train()
+    ref = randomize_(BAM(32, reduction_ratio=4)).train()
+    ref.load_state_dict(bam.state_dict())
+    compiled = torch.compile(bam, dynamic=True, backend="inductor")
+    for size in (8, 12):
+        x = torch.randn(2, 32, size, size + 2)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = compiled(xa), ref(xb)
+        torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+        ya.square().sum().backward()
+        yb.square().sum().backward()
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)

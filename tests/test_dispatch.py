@@ -30,7 +30,28 @@ def test_cpu_inference_takes_the_cpu_rooms_forward():
     x = _x(requires_grad=False)
     with torch.no_grad():
         assert dispatch.block_path(block, x) == "cpu"
-        assert dispatch._choose(block, x)[1][0] == "forward"  # the tricks, no custom autograd
+        assert dispatch._choose(block, x)[1][0] == "forward"  # no custom autograd
+
+
+@pytest.mark.parametrize("channels", [WIDE, 16 * (MIN_HIDDEN - 1), 32])
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_cpu_eval_is_bitwise_what_fx_records(channels, grad, layout):
+    """In eval the CPU room computes the layers as the modules do: bitwise the plain path's
+    output, so a traced network gives the eager output exactly (timm's FX test: ``==``)."""
+    torch.manual_seed(0)
+    block = BAM(channels).eval().to(memory_format=layout)
+    for m in block.modules():  # running statistics away from 0 and 1
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, channels, 9, 7).to(memory_format=layout).requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        assert dispatch.block_path(block, x) == "cpu"
+        y = block(x)
+        # The graph calls the modules and the gate op: the plain path, with the same kernels.
+        traced = torch.fx.symbolic_trace(block)(x)
+    assert torch.equal(y, traced)
 
 
 def test_narrow_gates_train_through_the_cpu_rooms_forward():

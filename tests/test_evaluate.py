@@ -95,3 +95,42 @@ def test_preprocessing_of_the_registered_weights():
     resize, crop = t.transforms[:2]
     assert resize.size == 256 and crop.size == (224, 224)
     assert resize.interpolation.value == "bilinear"
+
+
+def test_eval_reads_16_bit_images_scaled_by_bit_depth(tiny, monkeypatch):
+    """A 16-bit grey image reads as the package reads it everywhere (open_image: scaled by its
+    bit depth), not clipped to white by PIL's convert("RGB")."""
+    import numpy as np
+
+    from torch_bam import evaluate as ev
+    from torch_bam.data.images import open_image
+
+    root, *_ = tiny
+    for c in ("n00", "n01", "n02"):  # one mid-grey 16-bit PNG per class
+        (root / "deep" / c).mkdir(parents=True)
+        path = root / "deep" / c / "grey.png"
+        Image.fromarray(np.full((40, 48), 20000, dtype=np.uint16)).save(path)
+    seen = []
+    real = ev.transform_for
+
+    def recording(cfg):
+        t = real(cfg)
+        return lambda im: (seen.append(im.copy()), t(im))[1]
+
+    monkeypatch.setattr(ev, "transform_for", recording)
+    ev.evaluate("bam_small_cnn.test_tiny", f"imagefolder:{root / 'deep'}", workers=0)
+    assert len(seen) == 3
+    for read in seen:
+        assert read.mode == "RGB"
+        assert np.array_equal(np.asarray(read), np.asarray(open_image(path, "RGB")))
+        assert np.asarray(read).max() == round(20000 / 65535 * 255)  # not 255 (clipped)
+
+
+def test_eval_names_a_corrupt_image_in_one_line(tiny, capsys):
+    root, *_ = tiny
+    (root / "val" / "n01" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    args = ["eval", "bam_small_cnn.test_tiny", "--data", f"imagefolder:{root / 'val'}"]
+    for workers in ("0", "1"):  # read here, or in a loader process
+        assert main([*args, "--workers", workers]) == 2
+        err = capsys.readouterr().err
+        assert "broken.jpg" in err and err.count("\n") == 1, err

@@ -22,9 +22,10 @@ TORCH_BAM_BACKEND=triton)                                  interpreter (TRITON_I
                                                            interpreter) one error line
 CPU, backend "auto", autograd           CPU room,          cpu/block.py (memory-saving
 recording, eager                        training           autograd), cpu/gate.py (C kernel)
-CPU, backend "auto", otherwise          CPU room,          cpu/block.py's layers with
-(inference, torch.compile, narrow)      forward            cpu/layers.py's tricks (1x1 convs
-                                                           as matmuls, NCHW rule)
+CPU, backend "auto", otherwise          CPU room,          cpu/block.py's layers; in training
+(inference, torch.compile, narrow)      forward            with cpu/layers.py's tricks (1x1
+                                                           convs as matmuls, NCHW rule), in
+                                                           eval as the modules compute them
 ======================================  =================  =================================
 
 In one line: CUDA users get the plain path, the one measured on GPUs, unless their GPU class
@@ -38,7 +39,8 @@ pruning, quantisation observers, a replaced layer, a ``torch.func`` transform on
 ``inplace=True`` in inference on the CUDA room, ...) and the block takes the plain path, so
 that hooks, pruning and quantisation see the modules' own computation
 (tests/test_module_contract.py). Every path gives the same results to rounding
-(tests/test_dispatch.py, tests/cuda/test_block.py, tests/cpu/test_block_autograd.py).
+(tests/test_dispatch.py, tests/cuda/test_block.py, tests/cpu/test_block_autograd.py); on CPU
+in eval, bitwise the plain path's, which is what FX records (timm's FX test compares with ``==``).
 """
 
 from __future__ import annotations

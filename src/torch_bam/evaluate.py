@@ -71,8 +71,11 @@ def evaluate(
         from torchvision.datasets import ImageFolder
     except ImportError as e:
         raise UsageError(f"eval needs torchvision ({e}): pip install 'torch-bam[train]'.") from None
+    from .data.images import load_rgb
+
     try:
-        dataset = ImageFolder(str(root), transform=transform_for(cfg))
+        # The package's image reader: deep (16-bit, float) pixels scaled by their bit depth.
+        dataset = ImageFolder(str(root), transform=transform_for(cfg), loader=load_rgb)
     except (FileNotFoundError, RuntimeError) as e:
         raise UsageError(f"cannot read {root} as class folders of images: {e}") from None
     if len(dataset.classes) != cfg.num_classes:
@@ -87,13 +90,19 @@ def evaluate(
     correct1 = correct5 = seen = 0
     start = time.perf_counter()
     with torch.inference_mode():
-        for images, labels in loader:
-            logits = model(images.to(device))
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
-            hit = top == labels[:, None]
-            correct1 += hit[:, 0].sum().item()
-            correct5 += hit.any(dim=1).sum().item()
-            seen += len(labels)
+        try:
+            for images, labels in loader:
+                logits = model(images.to(device))
+                top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+                hit = top == labels[:, None]
+                correct1 += hit[:, 0].sum().item()
+                correct5 += hit.any(dim=1).sum().item()
+                seen += len(labels)
+        except OSError as e:
+            # load_rgb's message names the file; from a loader process it is the last line of
+            # the worker's traceback, which the DataLoader puts in the message.
+            lines = str(e).strip().splitlines() or [repr(e)]
+            raise UsageError(lines[-1].removeprefix("OSError: ")) from None
     seconds = time.perf_counter() - start
     return dict(
         name=cfg.name,

@@ -30,6 +30,42 @@ def test_builds_once_and_caches(fresh_kernel):
     assert not list((fresh_kernel / "torch_bam").glob("tmp*"))  # nothing half-written left
 
 
+def test_a_damaged_cached_kernel_is_rebuilt_not_loaded(fresh_kernel):
+    """A truncated .so in the cache (a full disk, a killed copy) is checked before loading and
+    rebuilt: loaded, it killed the first float32 CPU forward with SIGBUS, in every later process
+    too. The damaged cache is read in a subprocess, so a crash is a failure, not the test run's
+    end."""
+    import os
+    import subprocess
+    import sys
+
+    assert _cpu.load() is not None, _cpu.last_error()
+    (so,) = (fresh_kernel / "torch_bam").glob("*.so")
+    size = so.stat().st_size
+    # A new file under the name: this process keeps the whole one mapped (truncating that in
+    # place would crash this process).
+    cut = so.with_name("cut")
+    cut.write_bytes(so.read_bytes()[: size // 2])
+    os.replace(cut, so)
+    code = (
+        "import torch\n"
+        "from torch_bam.cpu import gate\n"
+        "from torch_bam.functional import bam_gate, bam_gate_ref\n"
+        "x, c, s = torch.randn(2, 5, 3, 4), torch.randn(2, 5), torch.randn(2, 1, 3, 4)\n"
+        "y = bam_gate(x, c, s)\n"
+        "assert gate.load() is not None, gate.last_error()\n"
+        "torch.testing.assert_close(y, bam_gate_ref(x, c, s))\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(fresh_kernel)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert so.stat().st_size == size  # rebuilt whole under its name
+    _cpu.reset()
+    assert _cpu.load() is not None  # and this process loads the rebuilt one
+
+
 def test_falls_back_with_one_warning_when_no_compiler(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", "/nonexistent/cc")
     x, c, s = torch.randn(2, 5, 3, 4), torch.randn(2, 5), torch.randn(2, 1, 3, 4)

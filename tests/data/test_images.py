@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from torch_bam.data.datamodules import _load_checked
-from torch_bam.data.images import open_image
+from torch_bam.data.images import load_rgb, open_image
 
 # 16-bit levels and the 8-bit levels they must become: v / 65535 * 255, rounded.
 LEVELS_16 = [0, 16384, 32768, 65535]
@@ -21,7 +20,7 @@ def _png_16(path, levels=LEVELS_16):
 
 
 def test_16_bit_png_is_scaled_not_saturated_by_the_imagefolder_loader(tmp_path):
-    rgb = np.asarray(_load_checked(str(_png_16(tmp_path / "g16.png"))))
+    rgb = np.asarray(load_rgb(str(_png_16(tmp_path / "g16.png"))))
     assert rgb.shape == (3, 4, 3)
     np.testing.assert_array_equal(rgb[0, :, 0], LEVELS_8)
     assert (rgb == rgb[..., :1]).all()  # grey in all three channels

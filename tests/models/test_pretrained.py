@@ -138,6 +138,56 @@ def test_download_failures_are_one_line_and_leave_the_cache_clean(case, tmp_path
     assert list(torch_home.iterdir()) == []  # no partial download, no half-unzipped file
 
 
+def test_a_stalled_download_times_out_in_one_line(tmp_path, torch_home, monkeypatch):
+    """A server that sends its headers, then nothing: the download gives up after the timeout
+    (TORCH_BAM_DOWNLOAD_TIMEOUT, seconds without data) instead of hanging."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Stall(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            self.wfile.flush()
+            release.wait(10)  # bounded: the test releases it at once when done
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stall)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TORCH_BAM_DOWNLOAD_TIMEOUT", "0.5")
+    url = f"http://127.0.0.1:{server.server_address[1]}/{NAME}.zip"
+    from torch_bam.models._download import fetch
+
+    try:
+        with pytest.raises(ValueError, match="no data for 0.5 s") as error:
+            fetch(PTCV.replace(url=url), progress=False)
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+    message = _one_line(error)
+    assert url in message and "TORCH_BAM_DOWNLOAD_TIMEOUT" in message and "file=PATH" in message
+    assert list(torch_home.iterdir()) == []
+
+
+def test_a_cache_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
+    # Under a file, so that it cannot be created even as root (a read-only TORCH_HOME would be).
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "file" / "torch_home"))
+    from torch_bam.models._download import fetch
+
+    with pytest.raises(ValueError, match="cannot create the weight cache") as error:
+        fetch(PTCV, progress=False)
+    message = _one_line(error)
+    assert str(tmp_path / "file" / "torch_home") in message
+    assert "TORCH_HOME" in message and "file=PATH" in message
+
+
 def test_no_network_through_create_model(torch_home):
     url = f"http://127.0.0.1:{_closed_port()}/{NAME}.zip"
     with pytest.raises(ValueError, match="could not download") as error:
@@ -169,6 +219,17 @@ def test_fine_tuning_new_classifier_says_so(ptcv_weights, torch_home, caplog):
     assert not torch.equal(model.fc.weight[:10], state_dict["output.weight"][:10])
     assert any("classifier fc, which is new" in r.getMessage() for r in caplog.records)
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+
+
+def test_headless_backbone_num_classes_0(ptcv_weights, torch_home, caplog):
+    # timm's way to a pretrained backbone: the weights' classifier is dropped, the rest loads.
+    state_dict, _, pth, _ = ptcv_weights
+    with caplog.at_level(logging.WARNING, logger="torch_bam"):
+        model = torch_bam.create_model("bam_resnet50", pretrained=True, num_classes=0, file=pth)
+    assert isinstance(model.fc, torch.nn.Identity) and "fc.weight" not in model.state_dict()
+    assert _loaded(model, state_dict, skip={"fc.weight", "fc.bias"})
+    assert not any("which is new" in r.getMessage() for r in caplog.records)  # nothing new
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
 
 
 @pytest.mark.parametrize("in_chans", [1, 5])

@@ -1,5 +1,6 @@
 """Every registered network against the checks timm's own model tests make: forward and
-backward, the default configuration, forward_features / forward_head, reset_classifier,
+backward, the default configuration, forward_features / forward_head, forward_intermediates,
+reset_classifier,
 features_only with feature_info (ours and through timm), FX forward and backward, TorchScript,
 FX then TorchScript, and the head's keyword arguments.
 
@@ -17,8 +18,16 @@ from torch_bam.models._cfg import get_pretrained_cfg
 from torch_bam.models._timm import timm_name
 
 timm = pytest.importorskip("timm")
-from timm.models import create_feature_extractor  # noqa: E402
+from timm.models import (  # noqa: E402
+    create_feature_extractor,
+    get_notrace_functions,
+    get_notrace_modules,
+)
 from timm.optim import param_groups_layer_decay  # noqa: E402
+from torchvision.models.feature_extraction import (  # noqa: E402
+    create_feature_extractor as tv_feature_extractor,
+)
+from torchvision.models.feature_extraction import get_graph_node_names  # noqa: E402
 
 NAMES = torch_bam.list_models()
 
@@ -35,6 +44,28 @@ def assert_all_grads(model, what):
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"{what}: no gradient for {missing[:5]}"
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def timm_tracer_kwargs():
+    return dict(
+        leaf_modules=get_notrace_modules(),
+        autowrap_functions=get_notrace_functions(),
+        param_shapes_constant=True,
+    )
+
+
+def eval_nodes(model):
+    return get_graph_node_names(model, tracer_kwargs=timm_tracer_kwargs())[1]
+
+
+def timm_fx_model(model):
+    """``model`` as timm's ``_create_fx_model`` traces it for test_model_forward_fx."""
+    return tv_feature_extractor(
+        model,
+        train_return_nodes=[get_graph_node_names(model, tracer_kwargs=timm_tracer_kwargs())[0][-1]],
+        eval_return_nodes=[eval_nodes(model)[-1]],
+        tracer_kwargs=timm_tracer_kwargs(),
+    )
 
 
 def check_cfg(name, model):
@@ -107,11 +138,17 @@ def test_timm_contract(name):
             x.shape[3] // last["reduction"],
         )
         assert last["num_chs"] == model.num_features
+        # forward_intermediates: every level's map, and forward_features' map (timm's test).
+        final, inter = model.forward_intermediates(x)
+        assert torch.equal(final, feats) and len(inter) == len(model.feature_info)
         pre = model.forward_head(feats, pre_logits=True)
         assert pre.shape == (2, model.head_hidden_size)
         torch.testing.assert_close(model.forward_head(feats), logits)
 
-        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), logits)  # FX forward
+        # FX forward, bitwise (timm's test_model_forward_fx: torch.all(fx_outputs == outputs)),
+        # traced plainly and as timm's test traces it (its leaf modules, the last node).
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), logits)
+        assert torch.equal(timm_fx_model(model)(x)[eval_nodes(model)[-1]], logits)
 
     # reset_classifier: none (pooled features), none and no pooling (the map), a new one.
     model.eval()
@@ -136,6 +173,7 @@ def test_timm_contract(name):
     with torch.no_grad():
         maps = check_features(net, x)
         torch.testing.assert_close(maps[-1], feats)
+        assert all(torch.equal(a, b) for a, b in zip(maps, inter, strict=True))
 
 
 # One network per class: the head's keyword arguments, checkpointing, layer-wise decay.

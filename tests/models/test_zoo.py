@@ -45,7 +45,9 @@ def test_forward_backward_fx(name):
     assert not missing, f"no gradient for {missing[:5]}"
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
+        # Bitwise, as timm's FX test: the graph runs the same modules and ops as eager mode
+        # (on CPU in eval the room computes its layers as the modules do).
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), model(x))
 
 
 @pytest.mark.parametrize("name", ["bam_resnet18", "bam_preresnet110", "bam_mobilenet_v1_0_7"])
@@ -53,7 +55,13 @@ def test_torchscript(name):
     model = torch_bam.create_model(name).eval()
     x = small_input(name)
     with torch.no_grad():
-        torch.testing.assert_close(torch.jit.script(model)(x), model(x))
+        ref = model(x)
+        # Scripted, BAM's gate runs the reference maths (eager: the fused kernel): they round
+        # differently, and the layers after the gate carry that on. A tolerance from float32's
+        # epsilon and the logits' magnitude, not from one CPU's rounding.
+        eps = torch.finfo(torch.float32).eps
+        atol = 100 * eps * float(ref.abs().max())
+        torch.testing.assert_close(torch.jit.script(model)(x), ref, rtol=100 * eps, atol=atol)
 
 
 def test_default_num_classes():

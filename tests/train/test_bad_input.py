@@ -59,3 +59,14 @@ def test_unreadable_image_is_named(tmp_path, capsys):
     ]
     assert main(["fit", *args]) == 2
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_training_split_smaller_than_a_batch_is_refused(tmp_path, capsys):
+    # Training drops the last incomplete batch: 12 images in batches of 16 would train nothing.
+    run = tmp_path / "run"
+    args = [*TINY, "--data.num_train=12", "--trainer.max_epochs=1", f"--run_dir={run}"]
+    assert main(["fit", *args]) == 2
+    # The error's line (Lightning's INFO lines go to stderr too).
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("torch-bam")]
+    assert len(lines) == 1 and "12 images" in lines[0] and "--data.batch_size 16" in lines[0]
+    assert not run.exists()

@@ -10,8 +10,10 @@ own forward (:func:`plan` decides; ``torch_bam.dispatch`` calls it).
 Two entry points:
 
 - :func:`block_forward`: the layers with the CPU tricks of :mod:`torch_bam.cpu.layers` (the 1x1
-  convs as matmuls, narrow maps NCHW in training), differentiated by plain autograd. Inference,
-  torch.compile, and training where the memory-saving path below does not apply.
+  convs as matmuls, narrow maps NCHW) in training, differentiated by plain autograd; in eval the
+  layers as the modules compute them, so that an eval output is bitwise the plain path's (and a
+  trace's). Inference, torch.compile, and training where the memory-saving path below does not
+  apply.
 - :func:`bam_block_train`: the memory-saving autograd for training.
 
 The memory-saving autograd. Plain autograd keeps, for backward, ``x`` plus every intermediate
@@ -170,10 +172,18 @@ def _params(m: nn.Module) -> list[Tensor]:
 
 
 def _spatial_forward(sp: list, x: Tensor, training: bool, kept: list | None = None) -> Tensor:
-    """The spatial gate: the 1x1 convs as matmuls, narrow maps NCHW in training (see
-    torch_bam.cpu.layers); ``kept`` collects the reduce's output and the last dilated conv's."""
+    """The spatial gate: in training the 1x1 convs as matmuls and narrow maps NCHW (see
+    torch_bam.cpu.layers); ``kept`` collects the reduce's output and the last dilated conv's.
+
+    In eval the 1x1 convs are the modules' own: the matmuls round differently, and an eval
+    output must be bitwise what the plain path, and so any trace of the network (FX, timm's
+    feature extraction), computes: timm's FX test compares with ``==``. What this costs in
+    inference: benchmarks/studies/RESULTS_eval_bits.md."""
     reduce, final = sp[0], sp[-1]
-    y = narrow_layout(reduce_1x1(x, reduce.weight, reduce.bias), training)
+    if training:
+        y = narrow_layout(reduce_1x1(x, reduce.weight, reduce.bias), training)
+    else:
+        y = reduce(x)
     k = _last_dilated(sp) if kept is not None else -1
     if kept is not None:
         kept.append(y)
@@ -181,7 +191,7 @@ def _spatial_forward(sp: list, x: Tensor, training: bool, kept: list | None = No
         y = narrow_layout(layer(y), training)
         if i == k:
             kept.append(y)
-    return final_1x1(y, final.weight, final.bias)
+    return final_1x1(y, final.weight, final.bias) if training else final(y)
 
 
 def _mlp_forward(mlp: list, pooled: Tensor) -> Tensor:

@@ -16,10 +16,11 @@ Which code a CPU tensor gets, by backend (``torch_bam.functional.set_backend``):
 Why plain C + ctypes and not ``torch.utils.cpp_extension``: the kernel needs no torch headers,
 so it compiles in well under a second instead of the ~40 s a torch C++ extension takes, and
 the shared object is cached (keyed by source, compiler and flags) in ``TORCH_EXTENSIONS_DIR``
-(default ``~/.cache/torch_extensions``). benchmarks/RESULTS.md has the timings against an ATen
-composition and against torch.compile. If the build fails (no compiler), ``load()`` returns
-None and the registered kernels
-fall back to the ATen composition.
+(default ``~/.cache/torch_extensions``), with its SHA-256 beside it (``.sha256``): a cached
+file that does not match (truncated, damaged, or from before the hash) is rebuilt, never
+loaded. benchmarks/RESULTS.md has the timings against an ATen composition and against
+torch.compile. If the build fails (no compiler), ``load()`` returns None and the registered
+kernels fall back to the ATen composition.
 """
 
 from __future__ import annotations
@@ -66,10 +67,14 @@ def _build() -> ctypes.CDLL:
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(source + cc.encode() + " ".join(_FLAGS).encode()).hexdigest()[:16]
     target = _cache_dir() / f"bam_gate_cpu_{key}.so"
-    if not target.exists():
+    digest = target.with_suffix(".sha256")
+    # Load only a file whose bytes are those the build wrote: a truncated or damaged .so (a full
+    # disk, a killed copy) would be mapped as it is, and die with SIGBUS on first use.
+    if not (target.exists() and _intact(target, digest)):
         target.parent.mkdir(parents=True, exist_ok=True)
         # Build beside the target and rename: a crash or a parallel build never leaves a
-        # half-written .so under the final name.
+        # half-written .so under the final name. The hash goes first, so that a .so under the
+        # final name always has one to be checked against.
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
@@ -80,6 +85,7 @@ def _build() -> ctypes.CDLL:
                 text=True,
                 timeout=120,
             )
+            _write_atomic(digest, _sha256(Path(tmp)))
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -92,6 +98,29 @@ def _build() -> ctypes.CDLL:
     lib.bam_gate_prep_sum.argtypes = [_ptr] * 4 + [_i64] * 2
     lib.bam_gate_prep_sum.restype = _int
     return lib
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(so: Path, digest: Path) -> bool:
+    """Whether ``so`` has the hash its build recorded in ``digest`` (none recorded: no)."""
+    try:
+        return digest.read_text().strip() == _sha256(so)
+    except OSError:
+        return False
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load() -> ctypes.CDLL | None:

@@ -34,11 +34,25 @@ def narrow_layout(y: Tensor, training: bool) -> Tensor:
     return y
 
 
+def _compiling() -> bool:
+    # Under torch.compile the matmul forms are not measured to help, and inductor fails on the
+    # reduce's with symbolic H, W: the plain conv there.
+    return torch.compiler.is_compiling()
+
+
 def reduce_1x1(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # noqa: UP045 (TorchScript)
     """The 1x1 reduce conv ``C -> h``; on CPU a batched matmul on NCHW input, several times
     faster than the NCHW conv path. Same weights, same maths."""
-    if x.device.type != "cpu" or not x.is_contiguous() or x.dim() != 4 or torch.jit.is_tracing():
-        # Off CPU, channels_last (already a fast conv), odd strides, or a trace: the plain conv.
+    if (
+        x.device.type != "cpu"
+        or not x.is_contiguous()
+        or x.dim() != 4
+        or torch.jit.is_tracing()
+        or _compiling()
+    ):
+        # Off CPU, channels_last (already a fast conv), odd strides, a trace, or torch.compile
+        # (which plans its own kernels; with dynamic H, W inductor cannot order the batched
+        # matmul's symbolic strides): the plain conv.
         return F.conv2d(x, weight, bias)
     b, c, h, w = x.shape
     hidden = weight.shape[0]
@@ -66,7 +80,7 @@ def final_1x1(y: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:  # n
     """The final 1x1 conv from ``h`` channels to one; on CPU ``[1, h] @ [B, h, HW]`` (NCHW) or
     ``[B, HW, h] @ [h, 1]`` (channels_last, from 8 channels): about 2x faster than the conv,
     forward and backward (benchmarks/studies/RESULTS_narrow_gate.md)."""
-    if y.device.type != "cpu" or y.dim() != 4 or torch.jit.is_tracing():
+    if y.device.type != "cpu" or y.dim() != 4 or torch.jit.is_tracing() or _compiling():
         return F.conv2d(y, weight, bias)
     b, h, hh, ww = y.shape
     w = weight.reshape(1, h)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import UsageError
 from .cluttered_digits import ClutteredDigits
+from .images import load_rgb  # 16-bit and float pixels scaled, not clipped
 from .resumable_sampler import ResumableRandomSampler
 from .seeded import SeededSamples
 
@@ -78,6 +79,21 @@ class _Base(L.LightningDataModule):
         )
         loader.datamodule = self
         return loader
+
+    def check_fit(self, world_size: int = 1) -> None:
+        """Refuse a training split with no full batch per process: training drops the last
+        incomplete batch (BatchNorm needs more than one image), so it would train nothing and
+        write no checkpoint. ``torch-bam fit`` calls this before the run starts."""
+        self.setup("fit")
+        n = len(self.train_set)
+        per = n // world_size  # each process takes an equal share (the sampler drops the rest)
+        if per < self.batch_size:
+            share = f" ({per} per process, {world_size} processes)" if world_size > 1 else ""
+            raise UsageError(
+                f"the training split has {n} images{share}, fewer than --data.batch_size "
+                f"{self.batch_size}: no full batch, so nothing would be trained. Pass a smaller "
+                f"--data.batch_size, or train on more images."
+            )
 
     def _run_seed(self) -> int:
         seed = torch.initial_seed() % 2**31
@@ -289,20 +305,6 @@ class CIFAR100DataModule(_CIFAR):
         return CIFAR100
 
 
-def _load_checked(path: str):
-    """Open an image, naming the file when it cannot be read."""
-    from PIL import UnidentifiedImageError
-
-    from .images import open_image
-
-    try:
-        return open_image(path, "RGB")  # 16-bit and float pixels scaled, not clipped
-    except (OSError, UnidentifiedImageError) as e:
-        raise OSError(
-            f"Cannot read image {path!r} ({e}). Remove or replace the file and run again."
-        ) from e
-
-
 class ImageFolderDataModule(_Base):
     """``root/train/<class>/*.jpg``, ``root/val/<class>/*.jpg`` and, if there is one,
     ``root/test/<class>/*.jpg``.
@@ -418,7 +420,7 @@ def _split_folder(root: Path, classes: list[str], transform):
     """An ``ImageFolder`` of ``root`` labelled with the given (the training split's) classes."""
     from torchvision.datasets import ImageFolder
 
-    ds = ImageFolder(root, transform, loader=_load_checked, allow_empty=True)
+    ds = ImageFolder(root, transform, loader=load_rgb, allow_empty=True)
     index = {c: i for i, c in enumerate(classes)}
     ds.samples = ds.imgs = [(path, index[ds.classes[y]]) for path, y in ds.samples]
     ds.targets = [y for _, y in ds.samples]

@@ -12,7 +12,8 @@ of scaling them, so a mid-grey 16-bit PNG reads as white. Here each deep mode is
 - ``"F"`` (float): taken as 0..1, the usual range of float images.
 
 Every other mode (8-bit grey, RGB, palette, 16-bit RGB, which PIL already reduces to 8 bits)
-goes through PIL's own ``convert``. Used by ``torch-bam visualize`` and the image-folder data.
+goes through PIL's own ``convert``. Used by ``torch-bam visualize``, ``torch-bam eval`` and the
+image-folder data.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["open_image", "to_8bit"]
+__all__ = ["load_rgb", "open_image", "to_8bit"]
 
 _UNSIGNED_16 = ("I;16", "I;16L", "I;16B", "I;16N")
 
@@ -89,3 +90,16 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
         Image.DecompressionBombError,
     ) as e:
         raise OSError(f"{type(e).__name__}: {e}") from e
+
+
+def load_rgb(path: str):
+    """``open_image(path, "RGB")`` for a dataset's loader: an unreadable file raises an
+    OSError whose message names it and says what to do."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        return open_image(path, "RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise OSError(
+            f"Cannot read image {path!r} ({e}). Remove or replace the file and run again."
+        ) from e

@@ -7,15 +7,15 @@ ResNets, the stem (stride 2) and ``bam1``, ``bam2``, ``bam3``, ``layer4`` (strid
 network (less its classifier) loads into it, and runs them in the network's order.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
+from typing import List  # noqa: UP035 (TorchScript reads List[Tensor])
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
 
-__all__ = ["FeatureInfo", "FeatureNet"]
+__all__ = ["FeatureGetterNet", "FeatureInfo", "FeatureNet"]
 
 
 class FeatureInfo:
@@ -82,7 +82,7 @@ def check_out_indices(owner: str, out_indices: object, levels: int) -> tuple[int
     return tuple(picked)
 
 
-class FeatureNet(nn.Module):
+class FeatureNet(nn.ModuleDict):
     """The feature maps of ``model`` at ``out_indices`` (a list of tensors, shallow first).
 
     Args:
@@ -92,7 +92,15 @@ class FeatureNet(nn.Module):
 
     Attributes:
         feature_info: :class:`FeatureInfo` of the returned levels.
+
+    As timm's ``FeatureListNet``, it is a ``ModuleDict`` of the network's top-level modules in
+    the order they run, so that ``torch.jit.script`` compiles it. A network whose levels name
+    nested or shared modules (``bam_small_cnn``: ``stages.0``, one ``pool`` for every level)
+    runs them by name instead, which TorchScript cannot compile.
     """
+
+    _flat: bool
+    grad_checkpointing: bool
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
@@ -105,21 +113,80 @@ class FeatureNet(nn.Module):
         owner = f"features_only for {type(model).__name__}"
         self.out_indices = check_out_indices(owner, out_indices, len(levels))
         self.levels = [tuple(names) for names in levels[: max(self.out_indices) + 1]]
-        needed = {n.split(".")[0] for names in self.levels for n in names}
-        for name, child in model.named_children():
-            if name in needed:  # under its own name: the network's state_dict keys
-                self.add_module(name, child)
+        order = [n for names in self.levels for n in names]
+        self._flat = all("." not in n for n in order) and len(set(order)) == len(order)
+        # Under their own names (the network's state_dict keys), in the order they run.
+        for name in dict.fromkeys(n.split(".")[0] for n in order):
+            self.add_module(name, model.get_submodule(name))
+        self._take = [self.levels[i][-1] for i in self.out_indices]
+        self.grad_checkpointing = False
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
         cfg = getattr(model, "pretrained_cfg", None)
         if cfg is not None:  # as timm: the configuration, less what belongs to the classifier
             cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
             self.pretrained_cfg = self.default_cfg = cfg
 
-    def forward(self, x: Tensor) -> list[Tensor]:
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each level in backward instead of keeping its activations (timm's API)."""
+        self.grad_checkpointing = bool(enable)
+
+    def forward(self, x: Tensor) -> List[Tensor]:  # noqa: UP006 (TorchScript)
+        if not self._flat or (self.grad_checkpointing and not torch.jit.is_scripting()):
+            return self._forward_by_name(x)
+        features: List[Tensor] = []  # noqa: UP006
+        for name, module in self.items():
+            x = module(x)
+            if name in self._take:
+                features.append(x)
+        return features
+
+    @torch.jit.unused
+    def _forward_by_name(self, x: Tensor) -> List[Tensor]:  # noqa: UP006
+        from torch.utils.checkpoint import checkpoint
+
+        from ._interface import _run_in_order
+
         features = []
         for i, names in enumerate(self.levels):
-            for name in names:
-                x = self.get_submodule(name)(x)
+            modules = [self.get_submodule(n) for n in names]
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(_run_in_order, modules, x, use_reentrant=False)
+            else:
+                x = _run_in_order(modules, x)
             if i in self.out_indices:
                 features.append(x)
         return features
+
+
+class FeatureGetterNet(nn.Module):
+    """timm's ``feature_cls="getter"``: the maps of ``model.forward_intermediates`` at
+    ``out_indices``, the levels after the last one pruned away (``prune_intermediate_layers``)
+    and the classifier removed. The network sits under ``model`` (state_dict keys
+    ``model.<name>``), as in timm's ``FeatureGetterNet``."""
+
+    def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
+        super().__init__()
+        levels = getattr(model, "feature_levels", None)
+        if levels is None:
+            raise UsageError(
+                f"FeatureGetterNet: {type(model).__name__} has no feature levels; it takes the "
+                f"networks of torch_bam.list_models()."
+            )
+        owner = f"features_only for {type(model).__name__}"
+        self.out_indices = check_out_indices(owner, out_indices, len(levels))
+        model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
+        self.model = model
+        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
+        cfg = getattr(model, "pretrained_cfg", None)
+        if cfg is not None:
+            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
+            self.pretrained_cfg = self.default_cfg = cfg
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.model.set_grad_checkpointing(enable)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        return self.model.forward_intermediates(
+            x, indices=list(self.out_indices), intermediates_only=True
+        )

@@ -3,7 +3,8 @@
 timm's models (``timm/models/resnet.py``) split ``forward`` into ``forward_features`` (the last
 unpooled feature map) and ``forward_head`` (global pooling, dropout, classifier), and carry
 ``num_classes``, ``num_features``, ``head_hidden_size``, ``reset_classifier``,
-``get_classifier``, ``set_grad_checkpointing``, ``group_matcher`` and ``feature_info``. timm's
+``get_classifier``, ``set_grad_checkpointing``, ``group_matcher``, ``feature_info``,
+``forward_intermediates`` and ``prune_intermediate_layers``. timm's
 training script, its layer-wise decay (``param_groups_layer_decay``) and its feature
 extraction use them. Only torch is imported here.
 
@@ -16,7 +17,7 @@ those names, so the feature maps are the network's own, BAMs included.
 
 # No `from __future__ import annotations`: TorchScript reads the real annotations.
 from collections.abc import Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 
-__all__ = ["GlobalPool", "TimmInterface", "check_head_args"]
+__all__ = ["GlobalPool", "TimmInterface", "check_head_args", "feature_take_indices"]
 
 POOL_TYPES = ("avg", "max", "")
 
@@ -143,6 +144,67 @@ class TimmInterface:
         return self._group_matcher(coarse)
 
     @torch.jit.ignore
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: Optional[Union[int, list[int]]] = None,  # noqa: UP007, UP045
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's API: the feature maps of the levels ``indices`` (None: all; an int ``n``: the
+        last ``n``; a list: those, negative ones from the last) and the last map.
+
+        Returns ``(final, intermediates)``: ``final`` is :meth:`forward_features`'s output (with
+        ``stop_early``, the last taken level's map: the levels after it are not run); with
+        ``intermediates_only``, the list alone. ``norm`` is accepted for timm's signature:
+        these networks have no final norm outside their levels. ``output_fmt``: ``"NCHW"``.
+        """
+        if output_fmt != "NCHW":
+            raise UsageError(
+                f"forward_intermediates: output_fmt must be 'NCHW', got {output_fmt!r}."
+            )
+        take, last = feature_take_indices(len(self.feature_levels), indices)
+        levels = self.feature_levels
+        if stop_early or intermediates_only:
+            levels = levels[: last + 1]
+        intermediates = []
+        for i, names in enumerate(levels):
+            modules = [self.get_submodule(n) for n in names]
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(_run_in_order, modules, x, use_reentrant=False)
+            else:
+                x = _run_in_order(modules, x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+        self,
+        indices: Union[int, list[int]] = 1,  # noqa: UP007
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """timm's API: replace the modules of the levels after the last of ``indices`` by
+        ``nn.Identity`` (a module a kept level also runs stays), and, with ``prune_head``, the
+        classifier and pooling (``reset_classifier(0, "")``). Returns the taken level indices
+        (absolute). ``prune_norm`` is accepted for timm's signature (no final norm here)."""
+        take, last = feature_take_indices(len(self.feature_levels), indices)
+        kept = {n for names in self.feature_levels[: last + 1] for n in names}
+        for names in self.feature_levels[last + 1 :]:
+            for name in names:
+                if name not in kept:
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.get_submodule(parent) if parent else self, child, nn.Identity())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    @torch.jit.ignore
     def _forward_checkpointed(self, x: Tensor) -> Tensor:
         """``forward_features`` with each feature level recomputed in backward (as timm's
         ``checkpoint_seq``), for ``set_grad_checkpointing``."""
@@ -152,6 +214,33 @@ class TimmInterface:
             modules = [self.get_submodule(n) for n in names]
             x = checkpoint(_run_in_order, modules, x, use_reentrant=False)
         return x
+
+
+def feature_take_indices(levels: int, indices=None) -> tuple[list[int], int]:
+    """timm's ``feature_take_indices``: the absolute level indices to take (None: all; an int
+    ``n``: the last ``n``; a list: those, negative ones from the last) and the largest."""
+    if indices is None:
+        indices = levels
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= levels:
+            raise UsageError(
+                f"indices={indices}: the last n levels needs 1 <= n <= {levels} (this network "
+                f"has {levels} feature levels)."
+            )
+        take = list(range(levels - indices, levels))
+    else:
+        take = []
+        for i in indices:
+            idx = levels + i if i < 0 else i
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= idx < levels:
+                raise UsageError(
+                    f"indices={list(indices)!r}: level numbers in 0..{levels - 1} (or negative, "
+                    f"from the last); this network has {levels} feature levels."
+                )
+            take.append(idx)
+        if not take:
+            raise UsageError("indices=[]: name at least one level.")
+    return take, max(take)
 
 
 def _run_in_order(modules: list[nn.Module], x: Tensor) -> Tensor:

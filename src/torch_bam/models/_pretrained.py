@@ -6,7 +6,8 @@ The file comes from the user (``file=``), or from torch.hub's cache (downloaded 
 against the one the weights need, and it is loaded strictly, except, as timm does it:
 
 - a classifier of another size (``num_classes`` other than the weights') is left new, and a
-  warning says so (fine-tuning);
+  warning says so (fine-tuning); with ``num_classes=0`` (no classifier: a backbone) the
+  weights' classifier is left out;
 - a first conv with other input channels (``in_chans``) gets the weights' filters summed
   (one channel) or repeated and rescaled (more channels), and a log line says so.
 """
@@ -174,8 +175,12 @@ def load_pretrained(
     if cfg.classifier:
         head = model.get_submodule(cfg.classifier)
         classes = getattr(head, "out_features", None) if num_classes is None else num_classes
-        if classes != cfg.num_classes:
-            new = [k for k in model.state_dict() if k.startswith(f"{cfg.classifier}.")]
+        prefix = f"{cfg.classifier}."
+        if classes == 0:  # timm's headless backbone: the weights' classifier is not needed
+            for k in [k for k in state_dict if k.startswith(prefix)]:
+                del state_dict[k]
+        elif classes != cfg.num_classes:
+            new = [k for k in model.state_dict() if k.startswith(prefix)]
             for k in new:
                 state_dict.pop(k, None)
             _logger.warning(

@@ -220,7 +220,9 @@ def create_model(
         pretrained: load the weights of the configuration (the name's tag, or the default
             tag of the architecture).
         features_only: return a :class:`~torch_bam.models.FeatureNet`: the feature maps at
-            ``out_indices`` (default: every level), with ``feature_info``.
+            ``out_indices`` (default: every level), with ``feature_info``;
+            ``feature_cls="getter"`` (timm's) a ``FeatureGetterNet`` instead, through
+            ``forward_intermediates``.
         file: a local weights file, for ``pretrained=True``.
         pretrained_cfg, pretrained_cfg_overlay: timm's: a tag or whole configuration, and
             fields to change in it.
@@ -246,6 +248,7 @@ def create_model(
             f"pretrained=True with it."
         )
     arch, cfg = resolve_cfg(name, pretrained, pretrained_cfg, pretrained_cfg_overlay)
+    kwargs_feature_cls = kwargs.pop("feature_cls", None)  # timm's: "list" or "getter"
     if num_classes is None:
         num_classes = kwargs.pop("num_classes", None)
     owner = f"create_model({name!r})"
@@ -259,10 +262,16 @@ def create_model(
     model._model_args = {k: v for k, v in args.items() if k != "num_classes"}  # save_pretrained
     if pretrained:
         _load_pretrained(model, cfg, num_classes, in_chans, file or cfg.file or None)
+    feature_cls = kwargs_feature_cls
     if features_only:
-        from ._features import FeatureNet
+        from ._features import FeatureGetterNet, FeatureNet
 
-        model = FeatureNet(model, out_indices)
+        if feature_cls not in (None, "list", "getter"):
+            raise UsageError(
+                f"{owner}: feature_cls must be 'list' (the maps as the network runs them) or "
+                f"'getter' (through forward_intermediates), got {feature_cls!r}."
+            )
+        model = (FeatureGetterNet if feature_cls == "getter" else FeatureNet)(model, out_indices)
     elif out_indices is not None:
         raise UsageError(f"{owner}: out_indices is for features_only=True; pass that too.")
     return model

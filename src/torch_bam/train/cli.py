@@ -257,6 +257,9 @@ class BamCLI(LightningCLI):
             raise
 
     def fit(self, **kwargs):
+        check = getattr(self.datamodule, "check_fit", None)  # torch_bam's data modules
+        if check is not None:
+            check(self.trainer.world_size)
         self._locked(self.trainer.fit, **kwargs)
 
     def validate(self, **kwargs):
