@@ -67,7 +67,9 @@ def _choose(block: nn.Module, x: Tensor):
     if block.training and x.shape[0] == 1:
         return "plain", None  # one sample: the channel gate normalises as in eval (bam.py)
     if type(block.channel_att) not in _PLAIN_GATES or type(block.spatial_att) not in _PLAIN_GATES:
-        return "plain", None
+        return "plain", None  # also a one-gate BAM (the paper's ablations): its other gate is None
+    if getattr(block, "combine", "sum") not in ("sum", "product"):
+        return "plain", None  # combine="max" (an ablation): the rooms compute sum and product
     backend = get_backend()
     device = x.device.type
     if backend == "triton" or (backend == "auto" and device == "cuda" and _TRITON):
