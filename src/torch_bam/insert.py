@@ -537,3 +537,26 @@ def add_bam(
         report.append(BAMInsertion(c.path, channels, size, bam_path, bam_norm))
     model.bam_report = report
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The finder and the insertion for any module (torch_bam.peers places SE, ECA, CBAM with them)
+
+
+def bottlenecks(
+    model: nn.Module, example_input: Tensor | None = None
+) -> list[tuple[str, int, tuple[int, int]]]:
+    """``(path, channels, (H, W))`` of each bottleneck :func:`add_bam` would put BAM after."""
+    x = _default_input(model) if example_input is None else example_input
+    calls = _find_bottlenecks(model, x)
+    return [
+        (c.path, int(c.output.shape[1]), (int(c.output.shape[2]), int(c.output.shape[3])))
+        for c in calls
+    ]
+
+
+def insert_after(model: nn.Module, path: str, module: nn.Module) -> str:
+    """Put ``module`` after the module at ``path``, as :func:`add_bam` places a BAM; returns
+    the inserted module's own path."""
+    _placement(model, path)  # its checks first: nothing changes if it refuses
+    return _insert(model, path, module)  # type: ignore[arg-type]
