@@ -131,6 +131,7 @@ def _compare(args: argparse.Namespace) -> int:
             accelerator=args.accelerator,
             devices=args.devices,
             strategy=args.strategy,
+            precision=args.precision,
             progress=not args.no_progress,
             cost_turns=args.cost_turns,
         )
@@ -216,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", default="cpu", help="Lightning's: cpu (default), gpu, auto")
     p.add_argument("--devices", default="1", help="Lightning's devices: a count or auto (1)")
     p.add_argument("--strategy", default="auto", help="Lightning's strategy, e.g. ddp (auto)")
+    p.add_argument("--precision", default=None, help="Lightning's, e.g. bf16-mixed (32-true)")
     p.add_argument(
         "--cost-turns", type=int, default=10, help="interleaved turns timing each (default 10)"
     )

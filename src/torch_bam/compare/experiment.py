@@ -135,7 +135,7 @@ def _measure(models, untrained, reference, x, y, boxes, box_side):
     errors = {v: [] for v in names}
     pointing = layer = size = None
     if boxes is not None:
-        points = bottlenecks(models[seeds[0]][reference].cpu(), x[:2])
+        points = bottlenecks(models[seeds[0]][reference], x[:2])
         points = [p for p in points if p[2][0] * p[2][1] > 1]
         if points:
             layer, _, size = points[-1]  # the deepest bottleneck: where BAM's last map is
@@ -166,7 +166,7 @@ def _measure(models, untrained, reference, x, y, boxes, box_side):
         for s in _batches(n):
             xb, yb = x[s], y[s]
             for v in names:
-                model = models[seed][v].cpu()
+                model = models[seed][v]
                 if v in spatial:
                     maps, logits = spatial_maps(model, xb)
                     hits[v] += int(pointing_hits(_map_at(maps, size), boxes[s], image_size).sum())
@@ -182,7 +182,7 @@ def _measure(models, untrained, reference, x, y, boxes, box_side):
                     hits[f"{v} Grad-CAM"] += int(pointing_hits(cam, boxes[s], image_size).sum())
                 else:
                     with torch.no_grad():
-                        logits = model.eval()(xb)
+                        logits = model.eval()(xb.to(_device_of(model))).cpu()
                 wrong[v] += int((logits.argmax(1) != yb).sum())
         for v in names:
             errors[v].append(wrong[v] / n)
@@ -222,6 +222,7 @@ def run(
     accelerator: str = "cpu",
     devices: str | int = 1,
     strategy: str = "auto",
+    precision: str | None = None,
     progress: bool = True,
     cost_turns: int = COST_TURNS,
 ) -> dict:
@@ -242,6 +243,8 @@ def run(
 
     variants = list(variants)
     trainer = dict(accelerator=accelerator, devices=str(devices), strategy=strategy)
+    if precision is not None:  # Lightning's, e.g. "bf16-mixed" on a GPU
+        trainer["precision"] = precision
     config = dict(
         backbone=backbone,
         variants=variants,
@@ -330,13 +333,16 @@ def _run_locked(splits, specs, config, trainer, out, progress) -> dict:
             )
     if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
         return {}  # DDP: the other processes trained with rank 0; rank 0 measures and writes
-    models = {s: {v: models[s][v].cpu().eval() for v in names} for s in seeds}
-    untrained = {}
-    for s in seeds:
+    test_x, test_y, boxes = splits.test()
+    # The test split on the GPU the runs trained on; the pointing game (small data) on the CPU.
+    gpu = trainer["accelerator"] in ("gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if gpu and boxes is None else "cpu")
+    models = {s: {v: models[s][v].to(device).eval() for v in names} for s in seeds}
+    untrained = {}  # the networks before training: a control of the pointing game
+    for s in seeds if boxes is not None else []:
         torch.manual_seed(s)
         untrained[s] = {v: builder(v)().eval() for v in names}
 
-    test_x, test_y, boxes = splits.test()
     errors, pointing, layer = _measure(
         models, untrained, reference, test_x, test_y, boxes, splits.box_side
     )
