@@ -182,3 +182,19 @@ def test_add_bam_and_create_model_pass_the_switches_on():
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert_close(torch.jit.script(model)(x), model(x))
+
+
+def test_floor_and_record_attention_of_one_gate_bams():
+    from torch_bam.attention import record_attention
+    from torch_bam.floor import BAMFloor
+
+    with pytest.raises(ValueError, match="both gates"):
+        BAMFloor(BAM(32, reduction_ratio=4, attention="channel"))
+    for attention, present in (("channel", "channel_logits"), ("spatial", "spatial_logits")):
+        block = randomize_(BAM(32, reduction_ratio=4, attention=attention)).eval()
+        x = _x()
+        with record_attention(block) as maps, torch.no_grad():
+            y = block(x)
+        m = maps[""]
+        assert getattr(m, present) is not None
+        assert_close(x * (1 + m.gate), y)
