@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-COMBINE_MODES = ("sum", "product")
+COMBINE_MODES = ("sum", "max", "product")
+ATTENTION_MODES = ("both", "channel", "spatial")
 NORM_MODES = ("batch", "frozen")
 
 
@@ -37,8 +38,9 @@ def check_hidden_width(channels: int, reduction_ratio: int, owner: str) -> int:
 def check_combine(combine: object, owner: str) -> str:
     if combine not in COMBINE_MODES:
         raise ValueError(
-            f"{owner}: unknown combine={combine!r}. Use 'sum' (the paper: 1 + sigmoid(M_c + M_s)) "
-            f"or 'product' (the official code: 1 + sigmoid(M_c * M_s))."
+            f"{owner}: unknown combine={combine!r}. Use 'sum' (the paper: 1 + sigmoid(M_c + M_s)), "
+            f"'max' (the paper's ablation: 1 + sigmoid(max(M_c, M_s))) or 'product' (the official "
+            f"code: 1 + sigmoid(M_c * M_s))."
         )
     return combine  # type: ignore[return-value]
 
@@ -63,3 +65,12 @@ def check_norm(norm: object, owner: str) -> str:
             f"or 'frozen' (fixed statistics, for a backbone with frozen BatchNorm, as detectors)."
         )
     return norm  # type: ignore[return-value]
+
+
+def check_attention(attention: object, owner: str) -> str:
+    if attention not in ATTENTION_MODES:
+        raise ValueError(
+            f"{owner}: unknown attention={attention!r}. Use 'both' (the paper's BAM), 'channel' "
+            f"(only the channel gate M_c) or 'spatial' (only the spatial gate M_s)."
+        )
+    return attention  # type: ignore[return-value]

@@ -19,21 +19,29 @@ class AttentionMaps:
     """The last attention of one BAM block, detached.
 
     Attributes:
-        channel_logits: ``M_c``, ``[B, C]``.
-        spatial_logits: ``M_s``, ``[B, 1, H, W]``.
-        combine: how the block combines them, ``"sum"`` or ``"product"``.
+        channel_logits: ``M_c``, ``[B, C]``; None for a spatial-only BAM.
+        spatial_logits: ``M_s``, ``[B, 1, H, W]``; None for a channel-only BAM.
+        combine: how the block combines them, ``"sum"``, ``"max"`` or ``"product"``.
     """
 
-    channel_logits: Tensor
-    spatial_logits: Tensor
+    channel_logits: Tensor | None
+    spatial_logits: Tensor | None
     combine: str = "sum"
 
     @property
     def gate(self) -> Tensor:
-        """The combined 3-D gate ``sigmoid(M_c (+|*) M_s)``, ``[B, C, H, W]``, built on demand."""
+        """The gate ``sigmoid(M_c (+|max|*) M_s)``, built on demand: ``[B, C, H, W]``, or the
+        one map of a one-gate BAM (``[B, C, 1, 1]`` or ``[B, 1, H, W]``)."""
+        if self.channel_logits is None:
+            return torch.sigmoid(self.spatial_logits)
         c = self.channel_logits[:, :, None, None]
-        logits = c * self.spatial_logits if self.combine == "product" else c + self.spatial_logits
-        return torch.sigmoid(logits)
+        if self.spatial_logits is None:
+            return torch.sigmoid(c)
+        if self.combine == "product":
+            return torch.sigmoid(c * self.spatial_logits)
+        if self.combine == "max":
+            return torch.sigmoid(torch.maximum(c, self.spatial_logits))
+        return torch.sigmoid(c + self.spatial_logits)
 
 
 @contextmanager
@@ -59,14 +67,18 @@ def record_attention(model: nn.Module) -> Iterator[dict[str, AttentionMaps]]:
     for name, block in blocks:
         pending: dict[str, Tensor] = {}
 
-        def on_channel(_m, _inp, out, pending=pending):
+        def on_channel(_m, _inp, out, name=name, block=block, pending=pending):
             pending["c"] = out.detach()
+            if block.spatial_att is None:  # channel-only BAM: this is its one map
+                maps[name] = AttentionMaps(pending.pop("c"), None, block.combine)
 
         def on_spatial(_m, _inp, out, name=name, block=block, pending=pending):
-            maps[name] = AttentionMaps(pending.pop("c"), out.detach(), block.combine)
+            maps[name] = AttentionMaps(pending.pop("c", None), out.detach(), block.combine)
 
-        handles.append(block.channel_att.register_forward_hook(on_channel))
-        handles.append(block.spatial_att.register_forward_hook(on_spatial))
+        if block.channel_att is not None:
+            handles.append(block.channel_att.register_forward_hook(on_channel))
+        if block.spatial_att is not None:
+            handles.append(block.spatial_att.register_forward_hook(on_spatial))
     try:
         yield maps
     finally:

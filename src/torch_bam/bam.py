@@ -7,6 +7,9 @@ https://arxiv.org/abs/1807.06514
     M_s(F) = f1x1(f3x3_d(f3x3_d(f1x1(F))))           C -> C/r -> C/r -> C/r -> 1
     F'     = F * (1 + sigmoid(M_c(F) + M_s(F)))
 
+The paper's ablations (its Table 1) are options: ``combine="max"`` (``max(M_c, M_s)``) and
+``attention="channel"`` or ``"spatial"`` (one gate: ``F * (1 + sigmoid(M_c))`` or ``M_s``).
+
 Module and parameter names follow the seed code, so its state_dicts load with ``strict=True``.
 """
 
@@ -20,6 +23,7 @@ from torch import Tensor, nn
 
 from . import dispatch
 from ._validate import (
+    check_attention,
     check_combine,
     check_factory_dtype,
     check_hidden_width,
@@ -191,6 +195,14 @@ def _check_input(x: Tensor, channels: int, batch_stats: bool, weight_dtype: torc
             )
 
 
+def _one_gate(x: Tensor, logits: Tensor, inplace: bool) -> Tensor:
+    """A one-gate BAM's output ``x * (1 + sigmoid(logits))``, logits ``[B, C, 1, 1]`` or
+    ``[B, 1, H, W]``: the paper's channel-only and spatial-only ablations, as plain ops."""
+    if inplace:
+        return x.mul_(torch.sigmoid(logits) + 1)
+    return x * torch.sigmoid(logits) + x  # x first: the output takes x's memory format
+
+
 class BAM(nn.Module):
     """Bottleneck Attention Module: ``F' = F * (1 + sigmoid(M_c(F) + M_s(F)))``.
 
@@ -200,8 +212,14 @@ class BAM(nn.Module):
         dilation: dilation of the spatial gate's 3x3 convs (paper: 4).
         num_dilated_convs: dilated 3x3 convs in the spatial gate (paper: 2).
         channel_mlp_layers: hidden layers in the channel gate's MLP (paper: 1).
-        combine: ``"sum"`` (paper) or ``"product"``: ``1 + sigmoid(M_c * M_s)``, as the
-            official code computes it; use it to run weights trained with that code.
+        combine: ``"sum"`` (paper), ``"max"`` (the paper's ablation: ``1 + sigmoid(max(M_c,
+            M_s))``) or ``"product"``: ``1 + sigmoid(M_c * M_s)``, as the official code computes
+            it; use it to run weights trained with that code.
+        attention: ``"both"`` (paper), or the paper's ablations ``"channel"`` (only the channel
+            gate: ``F * (1 + sigmoid(M_c))``) and ``"spatial"`` (only the spatial gate). A
+            one-gate BAM holds only its gate (its state_dict keys are the full BAM's keys of
+            that gate); ``combine`` does not apply to it. The CPU and CUDA rooms run the full
+            block with ``"sum"`` or ``"product"``; the ablations take the plain path.
         device, dtype: where and how to create the parameters.
         inplace: in inference (grad mode off) write the output into the input tensor, saving
             one feature map of memory; with grad mode on it silently computes out of place, so
@@ -229,6 +247,7 @@ class BAM(nn.Module):
     """
 
     combine: str
+    attention: str
     channels: int
     inplace: bool
     norm: str
@@ -245,10 +264,12 @@ class BAM(nn.Module):
         dtype: torch.dtype | None = None,
         inplace: bool = False,
         norm: str = "batch",
+        attention: str = "both",
     ) -> None:
         super().__init__()
         owner = f"BAM(channels={channels!r})"
         check_norm(norm, owner)
+        check_attention(attention, owner)
         check_positive_int("channels", channels, owner)
         check_positive_int("reduction_ratio", reduction_ratio, owner)
         check_positive_int("dilation", dilation, owner)
@@ -263,11 +284,20 @@ class BAM(nn.Module):
         self.num_dilated_convs = num_dilated_convs
         self.channel_mlp_layers = channel_mlp_layers
         self.combine = combine
+        self.attention = attention
         self.inplace = bool(inplace)
-        self.channel_att = ChannelGate(channels, reduction_ratio, channel_mlp_layers, device, dtype)
-        self.spatial_att = SpatialGate(
-            channels, reduction_ratio, dilation, num_dilated_convs, device, dtype
-        )
+        # A one-gate BAM has None for the other gate: no parameters, no keys; TorchScript
+        # drops the branch that uses it.
+        self.channel_att = None
+        self.spatial_att = None
+        if attention != "spatial":
+            self.channel_att = ChannelGate(
+                channels, reduction_ratio, channel_mlp_layers, device, dtype
+            )
+        if attention != "channel":
+            self.spatial_att = SpatialGate(
+                channels, reduction_ratio, dilation, num_dilated_convs, device, dtype
+            )
         self.norm = "batch"
         if norm == "frozen":
             self.freeze_norms()
@@ -281,9 +311,15 @@ class BAM(nn.Module):
             y = self._dispatched_forward(x)
             if y is not None:
                 return y
+        inplace = self.inplace and not torch.is_grad_enabled()
+        # TorchScript resolves these `is None` tests when it compiles (as torchvision's
+        # `downsample`): a one-gate BAM's script holds only its branch.
+        if self.channel_att is None:
+            return _one_gate(x, self.spatial_att(x), inplace)
+        if self.spatial_att is None:
+            return _one_gate(x, self.channel_att(x)[:, :, None, None], inplace)
         channel_logits = self.channel_att(x)
         spatial_logits = self.spatial_att(x)
-        inplace = self.inplace and not torch.is_grad_enabled()
         return bam_gate(x, channel_logits, spatial_logits, self.combine, inplace)
 
     @torch.jit.unused
@@ -291,7 +327,7 @@ class BAM(nn.Module):
         # The gates' float weights' dtype, for the input check: the final conv's as BAM builds
         # it; a replaced layer may hold none (a wrapper, a quantised conv): then the first float
         # parameter of the gates, or x's own (nothing to compare with).
-        w = getattr(self.spatial_att.gate_s, "gate_s_conv_final", None)
+        w = getattr(getattr(self.spatial_att, "gate_s", None), "gate_s_conv_final", None)
         w = getattr(w, "weight", None)
         if isinstance(w, Tensor) and w.is_floating_point():
             return w.dtype
@@ -310,7 +346,9 @@ class BAM(nn.Module):
         """Replace each gate's BatchNorms by :class:`~torch_bam.norm.FrozenBatchNorm` copies
         with their statistics, scale and shift as they are now (in place; the state_dict keys
         stay, less ``num_batches_tracked``). Returns ``self``."""
-        for gate in (self.channel_att.gate_c, self.spatial_att.gate_s):
+        gates = [self.channel_att.gate_c] if self.channel_att is not None else []
+        gates += [self.spatial_att.gate_s] if self.spatial_att is not None else []
+        for gate in gates:
             for name, m in list(gate.named_children()):
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     setattr(gate, name, FrozenBatchNorm.from_batchnorm(m))
@@ -329,6 +367,7 @@ class BAM(nn.Module):
             f"channels={self.channels}, reduction_ratio={self.reduction_ratio}, "
             f"dilation={self.dilation}, num_dilated_convs={self.num_dilated_convs}, "
             f"channel_mlp_layers={self.channel_mlp_layers}, combine={self.combine!r}"
+            + (f", attention={self.attention!r}" if self.attention != "both" else "")
             + (", inplace=True" if self.inplace else "")
             + (", norm='frozen'" if self.norm == "frozen" else "")
         )

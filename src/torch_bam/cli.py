@@ -108,6 +108,37 @@ def _run_demo(run, args: argparse.Namespace) -> None:
     )
 
 
+def _compare(args: argparse.Namespace) -> int:
+    _torch_pair()
+    from ._io import undo_on_failure
+    from .compare import run
+
+    with undo_on_failure():  # a run that fails leaves none of its new files
+        run(
+            backbone=args.backbone,
+            variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+            seeds=args.seeds,
+            seed=args.seed,
+            epochs=args.epochs,
+            dataset=args.dataset,
+            train_size=args.train_size,
+            val_size=args.val_size,
+            test_size=args.test_size,
+            canvas=args.canvas,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            out=args.out,
+            data_root=args.data_root,
+            accelerator=args.accelerator,
+            devices=args.devices,
+            strategy=args.strategy,
+            precision=args.precision,
+            progress=not args.no_progress,
+            cost_turns=args.cost_turns,
+        )
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, report
 
@@ -166,6 +197,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "compare", help="train a backbone with BAM, its ablations, SE, CBAM, ECA; report honestly"
+    )
+    p.add_argument("--backbone", default="small_cnn", help="a registered model (small_cnn)")
+    p.add_argument(
+        "--variants",
+        default="none,bam,se,cbam,eca,bam-channel,bam-spatial",
+        help="comma-separated, the first is the reference (default none,bam,se,cbam,eca,"
+        "bam-channel,bam-spatial; also bam-max, bam-product, se-bottleneck, cbam-bottleneck, "
+        "eca-bottleneck)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="first seed and data seed (default 0)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
+    p.add_argument(
+        "--dataset",
+        default="cluttered-digits",
+        help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
+    )
+    p.add_argument("--train-size", type=int, default=1536, help="training images (default 1536)")
+    p.add_argument("--val-size", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
+    p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")
+    p.add_argument("--out", default="runs/compare", help="run directory (default runs/compare)")
+    p.add_argument("--accelerator", default="cpu", help="Lightning's: cpu (default), gpu, auto")
+    p.add_argument("--devices", default="1", help="Lightning's devices: a count or auto (1)")
+    p.add_argument("--strategy", default="auto", help="Lightning's strategy, e.g. ddp (auto)")
+    p.add_argument("--precision", default=None, help="Lightning's, e.g. bf16-mixed (32-true)")
+    p.add_argument(
+        "--cost-turns", type=int, default=10, help="interleaved turns timing each (default 10)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_compare)
 
     p = sub.add_parser("visualize", help="draw BAM attention maps of a checkpoint over images")
     p.add_argument("checkpoint", help="a Lightning .ckpt or a torch-bam checkpoint (.pt)")

@@ -75,7 +75,10 @@ def room_eligible(block: nn.Module, x) -> bool:
         return False  # FX proxies, traces and exports record the plain ops
     if block.training and x.shape[0] == 1:
         return False  # one sample: the channel gate normalises as in eval (bam.py)
-    return type(block.channel_att) in _PLAIN_GATES and type(block.spatial_att) in _PLAIN_GATES
+    if type(block.channel_att) not in _PLAIN_GATES or type(block.spatial_att) not in _PLAIN_GATES:
+        return False  # also a one-gate BAM (the paper's ablations): its other gate is None
+    # combine="max" (an ablation): the rooms compute sum and product only
+    return getattr(block, "combine", "sum") in ("sum", "product")
 
 
 def _cuda_room(backend: str, x: Tensor) -> bool:

@@ -63,6 +63,11 @@ class BAMFloor(nn.Module):
         super().__init__()
         if not isinstance(block, BAM):
             raise TypeError(f"BAMFloor needs a torch_bam.BAM block, got {type(block).__name__}.")
+        if block.attention != "both":
+            raise ValueError(
+                f"BAMFloor is the floor of the paper's BAM (both gates); this block has "
+                f"attention={block.attention!r}. Measure a one-gate BAM as it is."
+            )
         convs = [m for m in block.spatial_att.gate_s if isinstance(m, nn.Conv2d)]
         self.convs = nn.ModuleList(convs)
         self.combine = block.combine

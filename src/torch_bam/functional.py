@@ -1,4 +1,4 @@
-"""The BAM gate as a function: ``x * (1 + sigmoid(c (+|*) s))``.
+"""The BAM gate as a function: ``x * (1 + sigmoid(c (+|max|*) s))``.
 
 Park et al., "BAM: Bottleneck Attention Module", BMVC 2018, https://arxiv.org/abs/1807.06514
 
@@ -14,6 +14,9 @@ honour :func:`set_backend`. The backward recomputes the sigmoid, so autograd kee
 backward works too. Under ``torch.func`` transforms (``grad``, ``vmap``, ``jacrev``), whose
 wrapped tensors a ``torch.library`` autograd formula cannot take, :func:`bam_gate` computes the
 ATen maths as plain differentiable ops.
+
+The paper's ablation ``combine="max"`` runs as plain differentiable ops (:func:`bam_gate_ref`)
+on every device: the op and its kernels compute ``"sum"`` and ``"product"`` only.
 
 ``set_backend("reference")`` or the environment variable ``TORCH_BAM_FORCE_REFERENCE=1`` make
 :func:`bam_gate` call :func:`bam_gate_ref` instead, for debugging.
@@ -32,6 +35,7 @@ from ._validate import check_combine
 __all__ = ["bam_gate", "bam_gate_ref", "get_backend", "set_backend"]
 
 _BACKENDS = ("auto", "reference", "aten", "triton")
+_OP_COMBINE = ("sum", "product")
 _backend: str | None = None  # None: TORCH_BAM_BACKEND, else "auto"
 
 
@@ -85,13 +89,20 @@ def bam_gate_ref(
         x: feature map ``[B, C, H, W]``.
         channel_logits: ``M_c``, ``[B, C]`` or ``[B, C, 1, 1]``.
         spatial_logits: ``M_s``, ``[B, 1, H, W]``.
-        combine: ``"sum"`` (paper) or ``"product"`` (official code).
+        combine: ``"sum"`` (paper), ``"max"`` (the paper's ablation: ``max(M_c, M_s)``) or
+            ``"product"`` (official code).
 
     Returns:
-        ``x * (1 + sigmoid(M_c + M_s))`` (or with ``M_c * M_s``), shaped and laid out like ``x``.
+        ``x * (1 + sigmoid(M_c + M_s))`` (or with ``max(M_c, M_s)``, ``M_c * M_s``), shaped and
+        laid out like ``x``.
     """
     c = channel_logits.reshape(x.shape[0], x.shape[1], 1, 1)
-    logits = c * spatial_logits if combine == "product" else c + spatial_logits
+    if combine == "product":
+        logits = c * spatial_logits
+    elif combine == "max":
+        logits = torch.maximum(c, spatial_logits)
+    else:
+        logits = c + spatial_logits
     # x first: the output takes x's memory format. Bitwise equal to the seed's att * x + x.
     return x * torch.sigmoid(logits) + x
 
@@ -101,7 +112,12 @@ def bam_gate_ref(
 
 
 def _check_shapes(x: Tensor, c: Tensor, s: Tensor, combine: str) -> None:
-    check_combine(combine, "bam_gate")
+    if combine not in _OP_COMBINE:  # the op's kernels compute these two only
+        raise ValueError(
+            f"torch_bam::bam_gate: combine={combine!r} is not one of the op's {_OP_COMBINE}. "
+            f"Call torch_bam.functional.bam_gate, which computes every combine (including the "
+            f"ablation 'max', as plain ops)."
+        )
     if x.dim() != 4:
         raise ValueError(f"bam_gate: x must be [B, C, H, W], got shape {list(x.shape)}.")
     b, ch, h, w = x.shape
@@ -273,7 +289,10 @@ def bam_gate(
     combine: str = "sum",
     inplace: bool = False,
 ) -> Tensor:
-    """Apply the BAM gate ``x * (1 + sigmoid(c (+|*) s))``; see :func:`bam_gate_ref` for shapes.
+    """Apply the BAM gate ``x * (1 + sigmoid(c (+|max|*) s))``; see :func:`bam_gate_ref`.
+
+    ``combine="max"`` (an ablation of the paper) computes :func:`bam_gate_ref` as plain
+    differentiable ops on every backend; ``"sum"`` and ``"product"`` run the fused op.
 
     Args:
         inplace: write the result into ``x`` and return it (inference only). Raises a
@@ -296,12 +315,12 @@ def bam_gate(
                 "an input requires grad. Run under torch.no_grad()/torch.inference_mode(), or "
                 "use inplace=False."
             )
-        if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
+        if get_backend() == "reference" or combine == "max" or torch.onnx.is_in_onnx_export():
             return x.copy_(bam_gate_ref(x, channel_logits, spatial_logits, combine))
         bam_gate_inplace_op(x, channel_logits, spatial_logits, combine)
         return x
     # ONNX has no kernel for the custom op: export the reference maths it can translate.
-    if get_backend() == "reference" or torch.onnx.is_in_onnx_export():
+    if get_backend() == "reference" or combine == "max" or torch.onnx.is_in_onnx_export():
         return bam_gate_ref(x, channel_logits, spatial_logits, combine)
     if _functorch_wrapped(x, channel_logits, spatial_logits):
         # Under torch.func transforms: the op's ATen maths as plain, differentiable ops.

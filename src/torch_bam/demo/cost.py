@@ -26,9 +26,13 @@ FLOOR = "floor"  # the name of the floor network in :func:`measure`'s result
 KINDS = ("train_step", "inference")
 
 
-def _timed(fn) -> float:
+def _timed(fn, sync=None) -> float:
+    if sync is not None:  # a GPU runs asynchronously: time what it did, not what was queued
+        sync()
     start = time.perf_counter()
     fn()
+    if sync is not None:
+        sync()
     return time.perf_counter() - start
 
 
@@ -62,11 +66,13 @@ def measure(
         with torch.no_grad():
             net(x)
 
+    sync = torch.cuda.synchronize if x.is_cuda else None
     record = {n: {f"{k}_s": [] for k in KINDS} for n in names}
     for turn in range(warmup + turns):
         shift = turn % len(names)
         for name in names[shift:] + names[:shift]:
-            step, infer = _timed(lambda n=name: train_step(n)), _timed(lambda n=name: inference(n))
+            step = _timed(lambda n=name: train_step(n), sync)
+            infer = _timed(lambda n=name: inference(n), sync)
             if turn >= warmup:
                 record[name]["train_step_s"].append(step)
                 record[name]["inference_s"].append(infer)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import os
 from statistics import median
 
@@ -58,65 +57,11 @@ def _clear_earlier_run(out: str) -> None:
             os.unlink(path)
 
 
-@contextlib.contextmanager
-def _quiet_banner():
-    """Lightning's hardware banner ("GPU available: ...") once per run is noise in a demo that
-    trains six models on the CPU and says so in its report: keep its info lines out."""
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def _fit(name, splits, seed, epochs, batch_size, lr, progress):
     """Train one model with Lightning; returns ``(model with best-val weights, Record)``."""
-    import lightning as L
-    from torch.utils.data import DataLoader, TensorDataset
+    from ..compare.train import fit
 
-    from .._upstream_warnings import lightning_calls
-    from ..train import ImageClassifier
-    from ..train.progress import EpochLines, hide_tips, wants_lines
-    from .callbacks import Record
-
-    L.seed_everything(seed, verbose=False)  # same init draw order and same batches per seed
-    module = ImageClassifier(
-        name,
-        num_classes=splits.num_classes,
-        in_chans=splits.in_chans,
-        lr=lr,
-        weight_decay=5e-4,
-        schedule="cosine",
-        warmup_epochs=min(0.5, epochs / 4),
-        max_epochs=epochs,
-    )
-    record = Record()
-    callbacks = [record]
-    if progress and wants_lines():
-        callbacks.append(EpochLines())  # a log file or pipe: a line per epoch, not a bar
-    hide_tips()
-    train_loader = DataLoader(splits.train, batch_size=batch_size, shuffle=True, drop_last=True)
-    val_loader = DataLoader(TensorDataset(splits.val_x, splits.val_y), batch_size=256)
-    with _quiet_banner(), lightning_calls():
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=progress,
-            num_sanity_val_steps=0,
-            callbacks=callbacks,
-        )
-        trainer.fit(module, train_loader, val_loader)
-    model = module.model
-    if record.best_state is not None:
-        model.load_state_dict(record.best_state)
-        record.best_state = None
-    return model.eval(), record
+    return fit(name, splits, seed, epochs, batch_size, lr, progress)
 
 
 def _untrained(name: str, splits, seed: int) -> nn.Module:

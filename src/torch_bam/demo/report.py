@@ -6,29 +6,13 @@ sentence that says one thing beats another follows :mod:`torch_bam.demo.claims`.
 
 from __future__ import annotations
 
+from ..compare.report import pct, spread_cell, table
 from .claims import compare, describe, localisation_claim, summarize
 
 BAM_KEY_SUFFIX = " BAM"
 
 
-def pct(value: float) -> str:
-    return f"{100 * value:.1f}%"
-
-
-def spread_cell(values: list[float]) -> str:
-    """``"12.3% ± 1.2 (10.9-13.5%)"``; one value: ``"12.3%"``."""
-    s = summarize(values)
-    if s["std"] is None:
-        return pct(s["mean"])
-    if s["min"] == s["max"]:
-        return f"{pct(s['mean'])} ± 0.0"
-    return f"{pct(s['mean'])} ± {100 * s['std']:.1f} ({100 * s['min']:.1f}-{100 * s['max']:.1f}%)"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+_table = table  # the demo's name for the shared table
 
 
 def claims_of(report: dict) -> dict:

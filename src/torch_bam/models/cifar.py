@@ -18,12 +18,15 @@ from torch import Tensor, nn
 from ..bam import BAM
 from ._interface import TimmInterface, check_head_args
 from ._registry import register_pair
+from .resnet import block_attention
 
 __all__ = ["PreActResNet", "ResNeXtCifar"]
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, dropout: float = 0.0) -> None:
+    def __init__(
+        self, cin: int, cout: int, stride: int, dropout: float = 0.0, attn_layer=None
+    ) -> None:
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
         self.relu1 = nn.ReLU(inplace=True)
@@ -35,6 +38,7 @@ class PreActBlock(nn.Module):
         self.shortcut = (
             nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
         )
+        self.se = block_attention(attn_layer, cout)  # timm's name, on the residual branch
 
     def forward(self, x: Tensor) -> Tensor:
         # Not in place: x itself is the identity shortcut.
@@ -42,6 +46,8 @@ class PreActBlock(nn.Module):
         identity = x if self.shortcut is None else self.shortcut(a)
         out = self.conv1(a)
         out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
+        if self.se is not None:
+            out = self.se(out)
         return out + identity
 
 
@@ -54,6 +60,8 @@ class PreActResNet(TimmInterface, nn.Module):
         num_classes: outputs of the classifier.
         dropout: between the two convs of a block (WRN's option; 0 in the BAM paper's table).
         use_bam: BAM after stages 1 and 2 (``bam1``, ``bam2``).
+        block_args: to every block, as timm's ResNet: ``dict(attn_layer="se")`` (or ``"eca"``,
+            ``"cbam"``) puts that module in every block.
         **bam_kwargs: passed to BAM.
     """
 
@@ -67,6 +75,7 @@ class PreActResNet(TimmInterface, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
         use_bam: bool = False,
+        block_args: dict | None = None,
         **bam_kwargs,
     ) -> None:
         super().__init__()
@@ -76,7 +85,13 @@ class PreActResNet(TimmInterface, nn.Module):
         for i, w in enumerate(widths):
             stage = nn.Sequential(
                 *[
-                    PreActBlock(cin if j == 0 else w, w, 2 if i and not j else 1, dropout)
+                    PreActBlock(
+                        cin if j == 0 else w,
+                        w,
+                        2 if i and not j else 1,
+                        dropout,
+                        **(block_args or {}),
+                    )
                     for j in range(blocks)
                 ]
             )
@@ -113,7 +128,14 @@ class PreActResNet(TimmInterface, nn.Module):
 
 class ResNeXtBlock(nn.Module):
     def __init__(
-        self, cin: int, cout: int, stride: int, cardinality: int, width: int, stride_in_3x3: bool
+        self,
+        cin: int,
+        cout: int,
+        stride: int,
+        cardinality: int,
+        width: int,
+        stride_in_3x3: bool,
+        attn_layer=None,
     ) -> None:
         super().__init__()
         s1, s3 = (1, stride) if stride_in_3x3 else (stride, 1)
@@ -129,12 +151,15 @@ class ResNeXtBlock(nn.Module):
             if stride != 1 or cin != cout
             else None
         )
+        self.se = block_attention(attn_layer, cout)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
         out = self.relu(self.bn_reduce(self.conv_reduce(x)))
         out = self.relu(self.bn(self.conv_conv(out)))
         out = self.bn_expand(self.conv_expand(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + identity)
 
 
@@ -147,6 +172,7 @@ class ResNeXtCifar(TimmInterface, nn.Module):
         stride_in_3x3: stride of a downsampling block in its 3x3 conv; by default it is in the
             first 1x1, as in the BAM paper's ResNets (4.98 GMACs; the 3x3 gives 5.39).
         use_bam: BAM after stages 1 and 2.
+        block_args: to every block (``dict(attn_layer="se")``, as timm's ResNet).
     """
 
     def __init__(
@@ -161,6 +187,7 @@ class ResNeXtCifar(TimmInterface, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
         use_bam: bool = False,
+        block_args: dict | None = None,
         **bam_kwargs,
     ) -> None:
         super().__init__()
@@ -180,6 +207,7 @@ class ResNeXtCifar(TimmInterface, nn.Module):
                         cardinality,
                         inner,
                         stride_in_3x3,
+                        **(block_args or {}),
                     )
                     for j in range(blocks)
                 ]

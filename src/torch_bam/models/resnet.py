@@ -20,10 +20,22 @@ from ._registry import register_pair
 __all__ = ["ResNet"]
 
 
+def block_attention(attn_layer, channels: int):
+    """timm's ``attn_layer`` of a residual block (``"se"``, ``"eca"``, ``"cbam"``, ``"bam"``,
+    or a class), on its residual branch before the shortcut is added; None for none."""
+    if attn_layer is None:
+        return None
+    if isinstance(attn_layer, str):
+        from ..peers import attention_module
+
+        return attention_module(attn_layer, channels)
+    return attn_layer(channels)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, **_):
+    def __init__(self, inplanes, planes, stride=1, downsample=None, attn_layer=None, **_):
         super().__init__()
         self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -31,11 +43,14 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
+        self.se = block_attention(attn_layer, planes)  # timm's name and place for it
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + identity)
 
 
@@ -51,6 +66,7 @@ class Bottleneck(nn.Module):
         groups=1,
         base_width=64,
         stride_in_3x3=False,
+        attn_layer=None,
     ):
         super().__init__()
         width = int(planes * base_width / 64) * groups
@@ -63,12 +79,15 @@ class Bottleneck(nn.Module):
         self.bn3 = nn.BatchNorm2d(planes * 4)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
+        self.se = block_attention(attn_layer, planes * 4)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        if self.se is not None:
+            out = self.se(out)
         return self.relu(out + identity)
 
 
@@ -87,6 +106,8 @@ class ResNet(TimmInterface, nn.Module):
         drop_rate: dropout before the classifier.
         global_pool: ``"avg"``, ``"max"``, or ``""`` (no pooling, with ``num_classes=0``).
         use_bam: insert BAM after ``layer1``, ``layer2`` and ``layer3``.
+        block_args: to every residual block, as timm's ResNet: ``dict(attn_layer="se")`` puts
+            an SE (or ``"eca"``, ``"cbam"``: timm's modules) in every block.
         **bam_kwargs: passed to BAM (``reduction_ratio``, ``combine``, ...).
     """
 
@@ -104,6 +125,7 @@ class ResNet(TimmInterface, nn.Module):
         drop_rate: float = 0.0,
         global_pool: str = "avg",
         use_bam: bool = False,
+        block_args: dict | None = None,
         **bam_kwargs,
     ) -> None:
         super().__init__()
@@ -114,6 +136,7 @@ class ResNet(TimmInterface, nn.Module):
             raise ValueError(f"ResNet: stem must be 'imagenet' or 'cifar', got {stem!r}.")
         block_cls = BasicBlock if block == "basic" else Bottleneck
         kw = dict(groups=groups, base_width=width_per_group, stride_in_3x3=stride_in_3x3)
+        kw.update(block_args or {})
         self.inplanes = 64
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, 64, 7, 2, 3, bias=False)
@@ -146,7 +169,10 @@ class ResNet(TimmInterface, nn.Module):
                 (("layer4",), widths[3] * expansion, 8 * p),
             ],
         )
-        in_bam = {id(m) for b in self.modules() if isinstance(b, BAM) for m in b.modules()}
+        # Kaiming init for the backbone's convs; attention modules keep their own init.
+        attention = [b for b in self.modules() if isinstance(b, BAM)]
+        attention += [b.se for b in self.modules() if isinstance(b, (BasicBlock, Bottleneck))]
+        in_bam = {id(m) for a in attention if a is not None for m in a.modules()}
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and id(m) not in in_bam:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -114,6 +114,11 @@ def _draw_png(
             axes[i, 0].set_title("\n".join(head), fontsize=TEXT_PT)
             for j, name in enumerate(names):
                 att = maps[name]
+                if att.spatial_logits is None or att.channel_logits is None:
+                    raise ValueError(
+                        f"visualize draws both of a BAM's maps, but {name} is a one-gate BAM "
+                        f"(the paper's ablation): read its one map with record_attention."
+                    )
                 spatial = up(torch.sigmoid(att.spatial_logits[i : i + 1].float()))[0, 0]
                 gate = up(att.gate[i : i + 1].float().mean(dim=1, keepdim=True))[0, 0]
                 channel = torch.sigmoid(att.channel_logits[i].float())
