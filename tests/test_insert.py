@@ -220,6 +220,26 @@ def test_identity_init_gives_f_prime_close_to_f():
         assert not torch.allclose(plain(x), base(x), rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"combine": "max"}, {"attention": "channel"}, {"attention": "spatial"}],
+    ids=["max", "channel-only", "spatial-only"],
+)
+def test_identity_init_for_the_papers_ablations(kwargs):
+    # The ablation switches (combine="max", one-gate BAMs) start as F * (1 + init_attention)
+    # too: one gate alone carries the whole logit, and max needs both gates at it.
+    model = add_bam(
+        torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64),
+        identity_init=True, init_attention=0.01, **kwargs,
+    )
+    blocks = [m for m in model.modules() if isinstance(m, BAM)]
+    assert len(blocks) == 3
+    with torch.no_grad():
+        for b in blocks:
+            f = torch.randn(2, b.channels, 8, 8)
+            torch.testing.assert_close(b(f), f * 1.01, rtol=1e-5, atol=1e-6)
+
+
 def test_scriptable_fx_traceable_exportable():
     model = add_bam(torchvision.models.resnet18().eval(), torch.randn(2, 3, 64, 64))
     x = torch.randn(2, 3, 64, 64)

@@ -64,11 +64,15 @@ class BAMReport(list):
 def _identity_init_(bam: BAM, attention: float) -> None:
     """Zero the gates' last layers and set their biases so that sigmoid(...) = ``attention``."""
     logit = math.log(attention / (1 - attention))
-    final_c = bam.channel_att.gate_c[-1]
-    final_s = bam.spatial_att.gate_s.gate_s_conv_final
-    for layer in (final_c, final_s):
+    final_c = bam.channel_att.gate_c[-1] if bam.channel_att is not None else None
+    final_s = bam.spatial_att.gate_s.gate_s_conv_final if bam.spatial_att is not None else None
+    finals = [layer for layer in (final_c, final_s) if layer is not None]
+    for layer in finals:
         layer.weight.zero_()
-    if bam.combine == "sum":
+    if len(finals) == 1 or bam.combine == "max":  # one gate, or max: each gate at the logit
+        for layer in finals:
+            layer.bias.fill_(logit)
+    elif bam.combine == "sum":
         final_c.bias.fill_(logit / 2)
         final_s.bias.fill_(logit / 2)
     else:  # product: (-a) * a = logit
