@@ -168,8 +168,9 @@ def test_onnx_matches_onnxruntime(kw, tmp_path):
 
 
 def test_add_bam_and_create_model_pass_the_switches_on():
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 16, 3)
+    net = torch.nn.Sequential(  # stem conv, a stage conv, then the downsampling
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.MaxPool2d(2), torch.nn.Conv2d(16, 16, 3, padding=1),
     )
     add_bam(net, torch.randn(2, 3, 16, 16), reduction_ratio=4, attention="spatial")
     blocks = [m for m in net.modules() if isinstance(m, BAM)]

@@ -50,7 +50,9 @@ def test_add_attention_at_the_bottlenecks_is_where_add_bam_puts_bam(kind):
     x = torch.randn(2, 3, 32, 32)
     reference = add_bam(create_model("small_cnn"), x)
     model = add_attention(create_model("small_cnn"), kind, example_input=x)
-    assert [p for p, _ in model.attention_report] == [r.bam_path for r in reference.bam_report]
+    # The same places, each module under its own name (layer1.se where BAM is layer1.bam).
+    expected = [r.bam_path[: -len("bam")] + kind for r in reference.bam_report]
+    assert [p for p, _ in model.attention_report] == expected
     cls = CLASSES.get(kind, BAM)
     assert sum(isinstance(m, cls) for m in model.modules()) == len(reference.bam_report)
     assert model(x).shape == (2, 10)

@@ -48,8 +48,8 @@ def test_non_integer_arguments(kwargs, name):
 
 
 def test_unknown_combine():
-    with pytest.raises(ValueError, match=r"unknown combine='max'.*'sum'.*'product'"):
-        BAM(64, combine="max")
+    with pytest.raises(ValueError, match=r"unknown combine='mean'.*'sum'.*'max'.*'product'"):
+        BAM(64, combine="mean")
     with pytest.raises(ValueError, match=r"unknown combine"):
         bam_gate(torch.randn(1, 2, 3, 3), torch.randn(1, 2), torch.randn(1, 1, 3, 3), "mean")
 

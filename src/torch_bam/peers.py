@@ -119,9 +119,9 @@ def add_attention(
 
 def _output_channels(model: nn.Module, paths: list[str], x: Tensor | None) -> dict[str, int]:
     """Channels of each module's output, from one forward pass (eval, no grad)."""
-    from .insert import _default_input
+    from .insert._trace import default_input
 
-    x = _default_input(model) if x is None else x
+    x = default_input(model) if x is None else x
     seen: dict[str, int] = {}
     handles = []
     for path in paths:
