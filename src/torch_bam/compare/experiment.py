@@ -23,7 +23,7 @@ import platform
 import torch
 from torch import nn
 
-from .._io import RunDirLock, atomic_write_text, remove_stale_temporaries
+from .._io import atomic_write_text, remove_stale_temporaries
 from ..errors import UsageError
 from ..peers import Variant, attention_variants
 
@@ -264,10 +264,7 @@ def run(
     numbers = ("epochs", "seeds", "train_size", "val_size", "test_size", "canvas", "batch_size")
     numbers += ("cost_turns",)
     options.check_positive(lr=lr, **{k: config[k] for k in numbers})
-    if seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {seed}.")
-    options.check_sizes(train_size, batch_size)
-    options.check_dataset(dataset)
+    options.check_run(seed, train_size, batch_size, dataset)
     specs = _check(backbone, variants, trainer)
     if trainer["devices"] != "auto":
         trainer["devices"] = int(trainer["devices"])
@@ -275,23 +272,18 @@ def run(
     from ..demo.splits import make_splits
 
     splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
-    lock = RunDirLock(out, what="torch-bam compare")
-    lock.acquire()
-    try:
+
+    def clear() -> None:  # the files an earlier compare wrote here, and its temporaries
         remove_stale_temporaries(out)
         for name in REPORT_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(out, name))
-        return _run_locked(splits, specs, config, trainer, out, progress)
-    except BaseException:
-        lock.release()
-        if created:
-            with contextlib.suppress(OSError):
-                for d in created:
-                    os.rmdir(d)
-        raise
-    finally:
-        lock.release()
+
+    return options.run_in(
+        out, created, "torch-bam compare",
+        clear,
+        lambda: _run_locked(splits, specs, config, trainer, out, progress),
+    )  # fmt: skip
 
 
 def _run_locked(splits, specs, config, trainer, out, progress) -> dict:

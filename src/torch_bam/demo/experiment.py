@@ -23,7 +23,7 @@ from statistics import median
 import torch
 from torch import nn
 
-from .._io import RunDirLock, atomic_write_text, remove_stale_temporaries
+from .._io import atomic_write_text, remove_stale_temporaries
 from ..errors import UsageError
 from . import options
 
@@ -256,29 +256,16 @@ def run(
     )
     # Every option but the seed (0 is fine) and the dataset's name must be positive.
     options.check_positive(**{k: v for k, v in config.items() if k not in ("seed", "dataset")})
-    if seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {seed}.")
-    options.check_sizes(train_size, batch_size)
-    options.check_dataset(dataset)
+    options.check_run(seed, train_size, batch_size, dataset)
     created = options.check_out(out)  # made by this run: removed again if it fails
     from .splits import make_splits
 
     splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
-
-    lock = RunDirLock(out, what="torch-bam demo")
-    lock.acquire()
-    try:
-        _clear_earlier_run(out)
-        return _run_locked(splits, config, out, progress)
-    except BaseException:
-        lock.release()  # removes the lock file
-        if created:  # leave no empty run directory behind
-            with contextlib.suppress(OSError):
-                for d in created:
-                    os.rmdir(d)  # fails (and stops) at the first one that is not empty
-        raise
-    finally:
-        lock.release()  # a second release does nothing
+    return options.run_in(
+        out, created, "torch-bam demo",
+        lambda: _clear_earlier_run(out),
+        lambda: _run_locked(splits, config, out, progress),
+    )  # fmt: skip
 
 
 def _run_locked(splits, config: dict, out: str, progress: bool) -> dict:

@@ -7,7 +7,11 @@ is created on disk before these checks pass.
 
 from __future__ import annotations
 
-from .._io import check_output_dir
+import contextlib
+import os
+from collections.abc import Callable
+
+from .._io import RunDirLock, check_output_dir
 from ..errors import UsageError
 
 DATASETS = "cluttered-digits, cifar10, cifar100 or imagefolder:PATH"
@@ -33,6 +37,34 @@ def check_out(out: str) -> list[str]:
     """``--out`` must be a directory, or a path where one can be created and written; returns
     the directories still to create, deepest first."""
     return check_output_dir(out, "--out")
+
+
+def check_run(seed: int, train_size: int, batch_size: int, dataset: str) -> None:
+    """The checks the demo and ``compare`` share beyond :func:`check_positive`."""
+    if seed < 0:
+        raise UsageError(f"--seed must be 0 or more, got {seed}.")
+    check_sizes(train_size, batch_size)
+    check_dataset(dataset)
+
+
+def run_in(out: str, created: list[str], what: str, clear: Callable[[], None], run: Callable):
+    """``clear()`` then ``run()`` while holding ``out``'s lock (a second run on it meanwhile is
+    refused); if either fails, the directories this run created (``created``, from
+    :func:`check_out`) are removed again, so no empty run directory is left behind."""
+    lock = RunDirLock(out, what=what)
+    lock.acquire()
+    try:
+        clear()
+        return run()
+    except BaseException:
+        lock.release()  # removes the lock file
+        if created:
+            with contextlib.suppress(OSError):
+                for d in created:
+                    os.rmdir(d)  # fails (and stops) at the first one that is not empty
+        raise
+    finally:
+        lock.release()  # a second release does nothing
 
 
 def check_sizes(train_size: int, batch_size: int) -> None:

@@ -82,6 +82,27 @@ def check_out_indices(owner: str, out_indices: object, levels: int) -> tuple[int
     return tuple(picked)
 
 
+def _levels(model: nn.Module, out_indices, owner: str) -> tuple[list, tuple[int, ...]]:
+    """``model``'s feature levels and the checked ``out_indices`` (a UsageError naming
+    ``owner`` for a network without levels)."""
+    levels = getattr(model, "feature_levels", None)
+    if levels is None:
+        raise UsageError(
+            f"{owner}: {type(model).__name__} has no feature levels; it takes the "
+            f"networks of torch_bam.list_models()."
+        )
+    return levels, check_out_indices(f"features_only for {type(model).__name__}", out_indices,
+                                     len(levels))
+
+
+def _take_cfg(net: nn.Module, model: nn.Module) -> None:
+    """As timm: a feature net keeps the configuration, less what belongs to the classifier."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is not None:
+        cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
+        net.pretrained_cfg = net.default_cfg = cfg
+
+
 class FeatureNet(nn.ModuleDict):
     """The feature maps of ``model`` at ``out_indices`` (a list of tensors, shallow first).
 
@@ -104,14 +125,7 @@ class FeatureNet(nn.ModuleDict):
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
-        levels = getattr(model, "feature_levels", None)
-        if levels is None:
-            raise UsageError(
-                f"FeatureNet: {type(model).__name__} has no feature levels; it takes the "
-                f"networks of torch_bam.list_models()."
-            )
-        owner = f"features_only for {type(model).__name__}"
-        self.out_indices = check_out_indices(owner, out_indices, len(levels))
+        levels, self.out_indices = _levels(model, out_indices, "FeatureNet")
         self.levels = [tuple(names) for names in levels[: max(self.out_indices) + 1]]
         order = [n for names in self.levels for n in names]
         self._flat = all("." not in n for n in order) and len(set(order)) == len(order)
@@ -121,10 +135,7 @@ class FeatureNet(nn.ModuleDict):
         self._take = [self.levels[i][-1] for i in self.out_indices]
         self.grad_checkpointing = False
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
-        cfg = getattr(model, "pretrained_cfg", None)
-        if cfg is not None:  # as timm: the configuration, less what belongs to the classifier
-            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
-            self.pretrained_cfg = self.default_cfg = cfg
+        _take_cfg(self, model)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -167,21 +178,11 @@ class FeatureGetterNet(nn.Module):
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
-        levels = getattr(model, "feature_levels", None)
-        if levels is None:
-            raise UsageError(
-                f"FeatureGetterNet: {type(model).__name__} has no feature levels; it takes the "
-                f"networks of torch_bam.list_models()."
-            )
-        owner = f"features_only for {type(model).__name__}"
-        self.out_indices = check_out_indices(owner, out_indices, len(levels))
+        levels, self.out_indices = _levels(model, out_indices, "FeatureGetterNet")
         model.prune_intermediate_layers(list(self.out_indices), prune_head=True)
         self.model = model
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
-        cfg = getattr(model, "pretrained_cfg", None)
-        if cfg is not None:
-            cfg = {k: v for k, v in cfg.items() if k not in ("num_classes", "classifier")}
-            self.pretrained_cfg = self.default_cfg = cfg
+        _take_cfg(self, model)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.model.set_grad_checkpointing(enable)
