@@ -167,6 +167,21 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_options(p: argparse.ArgumentParser, train_size: int) -> None:
+    """The data options the demo and compare share (the engine behind both reads them alike)."""
+    p.add_argument(
+        "--dataset",
+        default="cluttered-digits",
+        help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
+    )
+    p.add_argument(
+        "--train-size", type=int, default=train_size, help=f"training images (default {train_size})"
+    )
+    p.add_argument("--val-size", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
+    p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torch-bam", description="BAM, the Bottleneck Attention Module, for PyTorch."
@@ -184,15 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="first seed and data seed (default 0)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per model (default 3)")
     p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
-    p.add_argument(
-        "--dataset",
-        default="cluttered-digits",
-        help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
-    )
-    p.add_argument("--train-size", type=int, default=2560, help="training images (default 2560)")
-    p.add_argument("--val-size", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
+    _data_options(p, train_size=2560)
     p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -212,15 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per variant (default 3)")
     p.add_argument("--seed", type=int, default=0, help="first seed and data seed (default 0)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (default 3)")
-    p.add_argument(
-        "--dataset",
-        default="cluttered-digits",
-        help="cluttered-digits (offline, default), cifar10, cifar100 or imagefolder:PATH",
-    )
-    p.add_argument("--train-size", type=int, default=1536, help="training images (default 1536)")
-    p.add_argument("--val-size", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--test-size", type=int, default=1000, help="test images (default 1000)")
-    p.add_argument("--canvas", type=int, default=32, help="image side in pixels (default 32)")
+    _data_options(p, train_size=1536)
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default 0.1)")
     p.add_argument("--data-root", default="data", help="where CIFAR lives (default data)")

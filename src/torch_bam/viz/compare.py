@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .._io import atomic_write
-from .style import DPI, TEXT_PT, TITLE_PT
+from .style import DPI, TEXT_PT, TITLE_PT, save_png
 
 __all__ = ["draw_error_vs_cost", "plot_error_vs_cost"]
 
@@ -42,11 +41,5 @@ def draw_error_vs_cost(report: dict):
 
 def plot_error_vs_cost(report: dict, path: str) -> str:
     """Write the PNG whole or not at all; returns ``path``."""
-    import matplotlib.pyplot as plt
-
     fig = draw_error_vs_cost(report)
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from .._io import atomic_write
-from .style import DPI, TEXT_PT, TITLE_PT
+from .style import DPI, TEXT_PT, TITLE_PT, save_png
 
 # The metrics torch-bam records, by their logged names: panel title in words and the factor
 # to the unit shown (errors are fractions, shown in percent). Any other metric keeps its name.
@@ -95,11 +94,5 @@ def plot_learning_curves(
     highest seed. Metrics named in :data:`METRICS` get a title in words and their unit. The PNG
     is written whole or not at all.
     """
-    import matplotlib.pyplot as plt
-
     fig = draw_learning_curves(histories)
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._io import atomic_write
-from .style import DPI, TEXT_PT, TITLE_PT
+from .style import DPI, TEXT_PT, TITLE_PT, save_png
 
 PANEL_INCHES = 2.6
 CMAP = "viridis"
@@ -193,13 +192,7 @@ def plot_pointing_maps(
         channel_gate: ``[N, C]`` channel-gate values ``sigmoid(M_c)`` for the last panel.
         bam_name: the module path of the BAM whose channel gate that is (its panel's title).
     """
-    import matplotlib.pyplot as plt
-
     fig = draw_pointing_maps(
         images, boxes, labels, maps, predictions, probabilities, channel_gate, bam_name, top_k
     )
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
-    finally:
-        plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -14,3 +14,16 @@ TITLE_PT = 10
 def pixels(points: float, dpi: float = DPI) -> float:
     """The height in pixels of text of ``points`` points saved at ``dpi``."""
     return points * dpi / 72
+
+
+def save_png(fig, path: str) -> str:
+    """Write ``fig`` to ``path`` as a PNG, whole or not at all, and close it; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    from .._io import atomic_write
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+    return path
