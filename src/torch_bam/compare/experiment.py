@@ -323,7 +323,9 @@ def _run_locked(splits, specs, config, trainer, out, progress) -> dict:
                 progress,
                 trainer,
             )
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+    from ..demo.options import rank_zero
+
+    if not rank_zero():
         return {}  # DDP: the other processes trained with rank 0; rank 0 measures and writes
     test_x, test_y, boxes = splits.test()
     # The test split on the GPU the runs trained on; the pointing game (small data) on the CPU.
