@@ -14,8 +14,10 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from tests.cuda.conftest import IN_PROCESS
+from tests.cuda.launches import NO_LAUNCH
 from torch_bam import functional
 from torch_bam.cuda import kernels
 
@@ -191,6 +193,46 @@ def test_reduce_weight_grad(dtype, layout):
     assert dw.dtype == torch.float32 and dw.shape == (4, 12)
     ref = torch.einsum("bkhw,bchw->kc", dr.double(), x.double())
     _check(dw, ref, 4 * TOL[dtype], seed, "dW_r")
+
+
+class _Ops(TorchDispatchMode):
+    """The ATen ops dispatched while active that compute (not views or allocations), with
+    their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or str(func) in NO_LAUNCH):
+            self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reduce_weight_grad_is_the_plain_convs_own_weight_grad(dtype, layout):
+    """TF32 exactly where the plain path has it. The plain path's 1x1 reduce conv gets its
+    weight grad from aten.convolution_backward (cuDNN on CUDA, which follows
+    ``torch.backends.cudnn.allow_tf32``); reduce_weight_grad must dispatch that op, on x itself
+    (no copy), and no cuBLAS product (mm/bmm follow ``matmul.allow_tf32`` instead: in float32
+    with the default flags the two differ by about 1e-3 on a GPU; a CPU has no TF32, so the op
+    is what is checked here, and the values against the plain conv's)."""
+    gen, seed = _gen()
+    x = _rand(gen, 2, 12, 5, 3, dtype=dtype, layout=layout)
+    dr = _rand(gen, 2, 4, 5, 3, dtype=dtype, layout=layout)
+    conv = torch.nn.Conv2d(12, 4, 1).to(dtype).to(memory_format=_fmt(layout))
+    with _Ops() as plain:
+        (expected,) = torch.autograd.grad(conv(x), conv.weight, dr)
+    with _Ops() as ours:
+        dw = kernels.reduce_weight_grad(x, dr, out_dtype=dtype)
+    backward_ops = [name for name, _ in plain.calls if "backward" in name]
+    assert backward_ops == ["aten.convolution_backward.default"]
+    assert [name for name, _ in ours.calls] == backward_ops
+    (_, args), = ours.calls
+    assert args[1] is x and args[0].data_ptr() == dr.data_ptr()  # read as they are
+    assert dw.dtype == dtype and dw.shape == (4, 12)
+    _check(dw, expected.reshape(4, 12).double(), TOL[dtype], seed, "dW_r against the conv's")
 
 
 def test_dy_in_the_other_layout_than_x():

@@ -33,7 +33,9 @@ The launches of one training step (forward + backward), at C = 256, r = 16:
     backward  gate_backward_reduce  reads x, dy: dM_c, dM_s (finished in the kernel)
               mlp_backward          the channel MLP's grads and dpool, one program
               3 x (convolution_backward, threshold_backward, native_batch_norm_backward)
-              sum, mm               the reduce conv's bias and weight grads (cuBLAS)
+              sum, convolution_backward
+                                    the reduce conv's bias and weight grads (the weight's as
+                                    the plain conv's: cuDNN, TF32 where cudnn.allow_tf32)
               gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
               _foreach_copy_        grads into their parameters' dtypes and layouts, one launch
 
@@ -44,7 +46,7 @@ before the cast cache, the in-kernel finishing and the MLP kernels / now
 (``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches`` prints the first and
 last columns):
 
-    fp32, NCHW            50 / 49 / 30        bf16 autocast, NCHW            74 / 73 / 31
+    fp32, NCHW            50 / 49 / 29        bf16 autocast, NCHW            74 / 73 / 30
     fp32, channels_last   53 / 46 / 29        bf16 autocast, channels_last   77 / 70 / 30
 
 (the last column includes the per-step counters' ``zeros``, one launch).

@@ -45,8 +45,9 @@ copy moves about 3 TB/s; the kernels aim at 0.8 of that forward and 0.7 backward
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
 padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for float16 and
 bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
-``torch.backends.cudnn.allow_tf32``, like the convolution it replaces, and the channel MLP's
-dots follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_precision`).
+``torch.backends.cudnn.allow_tf32``, like the convolution it replaces (and so does
+:func:`reduce_weight_grad`, which is that convolution's backward), and the channel MLP's dots
+follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_precision`).
 
 Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
 the same on every run, rank and machine, so the reduction order -- and so the bits of every
@@ -58,9 +59,10 @@ tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those t
 (``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
 tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
 and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
-cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
-cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
-share their pass over x).
+cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is the
+plain conv's own weight gradient, ``aten.convolution_backward`` (cuDNN: it follows
+``cudnn.allow_tf32`` as the plain layer does; it needs ``dr``, which exists only after the
+gate's reductions, so it cannot share their pass over x).
 
 Weight reads: gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape
 alone): each holds the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in
@@ -978,7 +980,13 @@ def pool_reduce(
 
 def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
     """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` in ``out_dtype`` (accumulated in float32):
-    cuBLAS, one read of x (not Triton: a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
+    the plain 1x1 conv's own weight gradient, ``aten.convolution_backward`` (cuDNN on CUDA),
+    so that in float32 it uses TF32 exactly when the plain path does
+    (``torch.backends.cudnn.allow_tf32``; a cuBLAS product would follow
+    ``torch.backends.cuda.matmul.allow_tf32`` instead). One read of x as it is: channels_last
+    x and dr go to cuDNN without a copy, and NCHW needs no [B, h, C] intermediate. Not Triton:
+    it needs ``dr``, which exists only after the gate's reductions, so it cannot share their
+    pass over x."""
     _check_x(x, "reduce_weight_grad")
     b, ch, h, w = x.shape
     if dr.dim() != 4 or dr.shape[0] != b or tuple(dr.shape[2:]) != (h, w):
@@ -989,13 +997,8 @@ def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.flo
     k = dr.shape[1]
     if x.numel() == 0:
         return torch.zeros(k, ch, device=x.device, dtype=out_dtype)
-    dr = dr.to(x.dtype)
-    if _is_cl(x) and _is_cl(dr):  # both are [B*H*W, channels] in memory: one product, no copy
-        xm, drm = x.permute(0, 2, 3, 1).reshape(-1, ch), dr.permute(0, 2, 3, 1).reshape(-1, k)
-        return (drm.t() @ xm).to(out_dtype)
-    # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
-    xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
-    return torch.bmm(drm, xm.transpose(1, 2)).to(out_dtype).sum(0)
+    dw = torch.nn.grad.conv2d_weight(x, (k, ch, 1, 1), dr.to(x.dtype))
+    return dw.reshape(k, ch).to(out_dtype)  # a view: [h, C, 1, 1] in either layout
 
 
 # ---------------------------------------------------------------------------------------------
