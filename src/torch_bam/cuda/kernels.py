@@ -740,10 +740,37 @@ def _dx_grid(b: int, n_rt: int, n_lt: int, cl: bool) -> tuple[int, int]:
     return n_wt * nw, nw
 
 
-def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
+# pool_reduce's accumulator, BP pixels x BK outputs in float32: at most this many (64
+# registers a thread at 4 warps, 32 at 8).
+POOL_ACC = 8192
+
+
+def _pool_tile(hw: int, ch: int, k: int, esize: int, fma: bool) -> tuple[int, int, int, int]:
     """(BP, BC, BK, num_warps) for pool_reduce: BP pixels x BK outputs a program, BC channels
-    per step of its walk over C."""
-    return max(16, min(32, _np2(hw))), max(16, min(64, _np2(ch))), max(16, min(64, _np2(k))), 4
+    a step of its walk over C (``esize``: bytes of an element of x, and of W_r, which is read
+    in x's dtype).
+
+    Why BP grows with K: a program sums r over all C, so it streams its [BK, C] rows of W_r
+    once per BP pixels; it cannot keep them from one pixel tile to the next (64 x 1024 at
+    BAM-ResNet-50's last block, 128 KB in bf16: more than sm_89's 99 KB of shared memory,
+    and Triton holds a loop's tiles in registers, not in a slice it can index). An image then
+    reads ``ceil(HW / BP) * K * C`` weights against ``HW * C`` of x: BP is the smallest power
+    of two from 32 that keeps W_r's bytes at most x's, as far as the accumulator
+    (BP * BK <= POOL_ACC) and the image (BP <= HW) allow. At BAM-ResNet-50's shapes: 32, 64,
+    128 pixels at 256@56, 512@28, 1024@14 (W_r then 0.50x, 0.53x, 0.65x x's bytes), with 128,
+    13, 2 pixel tiles an image. BC keeps one pipeline stage of the two dot operands,
+    ``(BP + BK) * BC`` elements, within 12 KB: at 24 KB the bf16 NCHW tile at 1024@14 took 223
+    registers on sm_80 and sm_89, at 12 KB at most 128 (tests/cuda/compile_targets.py).
+    ``fma``: float32 dots without TF32 (no tensor cores) take 16 channels a step: with 64,
+    ptxas spilled 188-316 bytes on sm_80 in channels_last."""
+    bk = max(16, min(64, _np2(k)))
+    bp = max(16, min(32, _np2(hw)))
+    while bp < _np2(hw) and bp * bk < POOL_ACC and -(-hw // bp) * k > hw:
+        bp *= 2
+    bc = 16 if fma else 64
+    while bc > 16 and (bp + bk) * bc * esize > 12 * 1024:
+        bc //= 2
+    return bp, max(16, min(bc, _np2(ch))), bk, 8 if bp * bk >= POOL_ACC else 4
 
 
 FINISH_ELEMENTS = 4096  # partials the last program sums per step of its finishing loop
@@ -886,8 +913,9 @@ def gate_backward_dx(
 
         dx = dy * (1 + g) + W_r^T @ dr (per pixel, if dr is given) + dpool / (H * W) (if given)
 
-    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: cast in the kernel to
-    dr's), ``dr`` ``[B, h, H, W]`` (any layout), ``dpool`` ``[B, C]``.
+    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: read in dy's, cast here
+    when it is in another), ``dr`` ``[B, h, H, W]`` (any layout and float dtype: likewise),
+    ``dpool`` ``[B, C]``.
     """
     name = "gate_backward_dx"
     _check_x(dy, name)
@@ -909,6 +937,7 @@ def gate_backward_dx(
             raise ValueError(f"{name}: dr is on {dr.device} but dy is on {dy.device}.")
         if dr.dtype != dy.dtype:  # the dot runs in one dtype; dr is C/r-sized, so this is cheap
             dr = dr.to(dy.dtype)
+        w_reduce = w_reduce.to(dy.dtype)  # read in dy's dtype; the block's is already
     if dpool is not None:
         dpool = _check_small(dpool, name, "dpool", b * ch, dy)
     dx = torch.empty_like(dy)
@@ -944,8 +973,9 @@ def pool_reduce(
     """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` (summed in float32, written
     in ``pooled_dtype``), and ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's
     dtype, always channels_last (the 3x3 convolutions after it run fastest so on a GPU). The
-    weights may be any float dtype: the kernel casts them to x's. ``tickets``: a buffer from
-    :func:`counters` (made here if None)."""
+    weights may be any float dtype; ``w_reduce`` is read in x's dtype, cast here (one small
+    launch) when it is in another (the block passes it cast, once a step). ``tickets``: a
+    buffer from :func:`counters` (made here if None)."""
     name = "pool_reduce"
     _check_x(x, name)
     b, ch, h, w = x.shape
@@ -963,7 +993,10 @@ def pool_reduce(
     if x.numel() == 0 or k == 0:
         pooled = torch.zeros(b, ch, device=x.device) if hw == 0 else x.float().mean((2, 3))
         return pooled.to(pooled_dtype), r.zero_()
-    bp, bc, bk, warps = _pool_tile(hw, ch, k)
+    w_reduce = w_reduce.to(x.dtype)  # read in x's dtype (see _pool_tile); the block's is already
+    prec = _precision(x.dtype, "conv")
+    bp, bc, bk, warps = _pool_tile(hw, ch, k, x.element_size(),
+                                   prec == "ieee" and x.dtype == torch.float32)  # fmt: skip
     n_pt, n_kt = triton.cdiv(hw, bp), triton.cdiv(k, bk)
     ppool = torch.empty(b, n_pt, ch, device=x.device, dtype=torch.float32)
     pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
@@ -972,7 +1005,7 @@ def pool_reduce(
         b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled,
         _check_counters(tickets, x, name),
         b, hw, k, n_pt, n_kt, 1.0 / hw, C=ch, CL=_is_cl(x), HAS_BIAS=b_reduce is not None,
-        PRECISION=_precision(x.dtype, "conv"), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
+        PRECISION=prec, UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
         **_finish_tiles("", n_pt, ch), num_warps=warps,
     )  # fmt: skip
     return pooled, r
