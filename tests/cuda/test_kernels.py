@@ -150,6 +150,37 @@ def test_gate_backward_dx(dtype, layout, k):
         _check(dx, _dx_ref(dy, c, s, product, *args, dtype), 2 * TOL[dtype], seed, f"dx {product}")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_without_tf32_takes_the_fma_tiles(monkeypatch, layout):
+    """With cudnn.allow_tf32 off, float32 dots run without tensor cores (FMA), on smaller tiles
+    (kernels._pool_tile, kernels._dx_tile): 16 channels a step in pool_reduce, and steps of 16
+    over K in gate_backward_dx (K = 40: three, the weight read per tile). Against float64."""
+    gen, seed = _gen()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    metas = []
+    real = kernels._launch
+
+    def launch(kernel, grid, *args, **meta):
+        metas.append(meta)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(kernels, "_launch", launch)
+    shape, k = (2, 70, 9, 9), 40
+    x = _rand(gen, *shape, layout=layout)
+    c, s = _rand(gen, 2, 70, scale=2.0), _rand(gen, 2, 1, 9, 9, scale=2.0)
+    wr, dr, dpool = _rand(gen, k, 70, scale=0.3), _rand(gen, 2, k, 9, 9), _rand(gen, 2, 70)
+    _poison()
+    pooled, r = kernels.pool_reduce(x, wr)
+    _check(r, torch.einsum("kc,bchw->bkhw", wr.double(), x.double()), 2e-5, seed, "r")
+    _check(pooled, x.double().mean((2, 3)), 1e-5, seed, "pooled")
+    _poison()
+    dx = kernels.gate_backward_dx(x, c, s, False, wr, dr, dpool)
+    _check(dx, _dx_ref(x, c, s, False, wr, dr, dpool, torch.float32), 2e-5, seed, "dx")
+    pool_meta, dx_meta = metas
+    assert pool_meta["PRECISION"] == dx_meta["PRECISION"] == "ieee"
+    assert pool_meta["BC"] == 16 and dx_meta["BK"] == 16
+
+
 def test_dr_whose_size_one_dim_has_an_odd_stride():
     # Contiguous by torch's rule (a size-1 dim's stride does not count); the kernel must not
     # read that stride.
@@ -357,7 +388,8 @@ TARGETS = (90, 80, 89)  # cuda/support.py's CAPABILITIES: sm_80 .. sm_90
 def test_every_variant_bam_resnet50_uses_compiles_for_sm80_sm89_sm90(tmp_path):
     """Compiled without a GPU (tests/cuda/compile_targets.py): every kernel variant the
     network's three blocks launch, in fp32/bf16/fp16 and both layouts for sm_90, bf16
-    channels_last and fp32 NCHW for sm_80 and sm_89, fits the target's shared memory and
+    channels_last and fp32 NCHW for sm_80 and sm_89, fp32 without TF32 (FMA dots, their own
+    tiles) in both layouts for all three, fits the target's shared memory and
     registers, with at most a few words spilled. The interpreter runs Python, not the
     compiler: tile shapes that tl.dot rejects, atomics a target lacks, or types that do not
     lower, show up only here. A fresh cache directory, so that it compiles (and ptxas reports)

@@ -20,6 +20,9 @@ SHAPES = [(256, 56), (512, 28), (1024, 14)]  # BAM-ResNet-50's blocks: (C, H = W
 # DX_PROGRAMS / 64, each program walks at most as many tiles as at B = 64 with DX_PROGRAMS,
 # so it reads the weight at least as often per byte of dy (the ratio bounds B = 64's).
 BATCH = 64
+# (x's dtype, cudnn.allow_tf32, label): float32 dots without TF32 take other tiles.
+PRECISIONS = [(torch.bfloat16, True, "bfloat16"), (torch.float32, True, "float32"),
+              (torch.float32, False, "float32, no TF32")]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -86,18 +89,22 @@ def gate_backward_dx(ch: int, side: int, dtype: torch.dtype, fmt: torch.memory_f
 
 
 def main() -> None:
-    """Print W_r's bytes loaded over x's (dy's) bytes for both kernels."""
+    """Print W_r's bytes loaded over x's (dy's) bytes for both kernels; float32 with the
+    default ``cudnn.allow_tf32`` (on: TF32 dots) and without TF32 (FMA dots, smaller tiles)."""
     gen = torch.Generator().manual_seed(0)
     print("| kernel | dtype | layout | " + " | ".join(f"{c}@{s}" for c, s in SHAPES) + " |")
+    flag = torch.backends.cudnn.allow_tf32
     for name, fn in (("pool_reduce", pool_reduce), ("gate_backward_dx", gate_backward_dx)):
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype, tf32, label in PRECISIONS:
             for layout, fmt in (("NCHW", torch.contiguous_format),
                                 ("channels_last", torch.channels_last)):  # fmt: skip
-                ratios = []
-                for ch, side in SHAPES:
-                    x_bytes, _, w_bytes = fn(ch, side, dtype, fmt, gen)
-                    ratios.append(f"{w_bytes / x_bytes:.2f}")
-                print(f"| {name} | {str(dtype)[6:]} | {layout} | " + " | ".join(ratios) + " |")
+                torch.backends.cudnn.allow_tf32 = tf32
+                try:
+                    ratios = [fn(ch, side, dtype, fmt, gen) for ch, side in SHAPES]
+                finally:
+                    torch.backends.cudnn.allow_tf32 = flag
+                cells = " | ".join(f"{w / x:.2f}" for x, _, w in ratios)
+                print(f"| {name} | {label} | {layout} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -715,12 +715,18 @@ def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
     return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _dx_tile(d: int, ll: int, k: int, cl: bool) -> tuple[int, int, int, int]:
+def _dx_tile(d: int, ll: int, k: int, cl: bool, fma: bool) -> tuple[int, int, int, int]:
     """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth). All
     of K in one step, so that a program holds its slice of W_r: up to 64 in channels_last
     (dr's [BR, K] tile is the small operand), up to 32 in NCHW (there dr's [K, BL] tile is the
     large one: at K = 64 it took 254 registers, and spilled in float32, on sm_90); else steps
-    of 32."""
+    of 32. ``fma``: float32 dots without TF32 (no tensor cores) hold every operand in
+    registers: half the tile and steps of 16 (at 4096 elements and all of K they spilled 0.4-15
+    KB on sm_80, sm_89 and sm_90), so W_r is read per tile there (about 1-2.3x dy's bytes at
+    512@28 and 1024@14: tests/cuda/weight_bytes.py)."""
+    if fma:
+        bl = max(16, min(64, _np2(ll)))
+        return max(16, min(2048 // bl, _np2(d))), bl, 16, 4
     bl = max(16, min(128, _np2(ll)))
     bk = max(16, _np2(k)) if k <= (64 if cl else 32) else 32
     return max(16, min(4096 // bl, _np2(d))), bl, bk, 4
@@ -953,7 +959,8 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    br, bl, bk, warps = _dx_tile(d, ll, k, cl) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    fma = _precision(dy.dtype, "conv") == "ieee" and dy.dtype == torch.float32
+    br, bl, bk, warps = _dx_tile(d, ll, k, cl, fma) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
     n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
     programs, nw = _dx_grid(b, n_rt, n_lt, cl)
     _launch(
