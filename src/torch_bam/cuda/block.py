@@ -20,8 +20,8 @@ What the ops take and keep is named (:class:`_Spec`, :class:`_Params`, :class:`_
 
 The launches of one training step (forward + backward), at C = 256, r = 16:
 
-    forward   _foreach_copy_        the weights in the compute dtype, once per step (nothing
-                                    under fp32)
+    forward   _foreach_copy_        the weights in the compute dtype (the reduce conv's in
+                                    x's), once per step (nothing under fp32)
               zeros                 the kernels' counters, kept for backward
               pool_reduce           reads x: the pooled vector (finished in the kernel) and the
                                     1x1 reduce in one pass

@@ -64,15 +64,29 @@ plain conv's own weight gradient, ``aten.convolution_backward`` (cuDNN: it follo
 ``cudnn.allow_tf32`` as the plain layer does; it needs ``dr``, which exists only after the
 gate's reductions, so it cannot share their pass over x).
 
-Weight reads: gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape
-alone): each holds the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in
-channels_last, 32 in NCHW, :func:`_dx_tile`) and walks that channel tile through every image,
-so the slice is read once per program, not once per tile (tests/cuda/test_kernels.py counts
-the bytes at BAM-ResNet-50's shapes; NCHW at K = 64 still reads it per tile).
-:func:`pool_reduce` still reads its ``[BK, BC]`` weight chunks once per 32-pixel program: its
-program walks all ``C`` channels, and the whole ``[h, C]`` weight (64 x 1024 at the last block)
-does not fit one program's registers; holding it in shared memory is a change to make and
-time on a GPU.
+Weight reads: both kernels with the 1x1 reduce read ``W_r`` in x's dtype (the block casts it
+once a step with its other weights; a caller's weight in another dtype is cast per call), and
+read fewer bytes of it than of x (dy) at BAM-ResNet-50's block shapes, counted under the
+interpreter (tests/cuda/weight_bytes.py; ``python -m tests.cuda.weight_bytes`` prints it):
+
+    W_r / x bytes          256@56  512@28  1024@14
+    pool_reduce             0.50    0.53    0.65    (was 0.50 / 1.02 / 2.29; 1.00 / 2.04 / 4.57
+                                                     with the float32 W_r the block passed)
+    gate_backward_dx NCHW   0.01    0.04    0.65    (bounds for B = 64: weight_bytes.py)
+    gate_backward_dx CL     0.02    0.08    0.33
+
+gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape alone): each holds
+the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in channels_last, 32 in
+NCHW, :func:`_dx_tile`) and walks that channel tile through every image, so the slice is read
+once per program, not once per tile; NCHW at K = 64 reads its ``[BR, K]`` slice per
+``[BR, BL]`` tile, half a full tile's bytes. :func:`pool_reduce` cannot hold its weight
+between pixel tiles (it sums r over all ``C``: the ``[h, C]`` weight, 128 KB in bf16 at the
+last block, fits neither sm_89's shared memory nor a program's registers), so its pixel tile
+grows with ``K`` instead: each read of ``W_r`` serves 32 to 128 pixels (:func:`_pool_tile`).
+The price: fewer programs (128 at 1024@14 with B = 64, under an H100's 132 multiprocessors).
+In float32 without TF32 (``cudnn.allow_tf32`` off) the dots run on FMA units and take smaller
+tiles that do not spill: there dx reads ``W_r`` per tile, 1.31x (NCHW) and 2.29x
+(channels_last) dy's bytes at 1024@14. None of this has been timed on a GPU.
 """
 
 from __future__ import annotations
