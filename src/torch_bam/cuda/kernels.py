@@ -53,9 +53,10 @@ Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_p
 the same on every run, rank and machine, so the reduction order -- and so the bits of every
 result -- never depends on timing. Each choice fits the shared memory per block of sm_80
 (166,912 bytes), sm_89 (101,376) and sm_90 (232,448) and their registers without spills;
-tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets
-(tests/cuda/compile_targets.py) and reads the compiled kernels' resource use; the support gate
-(:mod:`torch_bam.cuda.support`) admits sm_80 to sm_90 only. The interpreter
+tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets,
+float32 with and without TF32 included (tests/cuda/compile_targets.py), and reads the
+compiled kernels' resource use; the support gate (:mod:`torch_bam.cuda.support`) admits sm_80
+to sm_90 only. The interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
 tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
 and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
