@@ -2,7 +2,7 @@
 print each one's resource use as JSON lines; run by tests/cuda/test_kernels.py in a subprocess:
 ``python tests/cuda/compile_targets.py 80 89 90`` (compute capabilities, default 90; the
 first target gets every dtype and layout, the others the two the benchmarks run: bf16
-channels_last and fp32 NCHW).
+channels_last and fp32 NCHW; every target also gets fp32 without TF32 in both layouts).
 
 The kernels are reached through the public functions of torch_bam.cuda.kernels, called on meta
 tensors of the network's shapes, with ``kernels._launch`` replaced by Triton's ``warmup`` (which
@@ -129,6 +129,14 @@ def main(argv: list[str]) -> int:
         else:  # what the benchmarks run, and both layouts of both dtype kinds
             _launches(k, (torch.bfloat16,), (torch.channels_last,))
             _launches(k, (torch.float32,), (torch.contiguous_format,))
+        # float32 with cudnn.allow_tf32 off: the 1x1 reduce's dots without tensor cores (FMA),
+        # which take their own tiles (kernels._pool_tile, kernels._dx_tile).
+        flag = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        try:
+            _launches(k, (torch.float32,), (torch.contiguous_format, torch.channels_last))
+        finally:
+            torch.backends.cudnn.allow_tf32 = flag
     print("done", len(seen))
     return 0
 

@@ -223,8 +223,8 @@ def test_weights_changed_behind_autograds_back_are_seen(change):
 
 def test_inference_casts_the_weights_in_one_launch(monkeypatch):
     """Without a cache, each bf16 forward casts the block's weights again, in one
-    _foreach_copy_: the MLP's and the 3x3 convs' weights and biases (the reduce conv's are
-    cast by the kernel as it reads them)."""
+    _foreach_copy_: the MLP's and the 3x3 convs' weights and biases (the reduce conv's weight
+    goes to x's dtype, float32 here, so it is not cast; its bias is read as it is)."""
     block = randomize_(BAM(64)).eval()
     x = _x((2, 64, 5, 5), layout="channels_last", requires_grad=False)
     copies = []
@@ -241,6 +241,36 @@ def test_inference_casts_the_weights_in_one_launch(monkeypatch):
     reduce_w = block.spatial_att.gate_s[0].weight
     assert len(copies) == 2 and len(copies[0]) == 2 + 2 + 2 * 3  # 2 Linear, 3 convs (w, b)
     assert all(t is not reduce_w for t in copies[0])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_reduce_weight_reaches_its_kernels_in_x_dtype(monkeypatch, precision):
+    """pool_reduce and gate_backward_dx read W_r in x's dtype (then fewer bytes of it than of
+    x at BAM-ResNet-50's shapes: tests/cuda/test_kernels.py). The block casts it once a step,
+    in the _foreach_copy_ of its other weights, and hands both kernels that cast (bf16
+    autocast on bf16 x), or the parameter itself (float32): neither kernel casts per call."""
+    from torch_bam.cuda import kernels
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    block = randomize_(BAM(64)).train()
+    x = _x((2, 64, 5, 5), layout="channels_last", requires_grad=False).to(dtype)
+    seen = {}
+    for name, pos in (("pool_reduce", 1), ("gate_backward_dx", 4)):
+        real = getattr(kernels, name)
+
+        def spy(*a, _real=real, _name=name, _pos=pos, **kw):
+            seen[_name] = a[_pos] if len(a) > _pos else kw["w_reduce"]
+            return _real(*a, **kw)
+
+        monkeypatch.setattr(kernels, name, spy)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        y = block(x.requires_grad_())
+    y.backward(torch.randn_like(y))
+    w = block.spatial_att.gate_s[0].weight
+    assert sorted(seen) == ["gate_backward_dx", "pool_reduce"]
+    for name, t in seen.items():
+        assert t.dtype == dtype, (name, t.dtype)
+        assert (t is w) == (precision == "fp32"), name
 
 
 def test_the_counters_are_made_per_step_and_left_at_zero():

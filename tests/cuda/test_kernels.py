@@ -14,8 +14,11 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from tests.cuda import weight_bytes
 from tests.cuda.conftest import IN_PROCESS
+from tests.cuda.launches import NO_LAUNCH
 from torch_bam import functional
 from torch_bam.cuda import kernels
 
@@ -147,6 +150,37 @@ def test_gate_backward_dx(dtype, layout, k):
         _check(dx, _dx_ref(dy, c, s, product, *args, dtype), 2 * TOL[dtype], seed, f"dx {product}")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float32_without_tf32_takes_the_fma_tiles(monkeypatch, layout):
+    """With cudnn.allow_tf32 off, float32 dots run without tensor cores (FMA), on smaller tiles
+    (kernels._pool_tile, kernels._dx_tile): 16 channels a step in pool_reduce, and steps of 16
+    over K in gate_backward_dx (K = 40: three, the weight read per tile). Against float64."""
+    gen, seed = _gen()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    metas = []
+    real = kernels._launch
+
+    def launch(kernel, grid, *args, **meta):
+        metas.append(meta)
+        return real(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(kernels, "_launch", launch)
+    shape, k = (2, 70, 9, 9), 40
+    x = _rand(gen, *shape, layout=layout)
+    c, s = _rand(gen, 2, 70, scale=2.0), _rand(gen, 2, 1, 9, 9, scale=2.0)
+    wr, dr, dpool = _rand(gen, k, 70, scale=0.3), _rand(gen, 2, k, 9, 9), _rand(gen, 2, 70)
+    _poison()
+    pooled, r = kernels.pool_reduce(x, wr)
+    _check(r, torch.einsum("kc,bchw->bkhw", wr.double(), x.double()), 2e-5, seed, "r")
+    _check(pooled, x.double().mean((2, 3)), 1e-5, seed, "pooled")
+    _poison()
+    dx = kernels.gate_backward_dx(x, c, s, False, wr, dr, dpool)
+    _check(dx, _dx_ref(x, c, s, False, wr, dr, dpool, torch.float32), 2e-5, seed, "dx")
+    pool_meta, dx_meta = metas
+    assert pool_meta["PRECISION"] == dx_meta["PRECISION"] == "ieee"
+    assert pool_meta["BC"] == 16 and dx_meta["BK"] == 16
+
+
 def test_dr_whose_size_one_dim_has_an_odd_stride():
     # Contiguous by torch's rule (a size-1 dim's stride does not count); the kernel must not
     # read that stride.
@@ -191,6 +225,46 @@ def test_reduce_weight_grad(dtype, layout):
     assert dw.dtype == torch.float32 and dw.shape == (4, 12)
     ref = torch.einsum("bkhw,bchw->kc", dr.double(), x.double())
     _check(dw, ref, 4 * TOL[dtype], seed, "dW_r")
+
+
+class _Ops(TorchDispatchMode):
+    """The ATen ops dispatched while active that compute (not views or allocations), with
+    their arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not (func.is_view or str(func) in NO_LAUNCH):
+            self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reduce_weight_grad_is_the_plain_convs_own_weight_grad(dtype, layout):
+    """TF32 exactly where the plain path has it. The plain path's 1x1 reduce conv gets its
+    weight grad from aten.convolution_backward (cuDNN on CUDA, which follows
+    ``torch.backends.cudnn.allow_tf32``); reduce_weight_grad must dispatch that op, on x itself
+    (no copy), and no cuBLAS product (mm/bmm follow ``matmul.allow_tf32`` instead: in float32
+    with the default flags the two differ by about 1e-3 on a GPU; a CPU has no TF32, so the op
+    is what is checked here, and the values against the plain conv's)."""
+    gen, seed = _gen()
+    x = _rand(gen, 2, 12, 5, 3, dtype=dtype, layout=layout)
+    dr = _rand(gen, 2, 4, 5, 3, dtype=dtype, layout=layout)
+    conv = torch.nn.Conv2d(12, 4, 1).to(dtype).to(memory_format=_fmt(layout))
+    with _Ops() as plain:
+        (expected,) = torch.autograd.grad(conv(x), conv.weight, dr)
+    with _Ops() as ours:
+        dw = kernels.reduce_weight_grad(x, dr, out_dtype=dtype)
+    backward_ops = [name for name, _ in plain.calls if "backward" in name]
+    assert backward_ops == ["aten.convolution_backward.default"]
+    assert [name for name, _ in ours.calls] == backward_ops
+    (_, args), = ours.calls
+    assert args[1] is x and args[0].data_ptr() == dr.data_ptr()  # read as they are
+    assert dw.dtype == dtype and dw.shape == (4, 12)
+    _check(dw, expected.reshape(4, 12).double(), TOL[dtype], seed, "dW_r against the conv's")
 
 
 def test_dy_in_the_other_layout_than_x():
@@ -314,7 +388,8 @@ TARGETS = (90, 80, 89)  # cuda/support.py's CAPABILITIES: sm_80 .. sm_90
 def test_every_variant_bam_resnet50_uses_compiles_for_sm80_sm89_sm90(tmp_path):
     """Compiled without a GPU (tests/cuda/compile_targets.py): every kernel variant the
     network's three blocks launch, in fp32/bf16/fp16 and both layouts for sm_90, bf16
-    channels_last and fp32 NCHW for sm_80 and sm_89, fits the target's shared memory and
+    channels_last and fp32 NCHW for sm_80 and sm_89, fp32 without TF32 (FMA dots, their own
+    tiles) in both layouts for all three, fits the target's shared memory and
     registers, with at most a few words spilled. The interpreter runs Python, not the
     compiler: tile shapes that tl.dot rejects, atomics a target lacks, or types that do not
     lower, show up only here. A fresh cache directory, so that it compiles (and ptxas reports)
@@ -636,32 +711,70 @@ def _launch_meta(monkeypatch, fn):
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize(("ch", "side"), [(256, 56), (512, 28), (1024, 14)])
+@pytest.mark.parametrize(("ch", "side"), weight_bytes.SHAPES)
 def test_dx_reads_the_reduce_weight_once_per_program(monkeypatch, ch, side, layout):
-    """At BAM-ResNet-50's shapes (B=64, bf16) gate_backward_dx holds W_r's slice (all of K)
-    and reads it once per program: at most x's bytes, and at most a quarter of what one read
-    per tile cost (4.6x x's bytes at 1024@14 in channels_last). NCHW at K = 64 holds none
-    (registers: see _dx_tile)."""
+    """At BAM-ResNet-50's shapes (B=64, bf16, W_r in bf16 as the block passes it)
+    gate_backward_dx holds W_r's slice (all of K) and reads it once per program, at most a
+    quarter of one read per tile; NCHW at K = 64 holds none (registers: see _dx_tile) and
+    reads its [BR, K] slice per tile. Either way at most dy's bytes."""
     b, k = 64, ch // 16
-    if layout == "nchw" and k > 32:
-        pytest.skip("NCHW with K > 32 reads W_r's chunks per tile")
 
-    def t(*shape, dt=torch.bfloat16, fmt=torch.contiguous_format):
-        return torch.empty(*shape, device="meta", dtype=dt).contiguous(memory_format=fmt)
+    def t(*shape, fmt=torch.contiguous_format):
+        return torch.empty(*shape, device="meta", dtype=torch.bfloat16).contiguous(
+            memory_format=fmt
+        )
 
     fmt = _fmt(layout)
     dy, c, s = t(b, ch, side, side, fmt=fmt), t(b, ch), t(b, 1, side, side)
-    w, dr = t(k, ch, dt=torch.float32), t(b, k, side, side, fmt=torch.channels_last)
+    w, dr = t(k, ch), t(b, k, side, side, fmt=torch.channels_last)
     ((kernel, grid, meta),) = _launch_meta(
         monkeypatch, lambda: kernels.gate_backward_dx(dy, c, s, False, w, dr, c)
     )
-    assert kernel is kernels._dx_kernel and meta["BK"] >= k  # the whole slice held
+    assert kernel is kernels._dx_kernel
     d, ll = (side * side, ch) if layout == "channels_last" else (ch, side * side)
     tiles = b * -(-d // meta["BR"]) * -(-ll // meta["BL"])
-    slice_bytes = k * (meta["BL"] if layout == "channels_last" else meta["BR"]) * 4  # float32
+    slice_bytes = k * (meta["BL"] if layout == "channels_last" else meta["BR"]) * 2
     x_bytes = dy.numel() * 2
-    assert grid[0] * slice_bytes <= x_bytes, (grid, slice_bytes, x_bytes)
-    assert grid[0] * 4 <= tiles, (grid, tiles)
+    held = meta["BK"] >= k
+    assert held == (layout == "channels_last" or k <= 32)
+    reads = grid[0] if held else tiles
+    assert reads * slice_bytes <= x_bytes, (reads, slice_bytes, x_bytes)
+    if held:
+        assert grid[0] * 4 <= tiles, (grid, tiles)
+
+
+# W_r's bytes loaded over x's (dy's), counted under the interpreter by tests/cuda/
+# weight_bytes.py (its main prints the table), with W_r in x's dtype as the block passes it.
+# pool_reduce with one 32-pixel tile a program: 0.50 / 1.02 / 2.29 at 256@56 / 512@28 /
+# 1024@14, either dtype and layout (W_r in float32 under bf16, as the block passed it then:
+# 1.00 / 2.04 / 4.57; gate_backward_dx in NCHW at 1024@14: 1.31).
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pool_reduce_loads_fewer_weight_bytes_than_x_bytes(dtype, layout):
+    """pool_reduce at BAM-ResNet-50's block shapes loads x once and fewer bytes of W_r than of
+    x. Its programs cannot hold all of W_r ([h, C]: 64 x 1024 at the last block) between
+    pixel tiles, so each covers enough pixels per read of W_r (see _pool_tile). One image: the
+    grid is images x pixel tiles, so the ratio does not depend on B."""
+    gen = torch.Generator().manual_seed(0)
+    for ch, side in weight_bytes.SHAPES:
+        x_bytes, x_read, w_read = weight_bytes.pool_reduce(ch, side, dtype, _fmt(layout), gen)
+        assert x_read == x_bytes
+        assert w_read <= x_bytes, (ch, side, w_read / x_bytes)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dx_loads_fewer_weight_bytes_than_dy_bytes(dtype, layout):
+    """gate_backward_dx likewise, counted (the test above computes it from the grid): dy
+    loaded once, and fewer bytes of W_r than of dy, with the grid scaled to one image
+    (tests/cuda/weight_bytes.py: a bound on B = 64's ratio)."""
+    gen = torch.Generator().manual_seed(0)
+    for ch, side in weight_bytes.SHAPES:
+        x_bytes, x_read, w_read = weight_bytes.gate_backward_dx(ch, side, dtype, _fmt(layout), gen)
+        assert x_read == x_bytes
+        assert w_read <= x_bytes, (ch, side, w_read / x_bytes)
 
 
 def test_the_finishing_sum_takes_every_part_at_once_at_bam_resnet50_shapes(monkeypatch):

@@ -20,8 +20,8 @@ What the ops take and keep is named (:class:`_Spec`, :class:`_Params`, :class:`_
 
 The launches of one training step (forward + backward), at C = 256, r = 16:
 
-    forward   _foreach_copy_        the weights in the compute dtype, once per step (nothing
-                                    under fp32)
+    forward   _foreach_copy_        the weights in the compute dtype (the reduce conv's in
+                                    x's), once per step (nothing under fp32)
               zeros                 the kernels' counters, kept for backward
               pool_reduce           reads x: the pooled vector (finished in the kernel) and the
                                     1x1 reduce in one pass
@@ -33,7 +33,9 @@ The launches of one training step (forward + backward), at C = 256, r = 16:
     backward  gate_backward_reduce  reads x, dy: dM_c, dM_s (finished in the kernel)
               mlp_backward          the channel MLP's grads and dpool, one program
               3 x (convolution_backward, threshold_backward, native_batch_norm_backward)
-              sum, mm               the reduce conv's bias and weight grads (cuBLAS)
+              sum, convolution_backward
+                                    the reduce conv's bias and weight grads (the weight's as
+                                    the plain conv's: cuDNN, TF32 where cudnn.allow_tf32)
               gate_backward_dx      reads dy, writes dx = dy (1 + g) + W_r^T dr + dpool / HW
               _foreach_copy_        grads into their parameters' dtypes and layouts, one launch
 
@@ -44,7 +46,7 @@ before the cast cache, the in-kernel finishing and the MLP kernels / now
 (``TRITON_INTERPRET=1 PYTHONPATH=src python -m tests.cuda.launches`` prints the first and
 last columns):
 
-    fp32, NCHW            50 / 49 / 30        bf16 autocast, NCHW            74 / 73 / 31
+    fp32, NCHW            50 / 49 / 29        bf16 autocast, NCHW            74 / 73 / 30
     fp32, channels_last   53 / 46 / 29        bf16 autocast, channels_last   77 / 70 / 30
 
 (the last column includes the per-step counters' ``zeros``, one launch).
@@ -235,8 +237,9 @@ class _Params(NamedTuple):
 
 
 class _Weights(NamedTuple):
-    """The weights in the compute dtype, cast once per step (see :func:`_weights`). The reduce
-    conv's are the modules' own: its kernels cast them as they read them."""
+    """The weights in the compute dtype, cast once per step (see :func:`_weights`), but the
+    reduce conv's: its weight in x's dtype, which its kernels read it in (they read it many
+    times a pass: in bf16 half the bytes), and its bias as it is (added in float32)."""
 
     lin_w: list[Tensor]
     lin_b: list[Tensor]
@@ -362,11 +365,11 @@ def _forward(k, x: Tensor, p: _Params, wc: _Weights, spec: _Spec, in_place: bool
 
     with torch.autocast(x.device.type, enabled=False):  # dtypes are chosen here, explicitly
         # One pass over x: the pooled vector (finished in the kernel, in the compute dtype)
-        # and the 1x1 reduce; the kernel casts the reduce conv's weights as it reads them.
+        # and the 1x1 reduce, its weight in x's dtype (cast with the others, _weights).
         # The counters are made here, once a step, and kept for backward (back at zero after
         # each kernel): per step, not per module, so CUDA graphs own them like any activation.
         tickets = k.counters(x)
-        a, r = k.pool_reduce(x, p.conv_w[0], p.conv_b[0], pooled_dtype=dtype, tickets=tickets)
+        a, r = k.pool_reduce(x, wc.conv_w[0], p.conv_b[0], pooled_dtype=dtype, tickets=tickets)
         if _mlp_fused(x, p, spec):  # the channel MLP on [B, C], in one launch
             rm, rv = p.bn_rm[0], p.bn_rv[0]
             if spec.bn_train[0] and not in_place:
@@ -470,7 +473,7 @@ def _backward(k, dy: Tensor, x: Tensor, sv: _Saved, p: _Params, wc: _Weights, sp
                 da, g.conv_w[j], g.conv_b[j] = _conv_backward(
                     dz, sv.sp_a[j - 1], wc.conv_w[j], spec.dilations[j - 1]
                 )
-        dr, wr = dz, p.conv_w[0]
+        dr, wr = dz, wc.conv_w[0]
         g.conv_b[0] = dr.sum((0, 2, 3), dtype=p.conv_b[0].dtype)
         if need_wr:
             g.conv_w[0] = k.reduce_weight_grad(x, dr, out_dtype=dr.dtype).reshape(wr.shape)
@@ -647,28 +650,31 @@ def _param_index(spec: _Spec, field: str) -> int:
     return sum(_sizes(_Params._fields[:i], spec))
 
 
-def _weights(p: _Params, dtype: torch.dtype) -> _Weights:
-    """The weights in the compute dtype, cast on every forward (one ``_foreach_copy_``; the
-    backward uses the forward's). Not cached across calls: ``p.data.mul_()``, ``p.data = ...``
-    and ``torch.nn.utils.vector_to_parameters`` change a weight's values without a new tensor
-    or version, so no cheap key sees every change; the cast costs one launch and a few hundred
-    KB per block (tests/cuda/test_block.py), against a stale weight's silently wrong output."""
-    src = [p.lin_w, p.lin_b, p.conv_w[1:], p.conv_b[1:]]
-    flat = [t for group in src for t in group]
-    if all(t.dtype == dtype for t in flat):
-        out = src
-    elif torch.compiler.is_compiling():  # traced: the compiler fuses the casts
-        out = [[_cast(t, dtype) for t in group] for group in src]
-    else:
+def _weights(p: _Params, dtype: torch.dtype, x_dtype: torch.dtype) -> _Weights:
+    """The weights in the compute dtype, but the reduce conv's weight in x's (its kernels read
+    it so) and its bias as it is; cast on every forward, those not yet in their dtype, in one
+    ``_foreach_copy_`` (the backward uses the forward's). Not cached across calls:
+    ``p.data.mul_()``, ``p.data = ...`` and ``torch.nn.utils.vector_to_parameters`` change a
+    weight's values without a new tensor or version, so no cheap key sees every change; the
+    cast costs one launch and a few hundred KB per block (tests/cuda/test_block.py), against a
+    stale weight's silently wrong output."""
+    src = [p.lin_w, p.lin_b, p.conv_w, p.conv_b[1:]]
+    want = [[dtype] * len(group) for group in src]
+    want[2][0] = x_dtype
+    todo = [(g, j) for g, group in enumerate(src) for j, t in enumerate(group)
+            if t.dtype != want[g][j]]  # fmt: skip
+    out = [list(group) for group in src]
+    if todo and torch.compiler.is_compiling():  # traced: the compiler fuses the casts
+        for g, j in todo:
+            out[g][j] = _cast(src[g][j], want[g][j])
+    elif todo:
         with torch.no_grad():
-            casts = [torch.empty_like(t, dtype=dtype) for t in flat]  # same layouts
-            torch._foreach_copy_(casts, flat)  # one launch for all of them
-        out, i = [], 0
-        for group in src:
-            out.append(casts[i : i + len(group)])
-            i += len(group)
+            casts = [torch.empty_like(src[g][j], dtype=want[g][j]) for g, j in todo]
+            torch._foreach_copy_(casts, [src[g][j] for g, j in todo])  # one launch, same layouts
+        for (g, j), t in zip(todo, casts, strict=True):
+            out[g][j] = t
     lin_w, lin_b, conv_w, conv_b = out
-    return _Weights(lin_w, lin_b, [p.conv_w[0], *conv_w], [p.conv_b[0], *conv_b])
+    return _Weights(lin_w, lin_b, conv_w, [p.conv_b[0], *conv_b])
 
 
 def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
@@ -692,7 +698,7 @@ def block_forward(block: nn.Module, x: Tensor, layers) -> Tensor:
         [m.bias for m in convs], [m.weight for m in bns], [m.bias for m in bns],
         [m.running_mean for m in bns], [m.running_var for m in bns],
     )  # fmt: skip
-    out = _BlockFunction.apply(spec, x, _weights(p, dtype), *_flat(p))
+    out = _BlockFunction.apply(spec, x, _weights(p, dtype, x.dtype), *_flat(p))
     trained = [m for m in bns if m.training]
     if trained:
         with torch.no_grad():

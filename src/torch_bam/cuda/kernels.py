@@ -45,32 +45,49 @@ copy moves about 3 TB/s; the kernels aim at 0.8 of that forward and 0.7 backward
 products with ``K = h`` (16..128 in BAM-ResNet-50): tl.dot on tiles padded to at least 16 (zero
 padding adds nothing, so any ``K >= 1`` is exact). The dot runs in x's dtype for float16 and
 bfloat16 (float32 accumulation, as cuDNN's conv does under autocast); for float32 it follows
-``torch.backends.cudnn.allow_tf32``, like the convolution it replaces, and the channel MLP's
-dots follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_precision`).
+``torch.backends.cudnn.allow_tf32``, like the convolution it replaces (and so does
+:func:`reduce_weight_grad`, which is that convolution's backward), and the channel MLP's dots
+follow ``torch.backends.cuda.matmul.allow_tf32``, like nn.Linear (:func:`_precision`).
 
 Tiles are chosen by shape alone (:func:`_gate_tile`, :func:`_dx_tile`, :func:`_pool_tile`):
 the same on every run, rank and machine, so the reduction order -- and so the bits of every
 result -- never depends on timing. Each choice fits the shared memory per block of sm_80
 (166,912 bytes), sm_89 (101,376) and sm_90 (232,448) and their registers without spills;
-tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets
-(tests/cuda/compile_targets.py) and reads the compiled kernels' resource use; the support gate
-(:mod:`torch_bam.cuda.support`) admits sm_80 to sm_90 only. The interpreter
+tests/cuda/test_kernels.py compiles every variant BAM-ResNet-50 uses for those three targets,
+float32 with and without TF32 included (tests/cuda/compile_targets.py), and reads the
+compiled kernels' resource use; the support gate (:mod:`torch_bam.cuda.support`) admits sm_80
+to sm_90 only. The interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported, which runs the kernels on CPU
 tensors) runs the same tiles. Loops have compile-time trip bounds (the channel counts ``C``
 and ``h``, one compile per block width) or are ``while`` loops: triton 3.6's interpreter
-cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is a
-cuBLAS product (it needs ``dr``, which exists only after the gate's reductions, so it cannot
-share their pass over x).
+cannot take a run-time ``range`` bound under NumPy >= 2.4. :func:`reduce_weight_grad` is the
+plain conv's own weight gradient, ``aten.convolution_backward`` (cuDNN: it follows
+``cudnn.allow_tf32`` as the plain layer does; it needs ``dr``, which exists only after the
+gate's reductions, so it cannot share their pass over x).
 
-Weight reads: gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape
-alone): each holds the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in
-channels_last, 32 in NCHW, :func:`_dx_tile`) and walks that channel tile through every image,
-so the slice is read once per program, not once per tile (tests/cuda/test_kernels.py counts
-the bytes at BAM-ResNet-50's shapes; NCHW at K = 64 still reads it per tile).
-:func:`pool_reduce` still reads its ``[BK, BC]`` weight chunks once per 32-pixel program: its
-program walks all ``C`` channels, and the whole ``[h, C]`` weight (64 x 1024 at the last block)
-does not fit one program's registers; holding it in shared memory is a change to make and
-time on a GPU.
+Weight reads: both kernels with the 1x1 reduce read ``W_r`` in x's dtype (the block casts it
+once a step with its other weights; a caller's weight in another dtype is cast per call), and
+read fewer bytes of it than of x (dy) at BAM-ResNet-50's block shapes, counted under the
+interpreter (tests/cuda/weight_bytes.py; ``python -m tests.cuda.weight_bytes`` prints it):
+
+    W_r / x bytes          256@56  512@28  1024@14
+    pool_reduce             0.50    0.53    0.65    (was 0.50 / 1.02 / 2.29; 1.00 / 2.04 / 4.57
+                                                     with the float32 W_r the block passed)
+    gate_backward_dx NCHW   0.01    0.04    0.65    (bounds for B = 64: weight_bytes.py)
+    gate_backward_dx CL     0.02    0.08    0.33
+
+gate_backward_dx's programs are persistent (:data:`DX_PROGRAMS`, by shape alone): each holds
+the slice of ``W_r`` that its channel tile needs (all of ``K``: up to 64 in channels_last, 32 in
+NCHW, :func:`_dx_tile`) and walks that channel tile through every image, so the slice is read
+once per program, not once per tile; NCHW at K = 64 reads its ``[BR, K]`` slice per
+``[BR, BL]`` tile, half a full tile's bytes. :func:`pool_reduce` cannot hold its weight
+between pixel tiles (it sums r over all ``C``: the ``[h, C]`` weight, 128 KB in bf16 at the
+last block, fits neither sm_89's shared memory nor a program's registers), so its pixel tile
+grows with ``K`` instead: each read of ``W_r`` serves 32 to 128 pixels (:func:`_pool_tile`).
+The price: fewer programs (128 at 1024@14 with B = 64, under an H100's 132 multiprocessors).
+In float32 without TF32 (``cudnn.allow_tf32`` off) the dots run on FMA units and take smaller
+tiles that do not spill: there dx reads ``W_r`` per tile, 1.31x (NCHW) and 2.29x
+(channels_last) dy's bytes at 1024@14. None of this has been timed on a GPU.
 """
 
 from __future__ import annotations
@@ -713,12 +730,18 @@ def _gate_tile(d: int, ll: int) -> tuple[int, int, int]:
     return min(4096 // bl, _np2(d)), bl, 8
 
 
-def _dx_tile(d: int, ll: int, k: int, cl: bool) -> tuple[int, int, int, int]:
+def _dx_tile(d: int, ll: int, k: int, cl: bool, fma: bool) -> tuple[int, int, int, int]:
     """(BR, BL, BK, num_warps) for gate_backward_dx (BK: the W_r^T @ dr product's depth). All
     of K in one step, so that a program holds its slice of W_r: up to 64 in channels_last
     (dr's [BR, K] tile is the small operand), up to 32 in NCHW (there dr's [K, BL] tile is the
     large one: at K = 64 it took 254 registers, and spilled in float32, on sm_90); else steps
-    of 32."""
+    of 32. ``fma``: float32 dots without TF32 (no tensor cores) hold every operand in
+    registers: half the tile and steps of 16 (at 4096 elements and all of K they spilled 0.4-15
+    KB on sm_80, sm_89 and sm_90), so W_r is read per tile there (about 1-2.3x dy's bytes at
+    512@28 and 1024@14: tests/cuda/weight_bytes.py)."""
+    if fma:
+        bl = max(16, min(64, _np2(ll)))
+        return max(16, min(2048 // bl, _np2(d))), bl, 16, 4
     bl = max(16, min(128, _np2(ll)))
     bk = max(16, _np2(k)) if k <= (64 if cl else 32) else 32
     return max(16, min(4096 // bl, _np2(d))), bl, bk, 4
@@ -738,10 +761,37 @@ def _dx_grid(b: int, n_rt: int, n_lt: int, cl: bool) -> tuple[int, int]:
     return n_wt * nw, nw
 
 
-def _pool_tile(hw: int, ch: int, k: int) -> tuple[int, int, int, int]:
+# pool_reduce's accumulator, BP pixels x BK outputs in float32: at most this many (64
+# registers a thread at 4 warps, 32 at 8).
+POOL_ACC = 8192
+
+
+def _pool_tile(hw: int, ch: int, k: int, esize: int, fma: bool) -> tuple[int, int, int, int]:
     """(BP, BC, BK, num_warps) for pool_reduce: BP pixels x BK outputs a program, BC channels
-    per step of its walk over C."""
-    return max(16, min(32, _np2(hw))), max(16, min(64, _np2(ch))), max(16, min(64, _np2(k))), 4
+    a step of its walk over C (``esize``: bytes of an element of x, and of W_r, which is read
+    in x's dtype).
+
+    Why BP grows with K: a program sums r over all C, so it streams its [BK, C] rows of W_r
+    once per BP pixels; it cannot keep them from one pixel tile to the next (64 x 1024 at
+    BAM-ResNet-50's last block, 128 KB in bf16: more than sm_89's 99 KB of shared memory,
+    and Triton holds a loop's tiles in registers, not in a slice it can index). An image then
+    reads ``ceil(HW / BP) * K * C`` weights against ``HW * C`` of x: BP is the smallest power
+    of two from 32 that keeps W_r's bytes at most x's, as far as the accumulator
+    (BP * BK <= POOL_ACC) and the image (BP <= HW) allow. At BAM-ResNet-50's shapes: 32, 64,
+    128 pixels at 256@56, 512@28, 1024@14 (W_r then 0.50x, 0.53x, 0.65x x's bytes), with 128,
+    13, 2 pixel tiles an image. BC keeps one pipeline stage of the two dot operands,
+    ``(BP + BK) * BC`` elements, within 12 KB: at 24 KB the bf16 NCHW tile at 1024@14 took 223
+    registers on sm_80 and sm_89, at 12 KB at most 128 (tests/cuda/compile_targets.py).
+    ``fma``: float32 dots without TF32 (no tensor cores) take 16 channels a step: with 64,
+    ptxas spilled 188-316 bytes on sm_80 in channels_last."""
+    bk = max(16, min(64, _np2(k)))
+    bp = max(16, min(32, _np2(hw)))
+    while bp < _np2(hw) and bp * bk < POOL_ACC and -(-hw // bp) * k > hw:
+        bp *= 2
+    bc = 16 if fma else 64
+    while bc > 16 and (bp + bk) * bc * esize > 12 * 1024:
+        bc //= 2
+    return bp, max(16, min(bc, _np2(ch))), bk, 8 if bp * bk >= POOL_ACC else 4
 
 
 FINISH_ELEMENTS = 4096  # partials the last program sums per step of its finishing loop
@@ -884,8 +934,9 @@ def gate_backward_dx(
 
         dx = dy * (1 + g) + W_r^T @ dr (per pixel, if dr is given) + dpool / (H * W) (if given)
 
-    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: cast in the kernel to
-    dr's), ``dr`` ``[B, h, H, W]`` (any layout), ``dpool`` ``[B, C]``.
+    with ``w_reduce`` ``[h, C]`` or ``[h, C, 1, 1]`` (any float dtype: read in dy's, cast here
+    when it is in another), ``dr`` ``[B, h, H, W]`` (any layout and float dtype: likewise),
+    ``dpool`` ``[B, C]``.
     """
     name = "gate_backward_dx"
     _check_x(dy, name)
@@ -907,6 +958,7 @@ def gate_backward_dx(
             raise ValueError(f"{name}: dr is on {dr.device} but dy is on {dy.device}.")
         if dr.dtype != dy.dtype:  # the dot runs in one dtype; dr is C/r-sized, so this is cheap
             dr = dr.to(dy.dtype)
+        w_reduce = w_reduce.to(dy.dtype)  # read in dy's dtype; the block's is already
     if dpool is not None:
         dpool = _check_small(dpool, name, "dpool", b * ch, dy)
     dx = torch.empty_like(dy)
@@ -922,7 +974,8 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    br, bl, bk, warps = _dx_tile(d, ll, k, cl) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
+    fma = _precision(dy.dtype, "conv") == "ieee" and dy.dtype == torch.float32
+    br, bl, bk, warps = _dx_tile(d, ll, k, cl, fma) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
     n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
     programs, nw = _dx_grid(b, n_rt, n_lt, cl)
     _launch(
@@ -942,8 +995,9 @@ def pool_reduce(
     """One pass over x: ``pooled = x.mean((2, 3))`` as ``[B, C]`` (summed in float32, written
     in ``pooled_dtype``), and ``r = conv1x1(x, w_reduce, b_reduce)`` as ``[B, h, H, W]`` in x's
     dtype, always channels_last (the 3x3 convolutions after it run fastest so on a GPU). The
-    weights may be any float dtype: the kernel casts them to x's. ``tickets``: a buffer from
-    :func:`counters` (made here if None)."""
+    weights may be any float dtype; ``w_reduce`` is read in x's dtype, cast here (one small
+    launch) when it is in another (the block passes it cast, once a step). ``tickets``: a
+    buffer from :func:`counters` (made here if None)."""
     name = "pool_reduce"
     _check_x(x, name)
     b, ch, h, w = x.shape
@@ -961,7 +1015,10 @@ def pool_reduce(
     if x.numel() == 0 or k == 0:
         pooled = torch.zeros(b, ch, device=x.device) if hw == 0 else x.float().mean((2, 3))
         return pooled.to(pooled_dtype), r.zero_()
-    bp, bc, bk, warps = _pool_tile(hw, ch, k)
+    w_reduce = w_reduce.to(x.dtype)  # read in x's dtype (see _pool_tile); the block's is already
+    prec = _precision(x.dtype, "conv")
+    bp, bc, bk, warps = _pool_tile(hw, ch, k, x.element_size(),
+                                   prec == "ieee" and x.dtype == torch.float32)  # fmt: skip
     n_pt, n_kt = triton.cdiv(hw, bp), triton.cdiv(k, bk)
     ppool = torch.empty(b, n_pt, ch, device=x.device, dtype=torch.float32)
     pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
@@ -970,7 +1027,7 @@ def pool_reduce(
         b_reduce if b_reduce is not None else w_reduce, r, ppool, pooled,
         _check_counters(tickets, x, name),
         b, hw, k, n_pt, n_kt, 1.0 / hw, C=ch, CL=_is_cl(x), HAS_BIAS=b_reduce is not None,
-        PRECISION=_precision(x.dtype, "conv"), UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
+        PRECISION=prec, UPCAST=_upcast(x.dtype), BP=bp, BC=bc, BK=bk,
         **_finish_tiles("", n_pt, ch), num_warps=warps,
     )  # fmt: skip
     return pooled, r
@@ -978,7 +1035,13 @@ def pool_reduce(
 
 def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.float32) -> Tensor:
     """``dW_r = sum_b dr_b @ x_b^T`` as ``[h, C]`` in ``out_dtype`` (accumulated in float32):
-    cuBLAS, one read of x (not Triton: a GEMM over B*H*W is what cuBLAS does at bandwidth)."""
+    the plain 1x1 conv's own weight gradient, ``aten.convolution_backward`` (cuDNN on CUDA),
+    so that in float32 it uses TF32 exactly when the plain path does
+    (``torch.backends.cudnn.allow_tf32``; a cuBLAS product would follow
+    ``torch.backends.cuda.matmul.allow_tf32`` instead). One read of x as it is: channels_last
+    x and dr go to cuDNN without a copy, and NCHW needs no [B, h, C] intermediate. Not Triton:
+    it needs ``dr``, which exists only after the gate's reductions, so it cannot share their
+    pass over x."""
     _check_x(x, "reduce_weight_grad")
     b, ch, h, w = x.shape
     if dr.dim() != 4 or dr.shape[0] != b or tuple(dr.shape[2:]) != (h, w):
@@ -989,13 +1052,8 @@ def reduce_weight_grad(x: Tensor, dr: Tensor, out_dtype: torch.dtype = torch.flo
     k = dr.shape[1]
     if x.numel() == 0:
         return torch.zeros(k, ch, device=x.device, dtype=out_dtype)
-    dr = dr.to(x.dtype)
-    if _is_cl(x) and _is_cl(dr):  # both are [B*H*W, channels] in memory: one product, no copy
-        xm, drm = x.permute(0, 2, 3, 1).reshape(-1, ch), dr.permute(0, 2, 3, 1).reshape(-1, k)
-        return (drm.t() @ xm).to(out_dtype)
-    # Per image [K, HW] @ [HW, C] (views of NCHW x), float32 accumulation in cuBLAS.
-    xm, drm = x.reshape(b, ch, h * w), dr.reshape(b, k, h * w)
-    return torch.bmm(drm, xm.transpose(1, 2)).to(out_dtype).sum(0)
+    dw = torch.nn.grad.conv2d_weight(x, (k, ch, 1, 1), dr.to(x.dtype))
+    return dw.reshape(k, ch).to(out_dtype)  # a view: [h, C, 1, 1] in either layout
 
 
 # ---------------------------------------------------------------------------------------------
