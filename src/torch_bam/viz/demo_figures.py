@@ -110,7 +110,9 @@ def draw_pointing_maps(
         ax = axes[i, 0]
         ax.imshow(shown[i].numpy(), cmap="gray")
         _box(ax, boxes[i].tolist(), color="lime")
-        preds = ", ".join(f"{k}: {int(v[i])}" for k, v in predictions.items())
+        preds = [f"{k}: {int(v[i])}" for k, v in predictions.items()]
+        # Two networks a line, so that many stay within the panel's width.
+        preds = ",\n".join(", ".join(preds[j : j + 2]) for j in range(0, len(preds), 2))
         ax.set_title(f"true class {int(labels[i])}", fontsize=TITLE_PT)
         ax.set_xlabel(f"predicted {preds}", fontsize=TEXT_PT)
         for j, (title, m) in enumerate(maps.items(), start=1):
