@@ -21,9 +21,10 @@ from statistics import median
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FLOOR", "measure", "sentence"]
+__all__ = ["COST_TURNS", "FLOOR", "measure", "sentence"]
 
 FLOOR = "floor"  # the name of the floor network in :func:`measure`'s result
+COST_TURNS = 10  # the commands' default turns: a few seconds at their default sizes
 KINDS = ("train_step", "inference")
 
 
@@ -38,7 +39,7 @@ def _timed(fn, sync=None) -> float:
 
 
 def measure(
-    networks: dict[str, nn.Module], x: Tensor, y: Tensor, turns: int = 10, warmup: int = 2
+    networks: dict[str, nn.Module], x: Tensor, y: Tensor, turns: int = COST_TURNS, warmup: int = 2
 ) -> dict:
     """Seconds per training step and per inference of each network, in interleaved turns.
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from ..errors import UsageError
 from ..peers import Variant, attention_variants
+from .cost import COST_TURNS
 
 DEFAULT_VARIANTS = ("none", "bam", "se", "cbam", "eca", "bam-channel", "bam-spatial")
-COST_TURNS = 10
 
 
 def _check(backbone: str, variants: list[str], trainer: dict) -> dict[str, Variant]:

@@ -12,14 +12,14 @@ order of work.
 from __future__ import annotations
 
 from ..compare import options
+from ..compare.cost import COST_TURNS
 from ..compare.engine import Extras, run_study
 from ..peers import attention_variants
 
 BACKBONE = "small_cnn"
 VARIANTS = ("none", "bam")  # the engine's variants, in the report under the networks' names
 MODELS = ("small_cnn", "bam_small_cnn")
-BASELINE, WITH_BAM = MODELS
-COST_TURNS = 10  # interleaved turns of the cost measurement (a few seconds at the defaults)
+WITH_BAM = MODELS[1]
 EXTRAS = Extras(floor=WITH_BAM, step_timing=True, checkpoints=True)
 
 

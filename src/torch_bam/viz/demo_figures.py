@@ -110,11 +110,10 @@ def draw_pointing_maps(
         ax = axes[i, 0]
         ax.imshow(shown[i].numpy(), cmap="gray")
         _box(ax, boxes[i].tolist(), color="lime")
-        preds = [f"{k}: {int(v[i])}" for k, v in predictions.items()]
-        # Two networks a line, so that many stay within the panel's width.
-        preds = ",\n".join(", ".join(preds[j : j + 2]) for j in range(0, len(preds), 2))
+        # One network a line, so that long names and many networks stay within the panel.
+        preds = "\n".join(f"{k}: {int(v[i])}" for k, v in predictions.items())
         ax.set_title(f"true class {int(labels[i])}", fontsize=TITLE_PT)
-        ax.set_xlabel(f"predicted {preds}", fontsize=TEXT_PT)
+        ax.set_xlabel(f"predicted\n{preds}", fontsize=TEXT_PT)
         for j, (title, m) in enumerate(maps.items(), start=1):
             ax = axes[i, j]
             up = F.interpolate(
