@@ -5,6 +5,7 @@ and TorchScript of a features_only network. Checks as timm's tests/test_models.p
 """
 
 import math
+import re
 import warnings
 
 import pytest
@@ -129,7 +130,14 @@ def test_features_only_grad_checkpointing_gives_the_same_gradients(feature_cls):
 # TorchScript compiles a network per module type, about a second each: one per class.
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script is deprecated
 @pytest.mark.parametrize(
-    "name", ["bam_resnet18", "bam_preresnet110", "bam_resnext29_8x64d", "bam_mobilenet_v1"]
+    "name",
+    [
+        "bam_resnet18",
+        "bam_preresnet110",
+        "bam_resnext29_8x64d",
+        "bam_mobilenet_v1",
+        "bam_small_cnn",  # nested and shared modules
+    ],
 )
 def test_features_only_scripts(name):
     torch.manual_seed(0)
@@ -145,3 +153,28 @@ def test_features_only_scripts(name):
         # Scripted, BAM's gate is the reference maths (eager: the fused kernel): equal to
         # float32 rounding, scaled by the maps' magnitude.
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+def test_features_only_of_nested_levels_keeps_the_networks_keys():
+    # bam_small_cnn's levels name nested modules (stages.0, bams.0) and one pool shared by two
+    # levels. Its FeatureNet runs them as flat entries (timm's stages_0), but its state_dict
+    # keeps the network's keys, each once, and loads the network's state_dict.
+    torch.manual_seed(0)
+    model = torch_bam.create_model("bam_small_cnn").eval()
+    net = torch_bam.create_model("bam_small_cnn", features_only=True).eval()
+    expected = [k for k in model.state_dict() if not k.startswith("fc.")]
+    assert sorted(net.state_dict()) == sorted(expected)  # in the order they run, as timm's
+    net.load_state_dict({k: model.state_dict()[k] for k in expected})  # strict
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    x = _input(model, b=2)
+    with torch.no_grad():
+        _, maps = model.forward_intermediates(x)
+        for a, b in zip(net(x), maps, strict=True):
+            assert torch.equal(a, b)
+    # Every parameter is seen once, and a pruned copy saves the same keys as it loads.
+    assert sum(p.numel() for p in net.parameters()) == sum(
+        p.numel() for n, p in model.named_parameters() if not n.startswith("fc.")
+    )
+    with pytest.raises(RuntimeError, match=f'Missing key.*"{re.escape(expected[0])}"'):
+        net.load_state_dict({k: v for k, v in model.state_dict().items() if k != expected[0]})

@@ -166,7 +166,7 @@ def _run_locked(splits, specs, config, trainer, out, progress, render, extras, n
                 progress,
                 trainer,
             )
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) != 0:
+    if not options.rank_zero():
         return {}  # DDP: the other processes trained with rank 0; rank 0 measures and writes
 
     # The test split: built here, after every network is trained and chosen, and used once.

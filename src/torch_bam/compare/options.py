@@ -59,10 +59,21 @@ def check_run(seed: int, train_size: int, batch_size: int, dataset: str) -> None
     check_dataset(dataset)
 
 
+def rank_zero() -> bool:
+    """Whether this is the first process of a run (the only one, without DDP): Lightning's
+    rank, read from the environment its launcher (or torchrun, or SLURM) sets."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
+
 def run_in(out: str, created: list[str], what: str, clear: Callable[[], None], run: Callable):
     """``clear()`` then ``run()`` while holding ``out``'s lock (a second run on it meanwhile is
     refused); if either fails, the directories this run created (``created``, from
-    :func:`check_out`) are removed again, so no empty run directory is left behind."""
+    :func:`check_out`) are removed again, so no empty run directory is left behind. Under DDP
+    only the first process does this; the others only ``run()``."""
+    if not rank_zero():  # DDP: a process Lightning started again; rank 0 owns the directory
+        return run()
     lock = RunDirLock(out, what=what)
     lock.acquire()
     try:

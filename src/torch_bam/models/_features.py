@@ -114,28 +114,39 @@ class FeatureNet(nn.ModuleDict):
     Attributes:
         feature_info: :class:`FeatureInfo` of the returned levels.
 
-    As timm's ``FeatureListNet``, it is a ``ModuleDict`` of the network's top-level modules in
-    the order they run, so that ``torch.jit.script`` compiles it. A network whose levels name
-    nested or shared modules (``bam_small_cnn``: ``stages.0``, one ``pool`` for every level)
-    runs them by name instead, which TorchScript cannot compile.
+    As timm's ``FeatureListNet``, it is a ``ModuleDict`` of the modules the levels name, in
+    the order they run, so that ``torch.jit.script`` compiles it. A nested name becomes a flat
+    entry as in timm (``stages.0`` -> ``stages_0``) and a module that runs in two levels
+    (``bam_small_cnn``'s one ``pool``) gets an entry per run (``pool``, ``pool_1``); the
+    state_dict keeps the network's keys, each once, so the network's state_dict (less its
+    classifier) loads into it.
     """
 
-    _flat: bool
     grad_checkpointing: bool
 
     def __init__(self, model: nn.Module, out_indices: Sequence[int] | None = None) -> None:
         super().__init__()
         levels, self.out_indices = _levels(model, out_indices, "FeatureNet")
-        self.levels = [tuple(names) for names in levels[: max(self.out_indices) + 1]]
-        order = [n for names in self.levels for n in names]
-        self._flat = all("." not in n for n in order) and len(set(order)) == len(order)
-        # Under their own names (the network's state_dict keys), in the order they run.
-        for name in dict.fromkeys(n.split(".")[0] for n in order):
-            self.add_module(name, model.get_submodule(name))
-        self._take = [self.levels[i][-1] for i in self.out_indices]
+        groups: list[list[str]] = []
+        self._names: dict[str, str] = {}  # entry -> the network's name, for the state_dict
+        for names in levels[: max(self.out_indices) + 1]:
+            groups.append([])
+            for name in names:
+                entry = name.replace(".", "_")
+                runs = sum(1 for n in self._names.values() if n == name)
+                entry = f"{entry}_{runs}" if runs else entry
+                self.add_module(entry, model.get_submodule(name))
+                self._names[entry] = name
+                groups[-1].append(entry)
+        self._groups = groups
+        self._take = [groups[i][-1] for i in self.out_indices]
         self.grad_checkpointing = False
         self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
         _take_cfg(self, model)
+        if any(e != n for e, n in self._names.items()):
+            self.register_state_dict_post_hook(_network_keys)
+            self.register_load_state_dict_pre_hook(_entry_keys)
+            self.register_load_state_dict_post_hook(_named_as_network)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -143,8 +154,8 @@ class FeatureNet(nn.ModuleDict):
         self.grad_checkpointing = bool(enable)
 
     def forward(self, x: Tensor) -> List[Tensor]:  # noqa: UP006 (TorchScript)
-        if not self._flat or (self.grad_checkpointing and not torch.jit.is_scripting()):
-            return self._forward_by_name(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_checkpointed(x)
         features: List[Tensor] = []  # noqa: UP006
         for name, module in self.items():
             x = module(x)
@@ -153,21 +164,75 @@ class FeatureNet(nn.ModuleDict):
         return features
 
     @torch.jit.unused
-    def _forward_by_name(self, x: Tensor) -> List[Tensor]:  # noqa: UP006
+    def _forward_checkpointed(self, x: Tensor) -> List[Tensor]:  # noqa: UP006
         from torch.utils.checkpoint import checkpoint
 
         from ._interface import _run_in_order
 
         features = []
-        for i, names in enumerate(self.levels):
-            modules = [self.get_submodule(n) for n in names]
-            if self.grad_checkpointing and torch.is_grad_enabled():
+        for i, group in enumerate(self._groups):
+            modules = [self[e] for e in group]
+            if torch.is_grad_enabled():
                 x = checkpoint(_run_in_order, modules, x, use_reentrant=False)
             else:
                 x = _run_in_order(modules, x)
             if i in self.out_indices:
                 features.append(x)
         return features
+
+
+def _renamed(state: dict, prefix: str, names: dict[str, str | None]) -> dict:
+    """``state``'s keys under ``prefix`` with each entry's prefix ``prefix + old + "."`` read
+    through ``names`` (old -> new; ``None``: the key is dropped)."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            head, _, rest = key[len(prefix) :].partition(".")
+            if head in names:
+                if names[head] is None:
+                    continue
+                key = f"{prefix}{names[head]}.{rest}"
+        out[key] = value
+    return out
+
+
+def _network_keys(net: FeatureNet, state: dict, prefix: str, local_metadata) -> None:
+    # Each entry's keys under the network's name; an entry that runs a module again: none.
+    first: dict[str, str | None] = {}
+    for entry, name in net._names.items():
+        first[entry] = None if name in first.values() else name
+    renamed = _renamed(state, prefix, first)
+    state.clear()
+    state.update(renamed)
+
+
+def _named_as_network(net: FeatureNet, incompatible) -> None:
+    # A missing or unexpected key is named as the network (and the state_dict) name it.
+    for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
+        named = []
+        for key in keys:
+            for entry, name in net._names.items():
+                at = 0 if key.startswith(entry + ".") else key.find("." + entry + ".") + 1
+                if at > 0 or key.startswith(entry + "."):
+                    key = key[:at] + name + key[at + len(entry) :]
+                    break
+            named.append(key)
+        keys[:] = list(dict.fromkeys(named))
+
+
+def _entry_keys(net: FeatureNet, state: dict, prefix: str, *args) -> None:
+    # The network's keys to each entry's, every entry of a module that runs twice included.
+    by_name: dict[str, list[str]] = {}
+    for entry, name in net._names.items():
+        by_name.setdefault(name, []).append(entry)
+    for key in [k for k in state if k.startswith(prefix)]:
+        for name, entries in by_name.items():
+            if key.startswith(f"{prefix}{name}."):
+                rest = key[len(f"{prefix}{name}.") :]
+                value = state.pop(key)
+                for entry in entries:
+                    state[f"{prefix}{entry}.{rest}"] = value
+                break
 
 
 class FeatureGetterNet(nn.Module):
