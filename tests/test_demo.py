@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import statistics
 
 import pytest
@@ -9,9 +10,9 @@ from PIL import Image
 
 from torch_bam._io import RunDirLock
 from torch_bam.cli import main
+from torch_bam.compare.claims import summarize
 from torch_bam.demo import MODELS
-from torch_bam.demo.claims import summarize
-from torch_bam.demo.report import epoch_choice_sentence
+from torch_bam.demo.report import epoch_choice_sentence, error_sentence, localisation_verdict
 from torch_bam.viz import load_checkpoint
 from torch_bam.viz.demo_figures import figure_size_px
 
@@ -23,8 +24,9 @@ CONTROLS = {
     "image intensity",
     "small_cnn feature norm",
     "small_cnn Grad-CAM",
-    "untrained bam_small_cnn BAM",
+    "untrained bam_small_cnn",
 }
+PICTURES = {"learning_curves.png", "error_vs_cost.png", "attention.png"}
 STALE = ["small_cnn.pt", "bam_small_cnn-seed9.pt", "attention.png", ".torch-bam-tmp-x.tmp"]
 
 
@@ -66,7 +68,7 @@ def report(traced_run):
 def test_writes_every_file_and_nothing_stale(traced_run, report):
     out = traced_run[0]
     names = {p.name for p in out.iterdir()}
-    expected = {"report.md", "report.json", "learning_curves.png", "attention.png"}
+    expected = {"report.md", "report.json", *PICTURES}
     expected |= {f"{m}-seed{s}.pt" for m in MODELS for s in (0, 1)}
     assert expected <= names
     assert set(report["checkpoints"]) == {n for n in names if n.endswith(".pt")}
@@ -103,7 +105,7 @@ def test_test_split_is_built_once_after_all_training(traced_run):
 
 def test_report_has_every_control_and_models_alternate(traced_run, report):
     pointing = report["pointing"]
-    assert set(pointing) == CONTROLS | {"bam_small_cnn BAM"}
+    assert set(pointing) == CONTROLS | {"bam_small_cnn"}
     assert all(len(v) == 2 and all(0 <= x <= 1 for x in v) for v in pointing.values())
     md = (traced_run[0] / "report.md").read_text()
     for name in pointing:
@@ -122,43 +124,45 @@ def test_report_has_every_control_and_models_alternate(traced_run, report):
 
 
 def test_claims_in_the_report_follow_from_its_numbers(traced_run, report):
-    pointing = report["pointing"]
-    bam = summarize(pointing.pop("bam_small_cnn BAM"))
+    pointing = dict(report["pointing"])
+    bam = summarize(pointing.pop("bam_small_cnn"))
     best = max(pointing, key=lambda k: summarize(pointing[k])["mean"])
     spread = max(bam["std"], summarize(pointing[best])["std"])
     claimed = bam["mean"] - summarize(pointing[best])["mean"] > spread
-    loc = report["claims"]["localisation"]
+    loc = report["claims"]["localisation"]["bam_small_cnn"]
     assert loc["claimed"] == claimed and loc["best_control"] == best
     md = (traced_run[0] / "report.md").read_text()
-    assert loc["verdict"] in md and report["claims"]["error"]["sentence"] in md
-    errors = [report["models"][m]["test_top1_error"] for m in MODELS]
+    assert localisation_verdict(report) in md and error_sentence(report) in md
+    assert all(f"- {s}" in md for s in loc["against_each_control"])
+    errors = [report["variants"][m]["test_top1_error"] for m in MODELS]
     diff = summarize(errors[1])["mean"] - summarize(errors[0])["mean"]
     spread = max(summarize(e)["std"] for e in errors)
-    assert report["claims"]["error"]["exceeds"] == (abs(diff) > spread)
+    error = report["claims"]["error"]["bam_small_cnn vs small_cnn"]
+    assert error["exceeds"] == (abs(diff) > spread)
 
 
 def test_report_tables_agree_with_json(traced_run, report):
     md = (traced_run[0] / "report.md").read_text()
     for m in MODELS:
-        per_seed = ", ".join(f"{100 * v:.1f}%" for v in report["models"][m]["test_top1_error"])
+        per_seed = ", ".join(f"{100 * v:.1f}%" for v in report["variants"][m]["test_top1_error"])
         assert per_seed in md
-        assert f"{report['models'][m]['parameters']:,}" in md
+        assert f"{report['variants'][m]['parameters']:,}" in md
     for name, values in report["pointing"].items():
         assert f"| {name} | " in md and ", ".join(f"{100 * v:.1f}%" for v in values) in md
     assert len(report["history"]["small_cnn"]) == 2  # one curve per seed
     assert all(len(h["val/top1_err"]) == 2 for h in report["history"]["small_cnn"])
     assert all(len(h["train/loss_epoch"]) == 2 for h in report["history"]["small_cnn"])
     # What the choice of epoch did, from the chosen epochs report.json records.
-    assert epoch_choice_sentence(report["models"], report["config"]["epochs"]) in md
+    assert epoch_choice_sentence(report["variants"], report["config"]["epochs"]) in md
 
 
 def test_cost_paragraph_gives_the_measured_macs_time_and_floor(traced_run, report):
     md = (traced_run[0] / "report.md").read_text()
     cost = report["cost"]
     base, bam = MODELS
-    # The MACs ratio is the models' own, and the time ratios are the recorded turns' medians.
-    assert cost["macs_ratio"] == cost["macs"][bam] / cost["macs"][base]
-    assert cost["macs"][bam] / 1e9 == report["models"][bam]["gflops"]
+    # The MACs are the models' own, and the time ratios are the recorded turns' medians.
+    macs = {m: report["variants"][m]["macs"] for m in MODELS}
+    macs_ratio = macs[bam] / macs[base]
     nets = cost["networks"]
     for name in (bam, "floor"):
         for kind in ("train_step", "inference"):
@@ -167,10 +171,59 @@ def test_cost_paragraph_gives_the_measured_macs_time_and_floor(traced_run, repor
             assert len(turns) == cost["turns"]
             assert cost["ratios"][kind][name] == pytest.approx(statistics.median(turns))
     section = md[md.index("## What BAM costs") :]
-    assert f"BAM adds {100 * (cost['macs_ratio'] - 1):.1f}% to the multiply-adds" in section
+    assert all(f"| {macs[m] / 1e6:.2f} |" in section for m in MODELS)
+    assert f"BAM adds {100 * (macs_ratio - 1):.1f}% to the multiply-adds" in section
     assert f"a training step of {bam} took {cost['ratios']['train_step'][bam]:.2f}x" in section
     assert f"its floor) would take {cost['ratios']['train_step']['floor']:.2f}x" in section
-    assert f"{report['timing']['ratio']['median_ratio']:.2f}x" in section
+    assert f"{report['timing']['ratios'][bam]['median_ratio']:.2f}x" in section
+
+
+# The demo is compare's first case: one engine, so the same numbers, claims and pictures.
+
+NAMES = {"none": "small_cnn", "bam": "bam_small_cnn"}  # compare's variants, the demo's names
+
+
+def _as_demo(value):
+    """A value of compare's report with its variants under the demo's names (the networks')."""
+    text = json.dumps(value)
+    for variant, network in NAMES.items():
+        text = re.sub(rf"\b{variant}\b", network, text)
+    return json.loads(text)
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """``torch-bam compare`` with the demo's backbone, variants, seeds and sizes."""
+    out = tmp_path_factory.mktemp("compare")
+    args = ["--backbone", "small_cnn", "--variants", ",".join(NAMES), *TINY, "--cost-turns", "2"]
+    assert main(["compare", *args, "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_the_demo_measures_and_claims_what_compare_does(report, compared):
+    _, other = compared
+    assert list(other["variants"]) == list(NAMES) and list(report["variants"]) == list(MODELS)
+    same = ["parameters", "macs", "test_top1_error", "val_top1_error_best", "best_epoch"]
+    same += ["kind", "placement", "module_kwargs", "network"]
+    for variant, network in NAMES.items():
+        mine, theirs = report["variants"][network], other["variants"][variant]
+        assert {k: mine[k] for k in same} == {k: theirs[k] for k in same}, network
+        assert mine["network"] == network
+    assert report["history"] == _as_demo(other["history"])  # the same training, epoch by epoch
+    assert report["pointing_layer"] == other["pointing_layer"]
+    assert report["pointing"] == _as_demo(other["pointing"])  # every control, every seed
+    assert report["claims"] == _as_demo(other["claims"])  # the same claims, in the same words
+    assert report["claims"]["localisation"]  # (there was a pointing game to claim from)
+
+
+def test_both_commands_draw_the_same_pictures(traced_run, report, compared):
+    out, other = compared
+    assert set(report["files"].values()) == set(other["files"].values()) == PICTURES
+    for name in PICTURES:
+        with Image.open(traced_run[0] / name) as mine, Image.open(out / name) as theirs:
+            assert mine.size == theirs.size, name
+    md = (out / "report.md").read_text()
+    assert all(f"]({name})" in md for name in PICTURES)
 
 
 # Bad input: one line on stderr, exit status 2, nothing written.
@@ -255,12 +308,12 @@ def test_a_second_demo_on_the_same_out_is_refused(capsys, tmp_path):
 
 
 def test_a_run_that_fails_midway_leaves_no_directory(tmp_path, monkeypatch):
-    import torch_bam.demo.experiment as experiment
+    import torch_bam.compare.engine as engine
 
     def crash(*args, **kwargs):
         raise RuntimeError("killed while training")
 
-    monkeypatch.setattr(experiment, "_run_locked", crash)
+    monkeypatch.setattr(engine, "_run_locked", crash)
     with pytest.raises(RuntimeError, match="killed"):
         main(["demo", *TINY, "--out", str(tmp_path / "a" / "run")])
     assert list(tmp_path.iterdir()) == []

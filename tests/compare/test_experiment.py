@@ -5,8 +5,8 @@ import json
 import pytest
 
 from torch_bam.cli import main
+from torch_bam.compare import build_variant
 from torch_bam.compare.claims import summarize
-from torch_bam.compare.experiment import build_variant
 from torch_bam.flops import count_params
 from torch_bam.peers import attention_variants
 
@@ -28,14 +28,17 @@ def run(tmp_path_factory):
     return out, json.loads((out / "report.json").read_text())
 
 
-def test_writes_the_report_the_picture_and_nothing_else(run):
+def test_writes_the_report_the_pictures_and_nothing_else(run):
     out, report = run
     names = {p.name for p in out.iterdir()}
-    assert {"report.md", "report.json", "error_vs_cost.png"} <= names
-    assert not [n for n in names if n.endswith(".tmp")]
+    pictures = {"error_vs_cost.png", "learning_curves.png", "attention.png"}
+    assert names == {"report.md", "report.json", *pictures}  # no checkpoints, no temporaries
+    assert set(report["files"].values()) == pictures
     text = (out / "report.md").read_text()
     assert text.startswith("# torch-bam compare") and "an earlier run's" not in text
-    assert (out / "error_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in pictures:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in text
     assert report["machine"] in text
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Comparison", "compare", "describe", "localisation_claim", "summarize"]
+__all__ = ["Comparison", "claims_of", "compare", "describe", "localisation_claim", "summarize"]
 
 
 def summarize(values: list[float]) -> dict[str, float | int | None]:
@@ -55,12 +55,13 @@ def compare(a: list[float], b: list[float]) -> Comparison:
 
 
 def localisation_claim(
-    bam: list[float], controls: dict[str, list[float]]
+    bam: list[float], controls: dict[str, list[float]], subject: str = "BAM"
 ) -> tuple[bool, str, list[str]]:
-    """Whether BAM's pointing hit rate beats the best control by more than the spread.
+    """Whether a map's pointing hit rate (``bam``'s) beats the best control by more than the
+    spread.
 
     Returns ``(claimed, best_control_name, sentences)``: one sentence per control, saying
-    whether BAM's difference to it exceeds the spread, best control first.
+    whether the map's (``subject``'s) difference to it exceeds the spread, best control first.
     """
     if not controls:
         raise ValueError("localisation_claim: need at least one control.")
@@ -69,7 +70,7 @@ def localisation_claim(
     sentences = []
     for name in order:
         c = compare(bam, controls[name])
-        sentences.append(f"{name}: {describe(c, 'BAM', 'higher', 'lower')}")
+        sentences.append(f"{name}: {describe(c, subject, 'higher', 'lower')}")
     best_cmp = compare(bam, controls[best])
     claimed = best_cmp.exceeds and best_cmp.difference > 0
     return claimed, best, sentences
@@ -85,3 +86,52 @@ def describe(c: Comparison, subject: str, up: str, down: str, than: str = "") ->
         return f"{subject} is {size}; with one seed the spread is unknown"
     verdict = "more than" if c.exceeds else "within"
     return f"{subject} is {size}, {verdict} the seed-to-seed spread ({c.spread * 100:.1f} points)"
+
+
+def claims_of(report: dict) -> dict:
+    """The claims of a run's report: the error of each variant against the reference (and of
+    each other variant against ``bam``, where both are in the run); for each spatial map in
+    ``report["pointing"]``, whether it beats every control (the maps that owe nothing to
+    attention, and the same network before training) by more than the seed-to-seed spread."""
+    variants, ref = report["variants"], report["reference"]
+    error = {}
+    pairs = [(v, ref) for v in variants if v != ref]
+    if "bam" in variants and ref != "bam":
+        pairs += [(v, "bam") for v in variants if v not in (ref, "bam")]
+    for a, b in pairs:
+        c = compare(variants[a]["test_top1_error"], variants[b]["test_top1_error"])
+        error[f"{a} vs {b}"] = {
+            "difference": c.difference,
+            "spread": c.spread,
+            "exceeds": c.exceeds,
+            "sentence": describe(c, a, "higher", "lower", b),
+        }
+    claims: dict = {"error": error}
+    pointing = report.get("pointing")
+    if pointing:
+        controls = {
+            k: v
+            for k, v in pointing.items()
+            if k not in variants and not k.startswith("untrained ")
+        }
+        local = {}
+        for v in (v for v in variants if v in pointing):
+            mine = dict(controls)
+            if f"untrained {v}" in pointing:
+                mine[f"untrained {v}"] = pointing[f"untrained {v}"]
+            claimed, best, sentences = localisation_claim(pointing[v], mine, subject=v)
+            c = compare(pointing[v], mine[best])
+            local[v] = {
+                "claimed": claimed,
+                "best_control": best,
+                "sentence": (
+                    f"{v}'s spatial map beats every control, the best ({best}) by more than "
+                    f"the seed-to-seed spread."
+                    if claimed
+                    else f"{v}'s spatial map: {describe(c, v, 'higher', 'lower', best)}"
+                    f" (the best control): no claim that it localises the digit better."
+                ),
+                "against_each_control": sentences,
+            }
+        claims["localisation"] = local
+    return claims

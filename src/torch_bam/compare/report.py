@@ -1,15 +1,15 @@
 """The comparison's report in Markdown: tables of the measured numbers, the claims in words.
 
-Every number comes from the report dict :mod:`torch_bam.compare.experiment` builds; every
-sentence that says one thing beats another follows :mod:`torch_bam.compare.claims`. The demo's
+Every number comes from the report dict the engine (:mod:`.engine`) builds; every sentence that
+says one thing beats another is one of its claims (:func:`.claims.claims_of`). The demo's
 report uses the same cells and tables.
 """
 
 from __future__ import annotations
 
-from .claims import compare, describe, summarize
+from .claims import summarize
 
-__all__ = ["markdown", "pct", "spread_cell", "table"]
+__all__ = ["markdown", "pct", "pictures", "spread_cell", "table"]
 
 
 def pct(value: float) -> str:
@@ -36,49 +36,6 @@ def _signed(n: int, unit: float = 1.0, fmt: str = "{:,.0f}") -> str:
     return ("+" if n > 0 else "") + fmt.format(n / unit) if n else "0"
 
 
-def claims_of(report: dict) -> dict:
-    """Error of each variant against the reference (and of each peer against BAM); for each
-    spatial map, whether it beats every control by more than the seed-to-seed spread."""
-    variants, ref = report["variants"], report["reference"]
-    error = {}
-    pairs = [(v, ref) for v in variants if v != ref]
-    if "bam" in variants and ref != "bam":
-        pairs += [(v, "bam") for v in variants if v not in (ref, "bam")]
-    for a, b in pairs:
-        c = compare(variants[a]["test_top1_error"], variants[b]["test_top1_error"])
-        error[f"{a} vs {b}"] = {
-            "difference": c.difference,
-            "spread": c.spread,
-            "exceeds": c.exceeds,
-            "sentence": describe(c, a, "higher", "lower", b),
-        }
-    claims: dict = {"error": error}
-    pointing = report.get("pointing")
-    if pointing:
-        maps = [v for v in variants if v in pointing]
-        controls = {k: v for k, v in pointing.items() if k not in variants}
-        local = {}
-        for v in maps:
-            mine = {k: c for k, c in controls.items() if not k.startswith("untrained ")}
-            mine[f"untrained {v}"] = controls[f"untrained {v}"]
-            order = sorted(mine, key=lambda k: summarize(mine[k])["mean"], reverse=True)
-            best = compare(pointing[v], mine[order[0]])
-            claimed = best.exceeds and best.difference > 0
-            local[v] = {
-                "claimed": claimed,
-                "best_control": order[0],
-                "sentence": (
-                    f"{v}'s spatial map beats every control, the best ({order[0]}) by more than "
-                    f"the seed-to-seed spread."
-                    if claimed
-                    else f"{v}'s spatial map: {describe(best, v, 'higher', 'lower', order[0])}"
-                    f" (the best control): no claim that it localises the digit better."
-                ),
-            }
-        claims["localisation"] = local
-    return claims
-
-
 def _verdicts(claims: dict) -> list[str]:
     real = [k for k, c in claims["error"].items() if c["exceeds"]]
     lines = []
@@ -99,11 +56,10 @@ def _verdicts(claims: dict) -> list[str]:
     return lines
 
 
-def markdown(report: dict) -> tuple[str, dict]:
-    """``(report.md text, claims dict)``."""
+def markdown(report: dict) -> str:
+    """The text of ``report.md``."""
     cfg, sp, variants = report["config"], report["splits"], report["variants"]
-    ref, seeds = report["reference"], report["seeds"]
-    claims = claims_of(report)
+    ref, seeds, claims = report["reference"], report["seeds"], report["claims"]
     base = variants[ref]
     lines = [
         "# torch-bam compare",
@@ -180,13 +136,38 @@ def markdown(report: dict) -> tuple[str, dict]:
         lines.append("")
     else:
         lines += ["## Pointing game", "", "Not measured: this dataset has no object boxes.", ""]
-    lines += [
-        "## Picture",
+    lines += pictures(report)
+    return "\n".join(lines)
+
+
+def pictures(report: dict) -> list[str]:
+    """The report's section on its pictures (:mod:`.pictures`), the same for both commands."""
+    ref, seeds, files = report["reference"], report["seeds"], report["files"]
+    lines = [
+        "## Pictures",
         "",
-        "![error against cost](error_vs_cost.png)",
+        f"![error against cost]({files['error_vs_cost']})",
         "",
         f"Test error (mean, bar: ± one std over seeds) against the measured training-step time "
         f"relative to {ref}, one point per variant.",
         "",
+        f"![learning curves]({files['learning_curves']})",
+        "",
+        "Training loss (training split) and top-1 error on the validation split, per epoch: "
+        "the line is the mean over seeds, the band runs from the lowest to the highest seed.",
+        "",
     ]
-    return "\n".join(lines), claims
+    if "attention" in files:
+        lines += [
+            f"![attention maps, seed {seeds[0]}]({files['attention']})",
+            "",
+            f"Maps of the seed-{seeds[0]} networks on the first test images (test split). Green "
+            "and white: the true box; red cross: each map's peak. All maps share one colour "
+            "scale, 0 to 1: each attention map's sigmoid as it is (its panel gives its range), "
+            "the other maps stretched from their minimum to their maximum in each image, and a "
+            "map that hardly varies says it is flat. Last panel, where a BAM has both gates: "
+            "the channels its channel gate weights most, against the median of all its "
+            "channels.",
+            "",
+        ]
+    return lines

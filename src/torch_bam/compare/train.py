@@ -44,7 +44,7 @@ def fit(
     Args:
         model: a registered model name, or a function that builds the network (called after
             seeding).
-        splits: :class:`torch_bam.demo.splits.Splits`.
+        splits: :class:`.splits.Splits`.
         trainer: Lightning Trainer options (``accelerator``, ``devices``, ``strategy``, ...);
             default: one CPU.
     """
@@ -52,9 +52,9 @@ def fit(
     from torch.utils.data import DataLoader, TensorDataset
 
     from .._upstream_warnings import lightning_calls
-    from ..demo.callbacks import Record
     from ..train import ImageClassifier
     from ..train.progress import EpochLines, hide_tips, wants_lines
+    from .callbacks import Record
 
     L.seed_everything(seed, verbose=False)  # same init draw order and same batches per seed
     module = ImageClassifier(

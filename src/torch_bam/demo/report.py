@@ -1,53 +1,34 @@
 """The demo's report in Markdown: tables of the measured numbers, and the claims in words.
 
-Every number comes from the report dict that :mod:`torch_bam.demo.experiment` builds; every
-sentence that says one thing beats another follows :mod:`torch_bam.demo.claims`.
+Every number comes from the report dict the comparison engine builds
+(:mod:`torch_bam.compare.engine`), and every claim is one of the engine's
+(:func:`torch_bam.compare.claims.claims_of`), as in ``torch-bam compare``'s report; only the
+words and the layout are the demo's: one column per network, the localisation verdict in full,
+the training runs' step times and BAM's cost beside its floor.
 """
 
 from __future__ import annotations
 
-from ..compare.report import pct, spread_cell, table
-from .claims import compare, describe, localisation_claim, summarize
-
-BAM_KEY_SUFFIX = " BAM"
+from ..compare.claims import compare, summarize
+from ..compare.report import pct, pictures, spread_cell, table
 
 
-_table = table  # the demo's name for the shared table
+def error_sentence(report: dict) -> str:
+    """The error of the BAM network against the baseline, and what the demo claims from it."""
+    base, bam = list(report["variants"])
+    c = report["claims"]["error"][f"{bam} vs {base}"]
+    if c["exceeds"]:
+        verdict = f"{'BAM lowers' if c['difference'] < 0 else 'BAM raises'} the error here."
+    else:
+        verdict = "The demo does not claim that either network has the lower error."
+    return f"Test top-1 error: {c['sentence']}. {verdict}"
 
 
-def claims_of(report: dict) -> dict:
-    """The report's claims: error of BAM against the baseline; localisation against controls."""
-    models = report["models"]
-    names = list(models)
-    base, bam = names
-    c = compare(models[bam]["test_top1_error"], models[base]["test_top1_error"])
-    claims: dict = {
-        "error": {
-            "difference": c.difference,
-            "spread": c.spread,
-            "exceeds": c.exceeds,
-            "sentence": (
-                f"Test top-1 error: {describe(c, bam, 'higher', 'lower', base)}. "
-                + (
-                    f"{'BAM lowers' if c.difference < 0 else 'BAM raises'} the error here."
-                    if c.exceeds
-                    else "The demo does not claim that either network has the lower error."
-                )
-            ),
-        }
-    }
-    pointing = report.get("pointing")
-    if pointing:
-        bam_key = next(k for k in pointing if k == f"{bam}{BAM_KEY_SUFFIX}")
-        controls = {k: v for k, v in pointing.items() if k != bam_key}
-        claimed, best, sentences = localisation_claim(pointing[bam_key], controls)
-        claims["localisation"] = {
-            "claimed": claimed,
-            "best_control": best,
-            "verdict": _localisation_verdict(pointing, bam_key, claimed, best),
-            "against_each_control": sentences,
-        }
-    return claims
+def localisation_verdict(report: dict) -> str:
+    """The order of the pointing table in words, then what the engine's claim allows."""
+    bam = list(report["variants"])[1]
+    claim = report["claims"]["localisation"][bam]
+    return _localisation_verdict(report["pointing"], bam, claim["claimed"], claim["best_control"])
 
 
 # Above this hit rate, a control leaves fewer than 1 image in 10 on which BAM could do better:
@@ -97,11 +78,11 @@ def _localisation_verdict(pointing: dict, bam_key: str, claimed: bool, best: str
     return verdict
 
 
-def _timing_section(timing: dict) -> list[str]:
+def _timing_section(timing: dict, bam: str) -> list[str]:
     rows = []
     for name, t in timing["models"].items():
         if t is None:
-            rows.append([name, "n/a", "n/a", "n/a", "0", "n/a"])
+            rows.append([name, "n/a", "n/a", "0", "n/a"])
             continue
         per_turn = ", ".join(f"{1000 * v:.0f}" for v in t["per_turn_median_s"])
         rows.append(
@@ -122,12 +103,12 @@ def _timing_section(timing: dict) -> list[str]:
         + "), so a machine that gets busier or quieter affects both alike. The first "
         "steps of each run are not timed.",
         "",
-        _table(
+        table(
             ["model", "median ms/step", "middle half (ms)", "steps timed", "per-seed medians (ms)"],
             rows,
         ),
     ]
-    ratio = timing.get("ratio")
+    ratio = timing["ratios"].get(bam)
     if ratio:
         per_seed = ratio["per_seed"]
         slower = all(r > 1 for r in per_seed)
@@ -149,12 +130,12 @@ def _timing_section(timing: dict) -> list[str]:
 
 def _cost_section(report: dict) -> list[str]:
     """BAM's multiply-adds, its measured time and its floor's, side by side and in words."""
-    from .cost import FLOOR, sentence
+    from ..compare.cost import FLOOR, sentence
 
-    cost = report.get("cost")
-    if not cost:
-        return []
-    base, bam = list(report["models"])
+    cost = report["cost"]
+    variants = report["variants"]
+    base, bam = list(variants)
+    macs = {name: variants[name]["macs"] for name in (base, bam)}
     nets = cost["networks"]
     ratios = cost["ratios"]
 
@@ -163,11 +144,10 @@ def _cost_section(report: dict) -> list[str]:
 
     rows = []
     for name, what in ((base, base), (bam, bam), (FLOOR, f"{bam}'s floor")):
-        macs = cost["macs"].get(name)
         rows.append(
             [
                 what,
-                f"{macs / 1e6:.2f}" if macs is not None else "-",
+                f"{macs[name] / 1e6:.2f}" if name in macs else "-",
                 f"{1000 * nets[name]['median_train_step_s']:.1f}",
                 ratio("train_step", name),
                 f"{1000 * nets[name]['median_inference_s']:.1f}",
@@ -184,7 +164,7 @@ def _cost_section(report: dict) -> list[str]:
         f"step and one inference each, in rotating order, on one batch of {cost['batch']} "
         f"training images; a ratio is the median over turns of that turn's ratio.",
         "",
-        _table(
+        table(
             [
                 "network",
                 "MMACs per image",
@@ -196,9 +176,9 @@ def _cost_section(report: dict) -> list[str]:
             rows,
         ),
         "",
-        sentence(cost, base, bam, cost["macs_ratio"]),
+        sentence(cost, base, bam, macs[bam] / macs[base]),
     ]
-    ratio_in_training = report.get("timing", {}).get("ratio")
+    ratio_in_training = report["timing"]["ratios"].get(bam)
     if ratio_in_training:
         lines[-1] += (
             f" (Over all the training runs' steps, timed above while each model trained, the "
@@ -227,11 +207,11 @@ def epoch_choice_sentence(models: dict, epochs: int) -> str:
     )
 
 
-def markdown(report: dict) -> tuple[str, dict]:
-    """``(report.md text, claims dict)``."""
-    cfg, sp, models = report["config"], report["splits"], report["models"]
+def markdown(report: dict) -> str:
+    """The text of ``report.md``."""
+    cfg, sp, models = report["config"], report["splits"], report["variants"]
     names = list(models)
-    claims = claims_of(report)
+    claims = report["claims"]
     seeds = report["seeds"]
     lines = [
         "# torch-bam demo",
@@ -240,8 +220,9 @@ def markdown(report: dict) -> tuple[str, dict]:
         f"{sp['test']} test images of {sp['image_size']}x{sp['image_size']} pixels. "
         f"{cfg['epochs']} epoch(s) per training run, batch {cfg['batch_size']}, seeds "
         f"{', '.join(map(str, seeds))}: each seed is a new initialisation and batch order on "
-        f"the same data. CPU with {report['threads']} threads, torch {report['torch']}. "
-        "Every number below was measured in this run.",
+        f"the same data. Machine: {report['machine']}. Every number below was measured in this "
+        f"run, by the engine of `torch-bam compare` (this is its run with `--variants none,bam`, "
+        f"under the networks' names).",
         "",
         "Where each number comes from: the training loss from the training split; the learning "
         "curves, the validation error and the choice of epoch (each run keeps the weights of "
@@ -255,7 +236,7 @@ def markdown(report: dict) -> tuple[str, dict]:
     ]
     rows = [
         ["parameters"] + [f"{models[n]['parameters']:,}" for n in names],
-        ["GFLOPs (MACs, 1 image)"] + [f"{models[n]['gflops']:.4f}" for n in names],
+        ["GFLOPs (MACs, 1 image)"] + [f"{models[n]['macs'] / 1e9:.4f}" for n in names],
         ["validation top-1 error, chosen epoch (validation)"]
         + [spread_cell(models[n]["val_top1_error_best"]) for n in names],
         ["chosen epoch per seed"] + [", ".join(map(str, models[n]["best_epoch"])) for n in names],
@@ -264,32 +245,34 @@ def markdown(report: dict) -> tuple[str, dict]:
         ["test top-1 error per seed (test)"]
         + [", ".join(pct(v) for v in models[n]["test_top1_error"]) for n in names],
     ]
-    lines += [_table(["metric"] + names, rows), "", claims["error"]["sentence"], ""]
+    lines += [table(["metric"] + names, rows), "", error_sentence(report), ""]
     lines += [epoch_choice_sentence(models, cfg["epochs"]), ""]
     pointing = report.get("pointing")
     if pointing:
+        bam = names[1]
         lines += [
             "## Pointing game",
             "",
             f"On the {sp['test']} test images: how often a map's peak (upsampled to the image) "
-            f"falls inside the digit's box. BAM's map is the spatial attention of "
-            f"`{report['pointing_layer']}`, the deepest BAM with a spatial map larger than 1x1; "
-            f"the baseline's maps are read at the same depth. The controls: chance (a uniformly "
-            f"random peak), the centre prior (always the centre pixel), image intensity (the "
-            f"brightest box-sized patch), the trained baseline's own feature norm and Grad-CAM "
-            f"(for its predicted class), and the same BAM network before training.",
+            f"falls inside the digit's box. BAM's map is the spatial attention M_s of its "
+            f"deepest BAM with a map larger than 1x1, where {names[0]}'s deepest bottleneck is "
+            f"(`{report['pointing_layer']}`); the baseline's maps are read there too. The "
+            f"controls: chance (a uniformly random peak), the centre prior (always the centre "
+            f"pixel), image intensity (the brightest box-sized patch), the trained baseline's "
+            f"own feature norm and Grad-CAM (for its predicted class), and the same BAM network "
+            f"before training.",
             "",
-            _table(
+            table(
                 ["map", "hit rate, mean ± std over seeds (min-max)", "per seed"],
                 [[k, spread_cell(v), ", ".join(pct(x) for x in v)] for k, v in pointing.items()],
             ),
             "",
-            claims["localisation"]["verdict"],
+            localisation_verdict(report),
             "",
             "BAM against each control, best control first:",
             "",
         ]
-        lines += [f"- {s}" for s in claims["localisation"]["against_each_control"]]
+        lines += [f"- {s}" for s in claims["localisation"][bam]["against_each_control"]]
         lines.append("")
     else:
         lines += [
@@ -298,34 +281,13 @@ def markdown(report: dict) -> tuple[str, dict]:
             "Not measured: this dataset has no object boxes.",
             "",
         ]
-    lines += _timing_section(report["timing"])
+    lines += _timing_section(report["timing"], names[1])
     lines += _cost_section(report)
-    lines += [
-        "",
-        "## Pictures",
-        "",
-        "![learning curves](learning_curves.png)",
-        "",
-        "Training loss (training split) and top-1 error on the validation split, per epoch: "
-        "the line is the mean over seeds, the band runs from the lowest to the highest seed.",
-        "",
-    ]
-    if "attention" in report["files"]:
-        lines += [
-            f"![attention maps, seed {seeds[0]}](attention.png)",
-            "",
-            f"Maps of the seed-{seeds[0]} models on the first test images (test split). Green "
-            "and white: the true box; red cross: each map's peak. All maps share one colour "
-            "scale, 0 to 1: BAM's sigmoid(M_s) as it is (its panel gives its range), the other "
-            "maps stretched from their minimum to their maximum in each image, and a map that "
-            "hardly varies says it is flat. Last panel: the channels BAM's channel gate weights "
-            "most, against the median of all its channels.",
-            "",
-        ]
+    lines += ["", *pictures(report)]
     lines += [
         "Checkpoints (weights of each run's chosen epoch): "
         + ", ".join(f"`{c}`" for c in report["checkpoints"])
         + ".",
         "",
     ]
-    return "\n".join(lines), claims
+    return "\n".join(lines)

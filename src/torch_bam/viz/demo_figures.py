@@ -110,9 +110,10 @@ def draw_pointing_maps(
         ax = axes[i, 0]
         ax.imshow(shown[i].numpy(), cmap="gray")
         _box(ax, boxes[i].tolist(), color="lime")
-        preds = ", ".join(f"{k}: {int(v[i])}" for k, v in predictions.items())
+        # One network a line, so that long names and many networks stay within the panel.
+        preds = "\n".join(f"{k}: {int(v[i])}" for k, v in predictions.items())
         ax.set_title(f"true class {int(labels[i])}", fontsize=TITLE_PT)
-        ax.set_xlabel(f"predicted {preds}", fontsize=TEXT_PT)
+        ax.set_xlabel(f"predicted\n{preds}", fontsize=TEXT_PT)
         for j, (title, m) in enumerate(maps.items(), start=1):
             ax = axes[i, j]
             up = F.interpolate(

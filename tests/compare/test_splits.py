@@ -1,9 +1,9 @@
-"""The demo's pointing task is not solved by a prior: measured on the demo's own settings."""
+"""The cluttered-digits pointing task is not solved by a prior: measured on its own settings."""
 
 import torch
 
+from torch_bam.compare import splits
 from torch_bam.data import ClutteredDigits
-from torch_bam.demo import splits
 from torch_bam.pointing import centre_prior, chance_rate, intensity_map, pointing_game
 
 

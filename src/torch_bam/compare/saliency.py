@@ -1,7 +1,7 @@
-"""The maps the pointing game scores: BAM's spatial attention and the controls beside it.
+"""Controls of the pointing game read from a network, and BAM's channel gate for the figure.
 
-A control answers "would a map that owes nothing to BAM point as well?". Besides the maps of
-:mod:`torch_bam.pointing` (centre prior, image intensity), these read the trained baseline
+A control answers "would a map that owes nothing to attention point as well?". Besides the maps
+of :mod:`torch_bam.pointing` (centre prior, image intensity), these read the trained reference
 network at the same depth as BAM: the norm of its features there, and Grad-CAM (the features
 weighted by the gradient of the predicted class, Selvaraju et al. 2017).
 """
@@ -14,27 +14,26 @@ from torch import Tensor, nn
 from ..attention import record_attention
 from ..bam import BAM
 
-__all__ = ["bam_spatial", "deepest_spatial_bam", "feature_norm_and_grad_cam"]
+__all__ = ["channel_gate_at", "feature_norm_and_grad_cam"]
 
 
-def deepest_spatial_bam(model: nn.Module, x: Tensor) -> str | None:
-    """Name of the last BAM (in forward order) whose spatial map is larger than 1x1."""
+def channel_gate_at(
+    model: nn.Module, size: tuple[int, int], x: Tensor
+) -> tuple[str, Tensor] | None:
+    """``(name, channel_logits [B, C])`` of the last BAM (in forward order) with both gates
+    whose spatial map is ``size`` (h, w); ``None`` where there is none."""
     if not any(isinstance(m, BAM) for m in model.modules()):
         return None
-    with record_attention(model) as maps, torch.no_grad():
-        model(x[:2])
-    names = [
-        n for n, m in maps.items() if m.spatial_logits.shape[-1] * m.spatial_logits.shape[-2] > 1
+    with record_attention(model.eval()) as maps, torch.no_grad():
+        model(x)
+    found = [
+        (n, m.channel_logits)
+        for n, m in maps.items()
+        if m.channel_logits is not None
+        and m.spatial_logits is not None
+        and tuple(m.spatial_logits.shape[-2:]) == tuple(size)
     ]
-    return names[-1] if names else None
-
-
-def bam_spatial(model: nn.Module, name: str, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(spatial_logits [B, 1, h, w], channel_logits [B, C], logits [B, K])`` of BAM ``name``."""
-    model.eval()
-    with record_attention(model) as maps, torch.no_grad():
-        logits = model(x)
-    return maps[name].spatial_logits, maps[name].channel_logits, logits
+    return found[-1] if found else None
 
 
 def feature_norm_and_grad_cam(

@@ -1,4 +1,4 @@
-"""What the demo records while Lightning trains: curves, the best epoch, and step times."""
+"""What a training run records while Lightning trains: curves, the best epoch, step times."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import lightning as L
 
 __all__ = ["CURVES", "TRAIN_LOSS", "VAL_ERROR", "Record"]
 
-# The curves the demo records, by the names Lightning logs them under (and the console's
+# The curves each run records, by the names Lightning logs them under (and the console's
 # epoch lines print): one name, one number, in the console, report.json and the plots.
 TRAIN_LOSS = "train/loss_epoch"  # mean of the epoch's step losses
 VAL_ERROR = "val/top1_err"  # top-1 error on the validation split, a fraction
@@ -20,7 +20,7 @@ class Record(L.Callback):
     """Per epoch: mean training loss and validation top-1 error; per step: wall time.
 
     Keeps a copy of the weights of the epoch with the lowest validation error, so the model
-    the demo tests is chosen on validation data only. ``step_seconds`` holds the wall time of
+    the engine tests is chosen on validation data only. ``step_seconds`` holds the wall time of
     every training step (forward, backward and optimizer step). ``history`` holds, per name of
     :data:`CURVES`, the value Lightning computed for each epoch: the very number the console's
     epoch line shows.

@@ -1,11 +1,8 @@
 """The claim rule on made-up numbers: a difference counts only beyond the seed-to-seed spread."""
 
-import math
-
 import pytest
 
-from torch_bam.demo.claims import compare, localisation_claim, summarize
-from torch_bam.demo.report import claims_of
+from torch_bam.compare.claims import claims_of, compare, localisation_claim, summarize
 
 
 def test_summarize_uses_the_sample_std():
@@ -47,33 +44,9 @@ def test_localisation_needs_to_beat_the_best_control():
     assert not localisation_claim([0.9], {"chance": [0.1]})[0]
 
 
-def _report(base_err, bam_err, pointing):
-    return {
-        "models": {
-            "small_cnn": {"test_top1_error": base_err},
-            "bam_small_cnn": {"test_top1_error": bam_err},
-        },
-        "pointing": pointing,
-    }
-
-
-def test_report_claims_follow_the_rule():
-    pointing = {"centre prior": [0.05] * 3, "bam_small_cnn BAM": [0.3, 0.31, 0.32]}
-    claims = claims_of(_report([0.10, 0.12, 0.14], [0.08, 0.13, 0.12], pointing))
-    assert not claims["error"]["exceeds"]
-    assert "does not claim" in claims["error"]["sentence"]
-    assert claims["localisation"]["claimed"]
-    assert claims["localisation"]["verdict"].startswith("BAM localises")
-    claims = claims_of(_report([0.20, 0.21, 0.22], [0.10, 0.11, 0.12], None))
-    assert claims["error"]["exceeds"] and "BAM lowers the error" in claims["error"]["sentence"]
-    assert claims["error"]["difference"] == pytest.approx(-0.10)
-    assert "localisation" not in claims
-    assert math.isclose(claims["error"]["spread"], 0.01)
-
-
 def test_sentence_difference_is_that_of_the_rounded_table_values():
-    from torch_bam.demo.claims import describe
-    from torch_bam.demo.report import pct
+    from torch_bam.compare.claims import describe
+    from torch_bam.compare.report import pct
 
     # The tables print 16.3% and 14.7%; the exact difference, 1.52 points, would print as
     # 1.5: the sentence says what the tables show.
@@ -84,23 +57,33 @@ def test_sentence_difference_is_that_of_the_rounded_table_values():
     assert describe(c, "BAM", "higher", "lower").startswith("BAM is 1.6 points higher")
 
 
-def test_verdict_states_the_order_and_controls_that_beat_bam():
-    pointing = {
-        "chance": [0.06] * 3,
-        "small_cnn feature norm": [0.984, 0.985, 0.986],
-        "small_cnn Grad-CAM": [0.975, 0.976, 0.977],
-        "bam_small_cnn BAM": [0.941, 0.942, 0.943],
+def test_report_claims_pair_every_variant_with_the_reference_and_bam():
+    variants = {
+        "none": {"test_top1_error": [0.20, 0.21, 0.22]},
+        "bam": {"test_top1_error": [0.10, 0.11, 0.12]},
+        "se": {"test_top1_error": [0.19, 0.22, 0.25]},
     }
-    verdict = claims_of(_report([0.1] * 3, [0.1] * 3, pointing))["localisation"]["verdict"]
-    assert verdict.startswith(
-        "Hit rates, highest first: small_cnn feature norm 98.5%, small_cnn Grad-CAM 97.6%, "
-        "BAM 94.2%, chance 6.0%."
-    )
-    beaten = "small_cnn feature norm (98.5%) and small_cnn Grad-CAM (97.6%) beat BAM (94.2%)"
-    assert beaten in verdict
-    assert "no claim that BAM localises" in verdict and "saturated" in verdict
-    # Controls far below BAM, BAM ahead beyond the spread: the claim, and no saturation.
-    low = {"chance": [0.06] * 3, "bam_small_cnn BAM": [0.5, 0.52, 0.54]}
-    verdict = claims_of(_report([0.1] * 3, [0.1] * 3, low))["localisation"]["verdict"]
-    assert verdict.startswith("BAM localises") and "saturated" not in verdict
-    assert verdict.endswith("Hit rates, highest first: BAM 52.0%, chance 6.0%.")
+    pointing = {
+        "centre prior": [0.05] * 3,
+        "none Grad-CAM": [0.2, 0.3, 0.4],
+        "untrained bam": [0.04, 0.05, 0.06],
+        "bam": [0.5, 0.52, 0.54],
+    }
+    claims = claims_of({"variants": variants, "reference": "none", "pointing": pointing})
+    assert list(claims["error"]) == ["bam vs none", "se vs none", "se vs bam"]
+    bam = claims["error"]["bam vs none"]
+    assert bam["exceeds"] and bam["difference"] == pytest.approx(-0.10)
+    assert bam["sentence"].startswith("bam is 10.0 points lower than none, more than")
+    assert not claims["error"]["se vs none"]["exceeds"]  # 1 point, spread 3
+    (local,) = claims["localisation"].values()
+    assert local["claimed"] and local["best_control"] == "none Grad-CAM"
+    # Every control, the network's own untrained copy among them, best first.
+    assert [s.split(":")[0] for s in local["against_each_control"]] == [
+        "none Grad-CAM",
+        "centre prior",
+        "untrained bam",
+    ]
+    pointing["none Grad-CAM"] = [0.45, 0.55, 0.65]  # as good as BAM, within the spread
+    local = claims_of({"variants": variants, "reference": "none", "pointing": pointing})
+    assert not local["localisation"]["bam"]["claimed"]
+    assert "no claim that it localises" in local["localisation"]["bam"]["sentence"]

@@ -5,7 +5,7 @@ from statistics import median
 import torch
 
 from torch_bam import create_model
-from torch_bam.demo.cost import FLOOR, measure, sentence
+from torch_bam.compare.cost import FLOOR, measure, sentence
 from torch_bam.floor import bam_floor
 
 

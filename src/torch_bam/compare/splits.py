@@ -1,8 +1,8 @@
-"""Train, validation and test data for the demo, kept apart.
+"""Train, validation and test data of a comparison (and of the demo), kept apart.
 
 Training uses the train split; curves and the choice of epoch use the validation split; the test
 split is built (or read) only when :meth:`Splits.test` is called, and that can happen once: the
-demo calls it after every model is trained and chosen.
+engine calls it after every model is trained and chosen.
 
 For cluttered digits the three splits are drawn from disjoint sets of source digits with their
 own clutter (see :class:`torch_bam.data.ClutteredDigits`). For CIFAR and image folders, the
@@ -22,7 +22,8 @@ from ..errors import UsageError
 
 # Cluttered digits: an 8x8 digit (scaled by DIGIT_SCALE) at a random place on the canvas, among
 # fragments of other digits and an ink blot brighter than the digit, so that neither the canvas
-# centre nor the brightest patch tells where the digit is (tests/demo/test_task.py measures it).
+# centre nor the brightest patch tells where the digit is (tests/compare/test_splits.py measures
+# it).
 DIGIT_SCALE = 1
 NUM_FRAGMENTS = 8
 FRAGMENT_SIZE = 4
@@ -45,7 +46,7 @@ class Splits:
     def test(self) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(images, labels, boxes or None)`` of the test split; callable once."""
         if self._tested:
-            raise RuntimeError("demo: the test split is used once, at the end; it was used.")
+            raise RuntimeError("the test split is used once, at the end; it was used.")
         self._tested = True
         return self._load_test()
 
@@ -108,7 +109,7 @@ def _torchvision(
     try:
         dm.setup("fit")
     except FileNotFoundError as e:
-        # The data module's message names `torch-bam fit`'s flags; name the demo's instead.
+        # The data module's message names `torch-bam fit`'s flags; name the command's instead.
         msg = str(e).replace("Or set --data.root to where it is.", f"Or pass {flag} with it.")
         msg = msg.replace("--data.root", flag)
         msg = msg.replace("pass --data.download true", "download it (torchvision, download=True)")
@@ -149,7 +150,7 @@ def make_splits(
     seed: int,
     root: str,
 ) -> Splits:
-    """The demo's three splits; the data do not depend on the training seeds."""
+    """The three splits; the data do not depend on the training seeds."""
     if dataset == "cluttered-digits":
         return _cluttered(train_size, val_size, test_size, canvas, seed)
     return _torchvision(dataset, train_size, val_size, test_size, canvas, seed, root)

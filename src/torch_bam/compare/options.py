@@ -1,4 +1,4 @@
-"""The demo's options, checked before anything is read or written.
+"""The options ``demo`` and ``compare`` share, checked before anything is read or written.
 
 Every bad value ends in one :class:`~torch_bam.errors.UsageError` naming the option, the cause
 and the fix; the ``torch-bam`` command prints it as one line and exits with status 2. Nothing
@@ -15,6 +15,18 @@ from .._io import RunDirLock, check_output_dir
 from ..errors import UsageError
 
 DATASETS = "cluttered-digits, cifar10, cifar100 or imagefolder:PATH"
+
+
+def check_extras(command: str) -> None:
+    """Lightning and matplotlib, which every run needs, or one line naming the extras."""
+    try:
+        import lightning  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as e:
+        raise UsageError(
+            f"{e.name} is not installed. {command} needs the train and viz extras: "
+            f'pip install "torch-bam[train,viz]" (or pip install ".[train,viz]" in a clone).'
+        ) from None
 
 
 def check_positive(**values: int | float) -> None:

@@ -1,11 +1,12 @@
-"""What BAM costs in the demo's network: multiply-adds, measured time, and the floor.
+"""What each variant costs in measured time, and BAM's floor beside it.
 
 :func:`measure` times a training step (forward, backward, optimizer step) and an inference
-(forward only) of three networks in interleaved turns, in one process, on the same batch: the
-baseline, the BAM network, and the BAM network's floor (:func:`torch_bam.floor.bam_floor`:
-each BAM replaced by its convolutions and one gate pass). Each turn runs every network once,
-in an order that rotates from turn to turn, so a machine that gets busier or quieter slows all
-three alike; each ratio is the median over turns of that turn's ratio.
+(forward only) of several networks in interleaved turns, in one process, on the same batch:
+the reference, every variant, and where asked a BAM network's floor
+(:func:`torch_bam.floor.bam_floor`: each BAM replaced by its convolutions and one gate pass).
+Each turn runs every network once, in an order that rotates from turn to turn, so a machine
+that gets busier or quieter slows all of them alike; each ratio is the median over turns of
+that turn's ratio.
 
 :func:`sentence` says what the numbers mean: BAM's share of the multiply-adds, how much longer
 its steps take, and how much of that the floor (BAM's arithmetic and its one gate pass) already
@@ -20,9 +21,10 @@ from statistics import median
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FLOOR", "measure", "sentence"]
+__all__ = ["COST_TURNS", "FLOOR", "measure", "sentence"]
 
 FLOOR = "floor"  # the name of the floor network in :func:`measure`'s result
+COST_TURNS = 10  # the commands' default turns: a few seconds at their default sizes
 KINDS = ("train_step", "inference")
 
 
@@ -37,7 +39,7 @@ def _timed(fn, sync=None) -> float:
 
 
 def measure(
-    networks: dict[str, nn.Module], x: Tensor, y: Tensor, turns: int = 10, warmup: int = 2
+    networks: dict[str, nn.Module], x: Tensor, y: Tensor, turns: int = COST_TURNS, warmup: int = 2
 ) -> dict:
     """Seconds per training step and per inference of each network, in interleaved turns.
 
