@@ -31,3 +31,14 @@ def test_readme_is_short_and_keeps_the_ci_test_command():
     marker = "<!-- ci: test command (.ci/run runs the next line) -->\n```bash\n"
     command = text[text.index(marker) + len(marker) :].splitlines()[0]
     assert 'pip install -e ".[test]"' in command and command.endswith("python -m pytest -q")
+
+
+def test_readme_compare_table_is_the_default_run_of_docs_compare():
+    # Both are pasted from one default run's report.md; a rerun must update both.
+    marker = "<!-- compare: default run"
+    readme = (ROOT / "README.md").read_text()
+    rows = readme[readme.index(marker) :].split("\n\n")[0].splitlines()[1:]
+    assert rows[0].startswith("| variant | test error") and len(rows) == 2 + 7
+    page = (ROOT / "docs" / "compare.md").read_text()
+    run = page[page.index("## A default run") :]
+    assert "\n".join(rows) in run
