@@ -1,4 +1,4 @@
-"""demo.cost: BAM's time beside its floor's, measured in turns, and said in words."""
+"""compare.cost: BAM's time beside its floor's, measured in turns, and said in words."""
 
 from statistics import median
 
