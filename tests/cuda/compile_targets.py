@@ -1,8 +1,10 @@
 """Compile every kernel variant BAM-ResNet-50 launches for NVIDIA targets (no GPU needed) and
 print each one's resource use as JSON lines; run by tests/cuda/test_kernels.py in a subprocess:
-``python tests/cuda/compile_targets.py 80 89 90`` (compute capabilities, default 90; the
+``python tests/cuda/compile_targets.py 90 80 89`` (compute capabilities, default 90; the
 first target gets every dtype and layout, the others the two the benchmarks run: bf16
 channels_last and fp32 NCHW; every target also gets fp32 without TF32 in both layouts).
+``--partial`` first: no target gets every dtype and layout (the test runs ``90`` and
+``--partial 80 89`` side by side, about the same work each, one per core).
 
 The kernels are reached through the public functions of torch_bam.cuda.kernels, called on meta
 tensors of the network's shapes, with ``kernels._launch`` replaced by Triton's ``warmup`` (which
@@ -97,7 +99,8 @@ def _launches(k, dtypes, formats) -> None:
 
 
 def main(argv: list[str]) -> int:
-    targets = [int(a) for a in argv] or [90]
+    partial = argv[:1] == ["--partial"]
+    targets = [int(a) for a in argv[partial:]] or [90]
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"
     from torch_bam.cuda import kernels as k
 
@@ -124,7 +127,7 @@ def main(argv: list[str]) -> int:
     for i, target in enumerate(targets):
         cc[0] = target
         driver.set_active(_Target(target))
-        if i == 0:
+        if i == 0 and not partial:
             _launches(k, DTYPES, (torch.contiguous_format, torch.channels_last))
         else:  # what the benchmarks run, and both layouts of both dtype kinds
             _launches(k, (torch.bfloat16,), (torch.channels_last,))
