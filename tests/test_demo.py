@@ -14,7 +14,7 @@ from torch_bam.compare.claims import summarize
 from torch_bam.demo import MODELS
 from torch_bam.demo.report import epoch_choice_sentence, error_sentence, localisation_verdict
 from torch_bam.viz import load_checkpoint
-from torch_bam.viz.demo_figures import figure_size_px
+from torch_bam.viz.pointing_maps import figure_size_px
 
 TINY = ["--epochs", "2", "--seeds", "2", "--train-size", "64", "--val-size", "32"]
 TINY += ["--test-size", "48", "--canvas", "24", "--batch-size", "32", "--no-progress"]

@@ -5,7 +5,7 @@
 - ``error_vs_cost.png``: test error against the measured training-step time, one point per
   variant with its spread (:mod:`torch_bam.viz.compare`);
 - ``attention.png``, where the pointing game was played: the maps it scored, of the first seed's
-  networks on the first test images (:mod:`torch_bam.viz.demo_figures`).
+  networks on the first test images (:mod:`torch_bam.viz.pointing_maps`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def write_pictures(report: dict, out: str, attention: Callable[[], tuple] | None
     """
     from ..viz.compare import plot_error_vs_cost
     from ..viz.curves import plot_learning_curves
-    from ..viz.demo_figures import plot_pointing_maps
+    from ..viz.pointing_maps import plot_pointing_maps
 
     files = {k: FILES[k] for k in ("learning_curves", "error_vs_cost")}
     plot_learning_curves(report["history"], os.path.join(out, files["learning_curves"]))

@@ -1,4 +1,5 @@
-"""The demo's attention figure: BAM's spatial map beside the controls', on the same images.
+"""The pointing-game figure of the demo and compare: each spatial attention map beside the
+controls', on the same images.
 
 One row per image. The first panel shows the image with the digit's true box; each next panel
 shows one map (upsampled to the image), the same box, and a cross at the map's peak: the

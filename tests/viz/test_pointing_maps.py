@@ -4,7 +4,7 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from torch_bam.viz.demo_figures import MEDIAN_LABEL, draw_pointing_maps, plot_pointing_maps
+from torch_bam.viz.pointing_maps import MEDIAN_LABEL, draw_pointing_maps, plot_pointing_maps
 
 from ._figures import small_texts
 
@@ -85,7 +85,7 @@ def test_every_text_is_readable_at_the_saved_size(fig):
 def test_saved_png_has_the_figure_size(tmp_path):
     from PIL import Image
 
-    from torch_bam.viz.demo_figures import figure_size_px
+    from torch_bam.viz.pointing_maps import figure_size_px
 
     data = _inputs()
     path = plot_pointing_maps(path=str(tmp_path / "a.png"), **data)
