@@ -87,24 +87,25 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
     with undo_on_failure():  # a demo that fails (a full disk) leaves none of its new files
-        _run_demo(run, args)
+        run(**_study_args(args))
     return 0
 
 
-def _run_demo(run, args: argparse.Namespace) -> None:
-    run(
+def _study_args(args: argparse.Namespace) -> dict:
+    """The options the demo and compare share, as their ``run`` takes them."""
+    return dict(
         epochs=args.epochs,
         seed=args.seed,
+        seeds=args.seeds,
         out=args.out,
         dataset=args.dataset,
         train_size=args.train_size,
+        val_size=args.val_size,
         test_size=args.test_size,
         canvas=args.canvas,
         batch_size=args.batch_size,
-        progress=not args.no_progress,
         data_root=args.data_root,
-        seeds=args.seeds,
-        val_size=args.val_size,
+        progress=not args.no_progress,
     )
 
 
@@ -115,25 +116,14 @@ def _compare(args: argparse.Namespace) -> int:
 
     with undo_on_failure():  # a run that fails leaves none of its new files
         run(
+            **_study_args(args),
             backbone=args.backbone,
             variants=[v.strip() for v in args.variants.split(",") if v.strip()],
-            seeds=args.seeds,
-            seed=args.seed,
-            epochs=args.epochs,
-            dataset=args.dataset,
-            train_size=args.train_size,
-            val_size=args.val_size,
-            test_size=args.test_size,
-            canvas=args.canvas,
-            batch_size=args.batch_size,
             lr=args.lr,
-            out=args.out,
-            data_root=args.data_root,
             accelerator=args.accelerator,
             devices=args.devices,
             strategy=args.strategy,
             precision=args.precision,
-            progress=not args.no_progress,
             cost_turns=args.cost_turns,
         )
     return 0

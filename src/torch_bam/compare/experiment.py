@@ -91,10 +91,7 @@ def run(
         **trainer,
         cost_turns=cost_turns,
     )
-    numbers = ("epochs", "seeds", "train_size", "val_size", "test_size", "canvas", "batch_size")
-    numbers += ("cost_turns",)
-    options.check_positive(lr=lr, **{k: config[k] for k in numbers})
-    options.check_run(seed, train_size, batch_size, dataset)
+    options.check_study(config)
     specs = _check(backbone, variants, trainer)
     if trainer["devices"] != "auto":
         trainer["devices"] = int(trainer["devices"])

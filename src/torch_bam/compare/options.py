@@ -51,12 +51,18 @@ def check_out(out: str) -> list[str]:
     return check_output_dir(out, "--out")
 
 
-def check_run(seed: int, train_size: int, batch_size: int, dataset: str) -> None:
-    """The checks the demo and ``compare`` share beyond :func:`check_positive`."""
-    if seed < 0:
-        raise UsageError(f"--seed must be 0 or more, got {seed}.")
-    check_sizes(train_size, batch_size)
-    check_dataset(dataset)
+# The options of a study that must be positive, in the order they are checked.
+POSITIVE = ("epochs", "seeds", "train_size", "val_size", "test_size", "canvas", "batch_size")
+POSITIVE += ("lr", "cost_turns")
+
+
+def check_study(config: dict) -> None:
+    """The checks of every option the demo and ``compare`` share, on the run's ``config``."""
+    check_positive(**{k: config[k] for k in POSITIVE})
+    if config["seed"] < 0:
+        raise UsageError(f"--seed must be 0 or more, got {config['seed']}.")
+    check_sizes(config["train_size"], config["batch_size"])
+    check_dataset(config["dataset"])
 
 
 def rank_zero() -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .claims import summarize
 
-__all__ = ["markdown", "pct", "pictures", "spread_cell", "table"]
+__all__ = ["hit_rate_table", "markdown", "pct", "per_seed_cell", "pictures", "spread_cell", "table"]
 
 
 def pct(value: float) -> str:
@@ -26,10 +26,21 @@ def spread_cell(values: list[float]) -> str:
     return f"{pct(s['mean'])} ± {100 * s['std']:.1f} ({100 * s['min']:.1f}-{100 * s['max']:.1f}%)"
 
 
+def per_seed_cell(values: list[float]) -> str:
+    """``"10.9%, 12.4%, 13.5%"``: each seed's value, in seed order."""
+    return ", ".join(pct(v) for v in values)
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def hit_rate_table(pointing: dict[str, list[float]], spread_header: str) -> str:
+    """The pointing game's table: a row per map, its spread and its per-seed hit rates."""
+    rows = [[k, spread_cell(v), per_seed_cell(v)] for k, v in pointing.items()]
+    return table(["map", spread_header, "per seed"], rows)
 
 
 def _signed(n: int, unit: float = 1.0, fmt: str = "{:,.0f}") -> str:
@@ -90,7 +101,7 @@ def markdown(report: dict) -> str:
             [
                 v,
                 spread_cell(r["test_top1_error"]),
-                ", ".join(pct(e) for e in r["test_top1_error"]),
+                per_seed_cell(r["test_top1_error"]),
                 _signed(r["parameters"] - base["parameters"]),
                 _signed(r["macs"] - base["macs"], 1e3, "{:,.1f}K"),
                 f"{r['train_step_ratio']:.2f}x",
@@ -126,10 +137,7 @@ def markdown(report: dict) -> str:
             f"intensity, {ref}'s own feature norm and Grad-CAM there, and each network before "
             f"training.",
             "",
-            table(
-                ["map", "hit rate, mean ± std (min-max)", "per seed"],
-                [[k, spread_cell(v), ", ".join(pct(x) for x in v)] for k, v in pointing.items()],
-            ),
+            hit_rate_table(pointing, "hit rate, mean ± std (min-max)"),
             "",
         ]
         lines += [f"- {c['sentence']}" for c in claims["localisation"].values()]

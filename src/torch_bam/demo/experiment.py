@@ -51,10 +51,11 @@ def run(
         canvas=canvas,
         batch_size=batch_size,
         lr=lr,
+        backbone=BACKBONE,
+        variants=list(VARIANTS),
+        cost_turns=COST_TURNS,
     )
-    # Every option but the seed (0 is fine) and the dataset's name must be positive.
-    options.check_positive(**{k: v for k, v in config.items() if k not in ("seed", "dataset")})
-    options.check_run(seed, train_size, batch_size, dataset)
+    options.check_study(config)
     created = options.check_out(out)  # made by this run: removed again if it fails
     from ..compare.splits import make_splits
     from .report import markdown
@@ -62,7 +63,6 @@ def run(
     splits = make_splits(dataset, train_size, val_size, test_size, canvas, seed, data_root)
     known = attention_variants()
     specs = {name: known[v] for name, v in zip(MODELS, VARIANTS, strict=True)}
-    config.update(backbone=BACKBONE, variants=list(VARIANTS), cost_turns=COST_TURNS)
     return run_study(
         "demo", splits, specs, config, out, created, markdown, progress, extras=EXTRAS
     )  # fmt: skip

@@ -10,7 +10,7 @@ the training runs' step times and BAM's cost beside its floor.
 from __future__ import annotations
 
 from ..compare.claims import compare, summarize
-from ..compare.report import pct, pictures, spread_cell, table
+from ..compare.report import hit_rate_table, pct, per_seed_cell, pictures, spread_cell, table
 
 
 def error_sentence(report: dict) -> str:
@@ -243,7 +243,7 @@ def markdown(report: dict) -> str:
         ["test top-1 error, mean ± std (min-max) (test)"]
         + [spread_cell(models[n]["test_top1_error"]) for n in names],
         ["test top-1 error per seed (test)"]
-        + [", ".join(pct(v) for v in models[n]["test_top1_error"]) for n in names],
+        + [per_seed_cell(models[n]["test_top1_error"]) for n in names],
     ]
     lines += [table(["metric"] + names, rows), "", error_sentence(report), ""]
     lines += [epoch_choice_sentence(models, cfg["epochs"]), ""]
@@ -262,10 +262,7 @@ def markdown(report: dict) -> str:
             f"own feature norm and Grad-CAM (for its predicted class), and the same BAM network "
             f"before training.",
             "",
-            table(
-                ["map", "hit rate, mean ± std over seeds (min-max)", "per seed"],
-                [[k, spread_cell(v), ", ".join(pct(x) for x in v)] for k, v in pointing.items()],
-            ),
+            hit_rate_table(pointing, "hit rate, mean ± std over seeds (min-max)"),
             "",
             localisation_verdict(report),
             "",
