@@ -181,43 +181,38 @@ class FeatureNet(nn.ModuleDict):
         return features
 
 
-def _renamed(state: dict, prefix: str, names: dict[str, str | None]) -> dict:
-    """``state``'s keys under ``prefix`` with each entry's prefix ``prefix + old + "."`` read
-    through ``names`` (old -> new; ``None``: the key is dropped)."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith(prefix):
-            head, _, rest = key[len(prefix) :].partition(".")
-            if head in names:
-                if names[head] is None:
-                    continue
-                key = f"{prefix}{names[head]}.{rest}"
-        out[key] = value
-    return out
-
-
 def _network_keys(net: FeatureNet, state: dict, prefix: str, local_metadata) -> None:
-    # Each entry's keys under the network's name; an entry that runs a module again: none.
-    first: dict[str, str | None] = {}
+    # Each entry's keys under the network's name, once: an entry that runs a module again
+    # adds none.
+    names: dict[str, str | None] = {}
     for entry, name in net._names.items():
-        first[entry] = None if name in first.values() else name
-    renamed = _renamed(state, prefix, first)
+        names[entry] = None if name in names.values() else name
+    renamed = {}
+    for key, value in state.items():
+        head, _, rest = key[len(prefix) :].partition(".")
+        if key.startswith(prefix) and head in names:
+            if names[head] is None:
+                continue
+            key = f"{prefix}{names[head]}.{rest}"
+        renamed[key] = value
     state.clear()
     state.update(renamed)
 
 
 def _named_as_network(net: FeatureNet, incompatible) -> None:
-    # A missing or unexpected key is named as the network (and the state_dict) name it.
+    # A missing or unexpected key is named as the network (and the state_dict) name it. The
+    # hook is not told the prefix: an entry is found at the start or after a dot.
+    def network_key(key: str) -> str:
+        for entry, name in net._names.items():
+            if key.startswith(entry + "."):
+                return name + key[len(entry) :]
+            at = key.find("." + entry + ".") + 1
+            if at:
+                return key[:at] + name + key[at + len(entry) :]
+        return key
+
     for keys in (incompatible.missing_keys, incompatible.unexpected_keys):
-        named = []
-        for key in keys:
-            for entry, name in net._names.items():
-                at = 0 if key.startswith(entry + ".") else key.find("." + entry + ".") + 1
-                if at > 0 or key.startswith(entry + "."):
-                    key = key[:at] + name + key[at + len(entry) :]
-                    break
-            named.append(key)
-        keys[:] = list(dict.fromkeys(named))
+        keys[:] = list(dict.fromkeys(network_key(k) for k in keys))
 
 
 def _entry_keys(net: FeatureNet, state: dict, prefix: str, *args) -> None:
