@@ -711,6 +711,12 @@ def _precision(dtype: torch.dtype, kind: str) -> str:
     return "tf32" if flag.allow_tf32 else "ieee"
 
 
+def _fma(dtype: torch.dtype, kind: str) -> bool:
+    """Whether tl.dot runs on FMA units, not tensor cores (float32 without TF32, see
+    :func:`_precision`): such dots hold every operand in registers and take their own tiles."""
+    return dtype == torch.float32 and _precision(dtype, kind) == "ieee"
+
+
 def _upcast(dtype: torch.dtype) -> bool:
     # Triton's interpreter (3.8) multiplies bfloat16 dot operands as their uint16 bit patterns:
     # there, and only there, bfloat16 dots run on float32 operands.
@@ -974,7 +980,7 @@ def gate_backward_dx(
         if not (dr.is_contiguous() or dr.is_contiguous(memory_format=torch.channels_last)):
             dr = dr.contiguous()
         dr_strides = (k * h * w, 1, k) if _is_cl(dr) else (k * h * w, h * w, 1)
-    fma = _precision(dy.dtype, "conv") == "ieee" and dy.dtype == torch.float32
+    fma = _fma(dy.dtype, "conv")
     br, bl, bk, warps = _dx_tile(d, ll, k, cl, fma) if has_dr else (*_gate_tile(d, ll)[:2], 16, 4)
     n_rt, n_lt = triton.cdiv(d, br), triton.cdiv(ll, bl)
     programs, nw = _dx_grid(b, n_rt, n_lt, cl)
@@ -1017,8 +1023,7 @@ def pool_reduce(
         return pooled.to(pooled_dtype), r.zero_()
     w_reduce = w_reduce.to(x.dtype)  # read in x's dtype (see _pool_tile); the block's is already
     prec = _precision(x.dtype, "conv")
-    bp, bc, bk, warps = _pool_tile(hw, ch, k, x.element_size(),
-                                   prec == "ieee" and x.dtype == torch.float32)  # fmt: skip
+    bp, bc, bk, warps = _pool_tile(hw, ch, k, x.element_size(), _fma(x.dtype, "conv"))
     n_pt, n_kt = triton.cdiv(hw, bp), triton.cdiv(k, bk)
     ppool = torch.empty(b, n_pt, ch, device=x.device, dtype=torch.float32)
     pooled = torch.empty(b, ch, device=x.device, dtype=pooled_dtype)
@@ -1093,7 +1098,7 @@ def mlp_forward(pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2, 
     invstd = torch.empty(hid, dtype=torch.float32, device=dev)
     c = torch.empty(b, ch, dtype=dt, device=dev)
     prec = _precision(dt, "matmul")
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, _fma(dt, "matmul"))
     _launch(
         _mlp_fwd_kernel, (1,), pooled, w1, b1, gamma, beta, running_mean, running_var, w2, b2,
         z, a, mean, invstd, c, b, float(momentum), float(eps), C=ch, H=hid, TRAIN=train,
@@ -1116,7 +1121,7 @@ def mlp_backward(dc, pooled, z, a, mean, invstd, gamma, w1, w2, train: bool, nee
     dpool = torch.empty(b, ch, dtype=dt, device=dev) if need_dpool else None
     scratch = torch.empty(2, b, hid, dtype=dt, device=dev)  # da, dz
     prec = _precision(dt, "matmul")
-    bb, bh, bc, warps = _mlp_tile(b, ch, hid, prec == "ieee" and dt == torch.float32)
+    bb, bh, bc, warps = _mlp_tile(b, ch, hid, _fma(dt, "matmul"))
     _launch(
         _mlp_bwd_kernel, (1,), dc, pooled, z, a, mean, invstd, gamma, w1, w2, *grads,
         dpool if need_dpool else dc, scratch[0], scratch[1], b, C=ch, H=hid, TRAIN=train,
